@@ -1,0 +1,120 @@
+"""The Python API, mirroring the command line:
+
+    >>> import almc
+    >>> m = almc.load("models/lenet.alm")
+    >>> m.summary().total_params
+    61706
+    >>> proto = m.compile(seed=0)          # an onnx.ModelProto
+    >>> m.export("lenet.onnx")             # doctest: +SKIP
+    >>> m.run(np.zeros((2, 1, 32, 32), np.float32))["logits"].shape   # doctest: +SKIP
+    (2, 10)
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .compiler import check
+from .errors import UsageError
+from .files import atomic_write
+from .graph import Graph
+from .shapes import Limits
+from .summary import Summary, summarize
+
+
+class Model:
+    def __init__(self, graph: Graph, warnings=(), seed: int = 0):
+        self.graph = graph
+        self.warnings = list(warnings)
+        self.seed = seed
+        self.weights: dict[str, np.ndarray] | None = None  # set by training or load_weights
+        self._session = None
+
+    @property
+    def name(self) -> str:
+        return self.graph.name
+
+    @property
+    def inputs(self) -> dict:
+        return {i: self.graph.node(i).type for i in self.graph.inputs}
+
+    @property
+    def outputs(self) -> dict:
+        return {o: self.graph.node(n).type for o, n in self.graph.outputs.items()}
+
+    def summary(self) -> Summary:
+        return summarize(self.graph)
+
+    def initial_weights(self, seed: int | None = None) -> dict[str, np.ndarray]:
+        from .init import initialize
+
+        return initialize(self.graph, self.seed if seed is None else seed)
+
+    def compile(self, seed: int | None = None, check_runtime: bool = True):
+        """Lower to an onnx.ModelProto (trained weights if there are any, else initialised from the seed)."""
+        from .lower import OPSET, check as onnx_check, lower
+        from .support import ensure_supported
+
+        seed = self.seed if seed is None else seed
+        model = lower(self.graph, self.weights, seed)
+        onnx_check(model)
+        if check_runtime:
+            ensure_supported(model, OPSET)
+        return model
+
+    def export(self, path: str | os.PathLike, seed: int | None = None) -> Path:
+        return atomic_write(path, self.compile(seed).SerializeToString())
+
+    def run(self, inputs, device: str = "auto") -> dict[str, np.ndarray]:
+        """Run in onnxruntime. `inputs`: one array (single-input models) or a dict by input name."""
+        from .runtime import session
+
+        feeds = self._feeds(inputs)
+        if self._session is None:
+            self._session = session(self.compile(check_runtime=False).SerializeToString(), device)
+        names = [o.name for o in self._session.get_outputs()]
+        return dict(zip(names, self._session.run(names, feeds)))
+
+    @property
+    def provider(self) -> str | None:
+        return self._session.get_providers()[0] if self._session else None
+
+    def _feeds(self, inputs) -> dict[str, np.ndarray]:
+        if not isinstance(inputs, dict):
+            if len(self.graph.inputs) != 1:
+                raise UsageError(f"{self.name} has inputs {', '.join(self.graph.inputs)}: pass a dict")
+            inputs = {self.graph.inputs[0]: inputs}
+        feeds = {}
+        for name, t in self.inputs.items():
+            if name not in inputs:
+                raise UsageError(f"missing input '{name}' ({t})")
+            feeds[name] = check_input(name, np.asarray(inputs[name]), t)
+        extra = set(inputs) - set(self.inputs)
+        if extra:
+            raise UsageError(f"{self.name} has no input '{sorted(extra)[0]}'")
+        return feeds
+
+
+def check_input(name: str, x: np.ndarray, t) -> np.ndarray:
+    """Check an array against a declared input type; casts between float widths and int widths."""
+    want = np.dtype(t.numpy_dtype)
+    if x.dtype != want:
+        if x.dtype.kind == want.kind or (x.dtype.kind in "iu" and want.kind in "iu"):
+            x = x.astype(want)
+        else:
+            raise UsageError(f"input '{name}' must be {t}, got an array of {x.dtype}")
+    if x.ndim != t.rank or any(isinstance(d, int) and d != s for d, s in zip(t.dims, x.shape)):
+        raise UsageError(f"input '{name}' must be {t}, got shape [{', '.join(map(str, x.shape))}]")
+    return x
+
+
+def load(source, *, model: str | None = None, seed: int = 0, allow_outside: bool = False,
+         limits: Limits | None = None, **params) -> Model:
+    """A Model from a .alm path or from source text; keyword arguments set model parameters."""
+    if isinstance(source, os.PathLike) or (isinstance(source, str) and "\n" not in source and "{" not in source):
+        graph, warnings = check(path=source, model=model, params=params, allow_outside=allow_outside, limits=limits)
+    else:
+        graph, warnings = check(text=source, model=model, params=params, allow_outside=allow_outside, limits=limits)
+    return Model(graph, warnings, seed)

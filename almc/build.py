@@ -1,0 +1,722 @@
+"""Build: syntax tree -> Graph.
+
+Evaluates hyper-parameter expressions, expands blocks and loops, checks every
+call's arguments against the op registry, and adds a typed node per operation.
+
+Scoping rules (docs/language.md has the user-facing version):
+- A body (model, block, loop iteration) is evaluated in order, but a name
+  defined exactly once in a body may be used before its definition: it is
+  evaluated on demand. A dependency that comes back to itself is a cycle.
+- A name is defined once per body. It may be *updated* by a definition that
+  reads its current value (`x = maxpool(x, 2)`); inside a loop such an update
+  of an outer name carries over to the next iteration and out of the loop.
+- Every error is recorded and evaluation goes on with a poison value, which
+  silences the errors that would only follow from the first one.
+
+Shape rules run as each node is created (in `shapes.infer_node`), because
+hyper-parameters may depend on shapes (`x.channels`) and a shape error is best
+reported at the call that caused it.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field
+
+from . import syntax as s
+from .errors import Collector, ShapeError, Span
+from .graph import INPUT, Graph, Node
+from .ops.attrs import format_value
+from .ops.registry import Attrs, all_ops, lookup, resolve_attrs
+from .shapes import infer_node
+from .types import DTYPES, TensorType
+
+MAX_BLOCK_DEPTH = 64
+
+
+@dataclass(frozen=True)
+class Tensor:
+    id: str
+
+
+class _Poison:
+    def __repr__(self):
+        return "<poison>"
+
+
+POISON = _Poison()
+
+
+def _poisoned(*vals) -> bool:
+    for v in vals:
+        if v is POISON:
+            return True
+        if isinstance(v, tuple) and _poisoned(*v):
+            return True
+    return False
+
+
+def describe(v) -> str:
+    if isinstance(v, Tensor):
+        return "a tensor"
+    if isinstance(v, bool):
+        return f"the boolean {str(v).lower()}"
+    if isinstance(v, int):
+        return f"the integer {v}"
+    if isinstance(v, float):
+        return f"the number {v:g}"
+    if isinstance(v, str):
+        return f'the string "{v}"'
+    if isinstance(v, tuple):
+        return "a list"
+    return type(v).__name__
+
+
+@dataclass
+class Frame:
+    """The names of one body being evaluated."""
+
+    prefix: str  # node id prefix, e.g. "layer1/b0/"
+    parent: "Frame | None" = None  # the enclosing body, for loop iterations
+    vars: dict = field(default_factory=dict)
+    defined_at: dict = field(default_factory=dict)
+    pending: dict = field(default_factory=dict)  # name -> statement, for use before definition
+    later: dict = field(default_factory=dict)  # every name defined in the body -> span
+    done: set = field(default_factory=set)
+    in_model: bool = False
+
+
+class Builder:
+    def __init__(self, blocks: dict[str, s.BlockDef], collector: Collector, limits=None):
+        self.blocks = blocks
+        self.c = collector
+        self.graph = Graph()
+        self.used_ids: set[str] = set()
+        self.active: list[tuple[int, str, Span]] = []  # statements being evaluated (cycle detection)
+        self.calls: list[tuple[str, Span]] = []  # block call stack
+        self.layer = ""
+        self.limits = limits
+
+    # -- errors -----------------------------------------------------------
+    def err(self, message, span, hint=None, notes=()):
+        self.c.error(message, span, hint, notes)
+        return POISON
+
+    def source_text(self, span: Span) -> str:
+        text = self.c.sources.get(span.file)
+        if text is None or span.line < 1 or span.end_line != span.line:
+            return "..."
+        return text.splitlines()[span.line - 1][span.col - 1: span.end_col - 1]
+
+    # -- names ------------------------------------------------------------
+    def fresh(self, base: str) -> str:
+        if base not in self.used_ids:
+            self.used_ids.add(base)
+            return base
+        k = 2
+        while f"{base}_{k}" in self.used_ids:
+            k += 1
+        self.used_ids.add(f"{base}_{k}")
+        return f"{base}_{k}"
+
+    def visible_names(self, frame: Frame) -> set[str]:
+        out = set()
+        f = frame
+        while f:
+            out |= set(f.vars) | set(f.pending)
+            f = f.parent
+        return out
+
+    def lookup(self, name: str, span: Span, frame: Frame):
+        f = frame
+        while f:
+            if name in f.vars:
+                return f.vars[name]
+            if name in f.pending:
+                return self.force(f, name, span)
+            f = f.parent
+        f = frame
+        while f:
+            if name in f.later:
+                ls = f.later[name]
+                return self.err(f"'{name}' is used before it is defined (at {ls.line}:{ls.col})", span,
+                                f"'{name}' is defined more than once, so it cannot be used before its first definition")
+            f = f.parent
+        known = self.visible_names(frame)
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        hint = f"did you mean '{close[0]}'?" if close else None
+        if name in self.blocks or lookup(name):
+            hint = f"'{name}' is an op or block: call it, {name}(...)"
+        return self.err(f"undefined name '{name}'", span, hint)
+
+    def force(self, frame: Frame, name: str, span: Span):
+        """Evaluate the pending definition of `name` now (a use before the definition)."""
+        stmt = frame.pending[name]
+        key = (id(frame), name)
+        for i, (fid, n, _) in enumerate(self.active):
+            if (fid, n) == key:
+                path = self.active[i:]
+                chain = " → ".join(f"{n} ({sp.line}:{sp.col})" for _, n, sp in path) + f" → {name}"
+                first = path[0][2]
+                self.err(f"cycle: {chain}", first, "a value cannot depend on itself; break the loop")
+                for _, n, _ in path:  # every name on the cycle is poisoned: one error, no cascade
+                    frame.vars.setdefault(n, POISON)
+                return POISON
+        self.exec_stmt(stmt, frame)
+        return frame.vars.get(name, POISON)
+
+    def bind(self, frame: Frame, name: str, value, span: Span, stmt) -> None:
+        reads = name in s.names_read(stmt.value) if isinstance(stmt, s.Assign) else False
+        if name in frame.vars and frame.vars[name] is not POISON or name in frame.defined_at:
+            if not reads:
+                first = frame.defined_at.get(name, span)
+                self.err(f"'{name}' is defined twice (first at {first.line}:{first.col})", span,
+                         f"give the new value another name, or use '{name}' in its new definition to update it")
+                return
+            frame.vars[name] = value
+            return
+        f = frame.parent
+        while f:  # a loop body updating an outer name carries it
+            if name in f.vars and reads:
+                f.vars[name] = value
+                return
+            f = f.parent
+        frame.vars[name] = value
+        frame.defined_at[name] = span
+
+    # -- bodies -----------------------------------------------------------
+    def exec_body(self, stmts, frame: Frame) -> None:
+        counts: dict[str, int] = {}
+        for st in stmts:
+            for n in _defines(st):
+                counts[n] = counts.get(n, 0) + 1
+                frame.later.setdefault(n, st.span)
+        outer = self.visible_names(frame.parent) if frame.parent else set()
+        for st in stmts:
+            names = _defines(st)
+            if names and all(counts[n] == 1 and n not in outer and n not in frame.vars for n in names):
+                for n in names:
+                    frame.pending[n] = st
+        for st in stmts:
+            if id(st) not in frame.done and not isinstance(st, s.Return):
+                self.exec_stmt(st, frame)
+
+    def exec_stmt(self, st, frame: Frame) -> None:
+        frame.done.add(id(st))
+        names = _defines(st)
+        for n in names:
+            frame.pending.pop(n, None)
+        saved_layer = self.layer
+        for n in names:
+            self.active.append((id(frame), n, st.span))
+        try:
+            if isinstance(st, s.Assign):
+                self.layer = frame.prefix + st.targets[0]
+                top = self.layer if len(st.targets) == 1 else None
+                v = self.eval(st.value, frame, top)
+                if len(st.targets) == 1:
+                    self.bind(frame, st.targets[0], v, st.span, st)
+                else:
+                    if v is POISON:
+                        vals = (POISON,) * len(st.targets)
+                    elif not isinstance(v, tuple) or len(v) != len(st.targets):
+                        n = len(v) if isinstance(v, tuple) else 1
+                        self.err(f"cannot unpack {n} value{'s' * (n != 1)} into {len(st.targets)} names", st.span)
+                        vals = (POISON,) * len(st.targets)
+                    else:
+                        vals = v
+                    for n, val in zip(st.targets, vals):
+                        self.bind(frame, n, val, st.span, st)
+            elif isinstance(st, s.Input):
+                self.exec_input(st, frame)
+            elif isinstance(st, s.Output):
+                self.exec_output(st, frame)
+            elif isinstance(st, s.For):
+                self.exec_for(st, frame)
+        finally:
+            del self.active[len(self.active) - len(names):]
+            self.layer = saved_layer
+
+    def exec_input(self, st: s.Input, frame: Frame) -> None:
+        if not frame.in_model:
+            self.err("inputs are declared in a model, not in a block or loop", st.span,
+                     "pass tensors to a block as its parameters")
+            frame.vars[st.name] = POISON
+            return
+        if st.dtype not in DTYPES:
+            close = difflib.get_close_matches(st.dtype, DTYPES, n=1)
+            self.err(f"unknown dtype '{st.dtype}'", st.dtype_span,
+                     f"did you mean '{close[0]}'?" if close else f"use one of {', '.join(DTYPES)}")
+            frame.vars[st.name] = POISON
+            return
+        dims = []
+        for d in st.dims:
+            if isinstance(d, s.Name) and d.id not in self.visible_names(frame):
+                dims.append(d.id)  # a symbolic dimension such as the batch N
+                continue
+            v = self.eval(d, frame)
+            if v is POISON:
+                frame.vars[st.name] = POISON
+                return
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                self.err(f"a dimension must be a positive integer or a symbol such as N, got {describe(v)}", d.span)
+                frame.vars[st.name] = POISON
+                return
+            dims.append(v)
+        nid = self.fresh(frame.prefix + st.name)
+        self.graph.add(Node(nid, INPUT, (), Attrs(), st.span, (), nid, TensorType(st.dtype, tuple(dims))))
+        self.bind(frame, st.name, Tensor(nid), st.span, st)
+
+    def exec_output(self, st: s.Output, frame: Frame) -> None:
+        if not frame.in_model:
+            self.err("outputs are declared in a model, not in a block or loop", st.span,
+                     "return the value from the block instead")
+            return
+        if st.value is None:
+            v = self.lookup(st.name, st.span, frame)
+        else:
+            self.layer = frame.prefix + st.name
+            v = self.eval(st.value, frame, self.layer)
+            self.bind(frame, st.name, v, st.span, st)
+        if v is POISON:
+            self.graph.outputs[st.name] = None
+            return
+        if not isinstance(v, Tensor):
+            self.err(f"an output must be a tensor, got {describe(v)}", st.span)
+            return
+        if st.name in self.graph.outputs:
+            self.err(f"output '{st.name}' is declared twice", st.span)
+            return
+        self.graph.outputs[st.name] = v.id
+
+    def exec_for(self, st: s.For, frame: Frame) -> None:
+        it = self.eval(st.iter, frame)
+        if it is POISON:
+            return
+        if not isinstance(it, tuple):
+            self.err(f"a for loop runs over a list or range(...), got {describe(it)}", st.iter.span)
+            return
+        for k, item in enumerate(it):
+            tag = item if isinstance(item, int) and not isinstance(item, bool) else k
+            body = Frame(prefix=f"{frame.prefix}{st.var}{tag}/", parent=frame)
+            body.vars[st.var] = item
+            body.defined_at[st.var] = st.span
+            self.exec_body(st.body, body)
+            for inner in st.body:
+                if isinstance(inner, (s.Input, s.Output, s.Return)):
+                    kind = type(inner).__name__.lower()
+                    self.err(f"'{kind}' cannot appear inside a for loop", inner.span)
+                    return
+
+    # -- expressions ------------------------------------------------------
+    def eval(self, e, frame: Frame, top: str | None = None):
+        if isinstance(e, s.Num | s.Str | s.Bool):
+            return e.value
+        if isinstance(e, s.Name):
+            return self.lookup(e.id, e.span, frame)
+        if isinstance(e, (s.TupleExpr, s.ListExpr)):
+            return tuple(self.eval(i, frame) for i in e.items)
+        if isinstance(e, s.Call):
+            return self.eval_call(e, frame, top)
+        if isinstance(e, s.BinOp):
+            return self.eval_binop(e, frame, top)
+        if isinstance(e, s.Unary):
+            return self.eval_unary(e, frame, top)
+        if isinstance(e, s.Compare):
+            return self.eval_compare(e, frame)
+        if isinstance(e, s.BoolOp):
+            a = self.eval(e.left, frame)
+            if a is POISON:
+                return POISON
+            if not isinstance(a, bool):
+                return self.err(f"'{e.op}' needs true or false on its left, got {describe(a)}", e.left.span)
+            if (e.op == "and" and not a) or (e.op == "or" and a):
+                return a
+            b = self.eval(e.right, frame)
+            if b is POISON:
+                return POISON
+            if not isinstance(b, bool):
+                return self.err(f"'{e.op}' needs true or false on its right, got {describe(b)}", e.right.span)
+            return b
+        if isinstance(e, s.IfElse):
+            c = self.eval(e.cond, frame)
+            if c is POISON:
+                return POISON
+            if not isinstance(c, bool):
+                return self.err(f"a condition must be true or false, got {describe(c)}", e.cond.span,
+                                "conditions choose between layers at compile time; compare hyper-parameters or shapes")
+            return self.eval(e.then if c else e.other, frame, top)
+        if isinstance(e, s.Index):
+            return self.eval_index(e, frame)
+        if isinstance(e, s.Attribute):
+            return self.eval_attribute(e, frame)
+        raise AssertionError(f"unknown expression {type(e).__name__}")
+
+    def eval_index(self, e: s.Index, frame: Frame):
+        v, i = self.eval(e.value, frame), self.eval(e.index, frame)
+        if _poisoned(v) or i is POISON:
+            return POISON
+        if isinstance(v, Tensor):
+            return self.err("tensors cannot be indexed", e.span, "use crop(...) or reshape(...)")
+        if not isinstance(v, tuple):
+            return self.err(f"only lists can be indexed, got {describe(v)}", e.value.span)
+        if isinstance(i, bool) or not isinstance(i, int):
+            return self.err(f"a list index must be an integer, got {describe(i)}", e.index.span)
+        if not -len(v) <= i < len(v):
+            return self.err(f"index {i} is out of range for a list of {len(v)}", e.index.span)
+        return v[i]
+
+    def eval_attribute(self, e: s.Attribute, frame: Frame):
+        v = self.eval(e.value, frame)
+        if v is POISON:
+            return POISON
+        if not isinstance(v, Tensor):
+            return self.err(f"'.{e.name}' is a property of tensors, got {describe(v)}", e.span)
+        t = self.graph.node(v.id).type
+        props = {"shape": t.dims, "rank": t.rank, "dtype": t.dtype,
+                 "channels": t.dims[1] if t.rank > 1 else None}
+        if e.name not in props:
+            close = difflib.get_close_matches(e.name, props, n=1)
+            return self.err(f"tensors have no property '{e.name}'", e.span,
+                            f"did you mean '{close[0]}'?" if close else f"use one of {', '.join(props)}")
+        if props[e.name] is None:
+            return self.err(f"a tensor of rank {t.rank} has no channel axis", e.span)
+        return props[e.name]
+
+    def eval_compare(self, e: s.Compare, frame: Frame):
+        a, b = self.eval(e.left, frame), self.eval(e.right, frame)
+        if _poisoned(a, b):
+            return POISON
+        if isinstance(a, Tensor) or isinstance(b, Tensor):
+            return self.err("tensors cannot be compared at compile time", e.span,
+                            "compare shapes instead, e.g. x.channels == 64")
+        ops = {"==": lambda: a == b, "!=": lambda: a != b, "<": lambda: a < b, ">": lambda: a > b,
+               "<=": lambda: a <= b, ">=": lambda: a >= b}
+        try:
+            return bool(ops[e.op]())
+        except TypeError:
+            return self.err(f"cannot compare {describe(a)} with {describe(b)} using {e.op}", e.span)
+
+    def eval_unary(self, e: s.Unary, frame: Frame, top):
+        v = self.eval(e.operand, frame)
+        if v is POISON:
+            return POISON
+        if e.op == "not":
+            if not isinstance(v, bool):
+                return self.err(f"'not' needs true or false, got {describe(v)}", e.operand.span)
+            return not v
+        if isinstance(v, Tensor):
+            if e.op == "+":
+                return v
+            return self.tensor_op("mul", [v, -1.0], e.span, top)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return self.err(f"unary '{e.op}' needs a number, got {describe(v)}", e.span)
+        return -v if e.op == "-" else v
+
+    def eval_binop(self, e: s.BinOp, frame: Frame, top):
+        a, b = self.eval(e.left, frame), self.eval(e.right, frame)
+        if _poisoned(a, b):
+            return POISON
+        if isinstance(a, Tensor) or isinstance(b, Tensor):
+            names = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
+            if e.op not in names:
+                return self.err(f"'{e.op}' is not defined on tensors", e.span, "tensors support + - * /")
+            for v, sub in ((a, e.left), (b, e.right)):
+                if not isinstance(v, Tensor) and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                    return self.err(f"cannot apply '{e.op}' to a tensor and {describe(v)}", sub.span)
+            return self.tensor_op(names[e.op], [a, b], e.span, top)
+        if isinstance(a, tuple) or isinstance(b, tuple) or isinstance(a, str) or isinstance(b, str):
+            if e.op == "+" and type(a) is type(b):
+                return a + b
+            if e.op == "*" and isinstance(a, tuple) and isinstance(b, int) and not isinstance(b, bool):
+                return a * b
+            return self.err(f"cannot apply '{e.op}' to {describe(a)} and {describe(b)}", e.span)
+        if isinstance(a, bool) or isinstance(b, bool):
+            return self.err(f"cannot apply '{e.op}' to {describe(a)} and {describe(b)}", e.span)
+        try:
+            if e.op == "+":
+                r = a + b
+            elif e.op == "-":
+                r = a - b
+            elif e.op == "*":
+                r = a * b
+            elif e.op == "/":
+                r = a / b
+            elif e.op == "//":
+                r = a // b
+            elif e.op == "%":
+                r = a % b
+            else:
+                if isinstance(b, int) and abs(b) > 64 or isinstance(a, (int, float)) and abs(a) > 1e6 and b > 8:
+                    return self.err("exponent too large", e.span)
+                r = a ** b
+        except ZeroDivisionError:
+            return self.err("division by zero", e.right.span)
+        except OverflowError:
+            return self.err("number too large", e.span)
+        if isinstance(r, float) and not math.isfinite(r):
+            return self.err("the result is not a finite number", e.span)
+        if isinstance(r, complex):
+            return self.err("the result is not a real number", e.span)
+        return r
+
+    # -- calls ------------------------------------------------------------
+    def eval_call(self, e: s.Call, frame: Frame, top):
+        if e.func in BUILTINS:
+            args = [self.eval(a, frame) for a in e.args]
+            if e.kwargs:
+                return self.err(f"{e.func}() takes no keyword arguments", e.kwargs[0].span)
+            if _poisoned(*args):
+                return POISON
+            try:
+                return BUILTINS[e.func](*args)
+            except (TypeError, ValueError) as x:
+                return self.err(f"{e.func}(): {x}", e.span)
+        if e.func in self.blocks:
+            return self.call_block(self.blocks[e.func], e, frame, top)
+        op = lookup(e.func)
+        if op is None:
+            names = sorted(set(all_ops()) | set(self.blocks) | set(BUILTINS))
+            close = difflib.get_close_matches(e.func, names, n=1, cutoff=0.6)
+            return self.err(f"unknown op or block '{e.func}'", e.func_span,
+                            f"did you mean '{close[0]}'?" if close else "see docs/language.md for the list of ops")
+        return self.call_op(op, e, frame, top)
+
+    def call_op(self, op, e: s.Call, frame: Frame, top):
+        pos = [(a, self.eval(a, frame)) for a in e.args]
+        kws = {}
+        for kw in e.kwargs:
+            if kw.name in kws:
+                return self.err(f"argument '{kw.name}' is given twice", kw.span)
+            kws[kw.name] = (kw, self.eval(kw.value, frame))
+        tensors: list = []
+        attrs: dict = {}
+        if op.variadic:
+            while pos and (isinstance(pos[0][1], Tensor) or pos[0][1] is POISON
+                           or (isinstance(pos[0][1], tuple) and not tensors)):
+                a, v = pos.pop(0)
+                if isinstance(v, tuple):
+                    if not all(isinstance(x, Tensor) or x is POISON for x in v):
+                        return self.err(f"{op.name} takes tensors, got a list containing "
+                                        f"{describe(next(x for x in v if not isinstance(x, Tensor)))}", a.span)
+                    tensors.extend((a, x) for x in v)
+                    break
+                tensors.append((a, v))
+            if not tensors:
+                return self.err(f"{op.name} needs at least one tensor", e.span)
+        else:
+            for name in op.inputs:
+                if pos:
+                    tensors.append(pos.pop(0))
+                elif name in kws:
+                    kw, v = kws.pop(name)
+                    tensors.append((kw.value, v))
+                else:
+                    return self.err(f"{op.name} needs the tensor input '{name}'", e.span)
+        attr_list = [a for a in op.attrs]
+        if len(pos) > len(attr_list):
+            a, _ = pos[len(attr_list)]
+            n = len(op.inputs) + len(attr_list)
+            return self.err(f"{op.name} takes at most {n} positional argument{'s' * (n != 1)}, got {len(e.args)}",
+                            a.span, f"{op.name}({signature(op)})")
+        for (a, v), attr in zip(pos, attr_list):
+            attrs[attr.name] = (a, v)
+        for name, (kw, v) in kws.items():
+            if op.attr(name) is None:
+                names = [x.name for x in op.attrs] + list(op.inputs)
+                close = difflib.get_close_matches(name, names, n=1)
+                return self.err(f"{op.name} has no argument '{name}'", kw.span,
+                                f"did you mean '{close[0]}'?" if close else f"{op.name}({signature(op)})")
+            if name in attrs:
+                return self.err(f"{op.name}'s argument '{name}' is given twice", kw.span)
+            attrs[name] = (kw.value, v)
+        if _poisoned(*(v for _, v in tensors), *(v for _, v in attrs.values())):
+            return POISON
+        for a, v in tensors:
+            if not isinstance(v, Tensor):
+                which = op.inputs[0] if op.variadic else op.inputs[[t[0] for t in tensors].index(a)]
+                return self.err(f"{op.name}'s input '{which}' must be a tensor, got {describe(v)}", a.span)
+        for name, (a, v) in attrs.items():
+            if isinstance(v, Tensor):
+                return self.err(f"{op.name}'s argument '{name}' must be a value, got a tensor", a.span,
+                                f"{op.name}({signature(op)})")
+        try:
+            resolved = resolve_attrs(op, {k: v for k, (_, v) in attrs.items()})
+        except KeyError as x:
+            return self.err(x.args[0], e.span, f"{op.name}({signature(op)})")
+        except TypeError as x:
+            name = str(x).split("'")[1] if "'" in str(x) else None
+            where = attrs[name][0].span if name in attrs else e.span
+            return self.err(str(x), where)
+        first = self.source_text(tensors[0][0].span) if tensors else ""
+        return self.add_node(op.name, [v.id for _, v in tensors], resolved, e.span, top, first)
+
+    def tensor_op(self, opname, operands, span, top):
+        ids = []
+        for v in operands:
+            if isinstance(v, Tensor):
+                ids.append(v.id)
+            else:
+                c = self.add_node("constant", [], Attrs(value=float(v)), span, None, "")
+                if c is POISON:
+                    return POISON
+                ids.append(c.id)
+        return self.add_node(opname, ids, Attrs(), span, top, "")
+
+    def add_node(self, opname, inputs, attrs, span, top, first_arg_text):
+        types = [self.graph.node(i).type for i in inputs]
+        try:
+            t = infer_node(opname, types, attrs, self.limits)
+        except ShapeError as x:
+            hint = x.hint.replace("{input}", first_arg_text) if x.hint else None
+            return self.err(x.message, span, hint)
+        nid = self.fresh(top) if top else self.fresh(f"{self.layer or 'value'}.{opname}")
+        scope = tuple(f"{n}" for n, _ in self.calls)
+        self.graph.add(Node(nid, opname, tuple(inputs), attrs, span, scope, self.layer or nid, t))
+        return Tensor(nid)
+
+    def call_block(self, b: s.BlockDef, e: s.Call, frame: Frame, top):
+        if len(self.calls) >= MAX_BLOCK_DEPTH:
+            chain = [n for n, _ in self.calls]
+            rec = next((n for n in chain if chain.count(n) > 1), chain[0])
+            first = next(sp for n, sp in self.calls if n == rec)
+            if not getattr(self, "_reported_recursion", False):
+                self._reported_recursion = True
+                self.err(f"block '{rec}' recurses without end", first,
+                         "make the recursive call depend on a parameter that reaches a base case",
+                         [f"call chain: {' → '.join(chain[:6])} → ..."])
+            return POISON
+        pos = [self.eval(a, frame) for a in e.args]
+        kws = {}
+        for kw in e.kwargs:
+            if kw.name in kws:
+                return self.err(f"argument '{kw.name}' is given twice", kw.span)
+            kws[kw.name] = (kw, self.eval(kw.value, frame))
+        names = [p.name for p in b.params]
+        if len(pos) > len(names):
+            return self.err(f"block {b.name} takes {len(names)} argument{'s' * (len(names) != 1)}, got {len(pos)}",
+                            e.args[len(names)].span, f"{b.name}({', '.join(names)})")
+        for name, (kw, _) in kws.items():
+            if name not in names:
+                close = difflib.get_close_matches(name, names, n=1)
+                return self.err(f"block {b.name} has no parameter '{name}'", kw.span,
+                                f"did you mean '{close[0]}'?" if close else f"{b.name}({', '.join(names)})")
+            if names.index(name) < len(pos):
+                return self.err(f"block {b.name}'s parameter '{name}' is given twice", kw.span)
+        prefix = (top or self.fresh(f"{self.layer or 'value'}.{b.name}")) + "/"
+        inner = Frame(prefix=prefix)
+        saved_layer = self.layer
+        self.calls.append((b.name, e.span))
+        try:
+            for i, p in enumerate(b.params):
+                if i < len(pos):
+                    v = pos[i]
+                elif p.name in kws:
+                    v = kws[p.name][1]
+                elif p.default is not None:
+                    v = self.eval(p.default, inner)
+                else:
+                    return self.err(f"block {b.name} needs the argument '{p.name}'", e.span,
+                                    f"{b.name}({', '.join(names)})")
+                inner.vars[p.name] = v
+                inner.defined_at[p.name] = p.span
+            self.exec_body(b.body, inner)
+            rets = [st for st in b.body if isinstance(st, s.Return)]
+            if not rets:
+                return self.err(f"block {b.name} has no return statement", b.span)
+            if len(rets) > 1:
+                return self.err(f"block {b.name} has more than one return", rets[1].span)
+            ret = rets[0]
+            self.layer = top or prefix[:-1]
+            vals = [self.eval(v, inner, top if len(ret.values) == 1 else None) for v in ret.values]
+            return vals[0] if len(vals) == 1 else tuple(vals)
+        finally:
+            self.calls.pop()
+            self.layer = saved_layer
+
+
+def _defines(st) -> tuple[str, ...]:
+    if isinstance(st, s.Assign):
+        return st.targets
+    if isinstance(st, s.Input):
+        return (st.name,)
+    if isinstance(st, s.Output) and st.value is not None:
+        return (st.name,)
+    return ()
+
+
+def signature(op) -> str:
+    parts = list(op.inputs) if not op.variadic else [f"{op.inputs[0]}..."]
+    for a in op.attrs:
+        parts.append(a.name if a.required else f"{a.name} = {format_value(a.default) if a.default is not None else 'none'}")
+    return ", ".join(parts)
+
+
+def _range(*args):
+    if not 1 <= len(args) <= 3 or not all(isinstance(a, int) and not isinstance(a, bool) for a in args):
+        raise TypeError("expects one to three integers")
+    r = range(*args)
+    if len(r) > 100_000:
+        raise ValueError(f"{len(r)} iterations is more than the 100000 allowed")
+    return tuple(r)
+
+
+def _num(name, fn):
+    def f(*args):
+        if not args or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
+            raise TypeError("expects numbers")
+        return fn(*args)
+    return f
+
+
+def _len(v):
+    if not isinstance(v, tuple):
+        raise TypeError(f"expects a list, got {describe(v)}")
+    return len(v)
+
+
+def _int(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"expects a number, got {describe(v)}")
+    return int(v)
+
+
+BUILTINS = {
+    "range": _range, "len": _len, "min": _num("min", min), "max": _num("max", max),
+    "int": _int, "float": _num("float", float), "round": _num("round", lambda x: int(round(x))),
+    "abs": _num("abs", abs),
+}
+
+
+def build(module: s.Module, blocks: dict[str, s.BlockDef], model: s.ModelDef, collector: Collector,
+          overrides: dict | None = None, limits=None) -> Graph:
+    b = Builder(blocks, collector, limits)
+    b.graph.name = model.name
+    frame = Frame(prefix="", in_model=True)
+    overrides = dict(overrides or {})
+    for p in model.params:
+        if p.name in overrides:
+            v = overrides.pop(p.name)
+        elif p.default is not None:
+            v = b.eval(p.default, frame)
+        else:
+            b.err(f"model {model.name}'s parameter '{p.name}' has no default and was not given", p.span,
+                  f"give it a default, or set it: -D {p.name}=VALUE")
+            v = POISON
+        frame.vars[p.name] = v
+        frame.defined_at[p.name] = p.span
+        b.graph.params[p.name] = v
+    for name in overrides:
+        known = [p.name for p in model.params]
+        b.err(f"model {model.name} has no parameter '{name}'", model.span,
+              f"its parameters are: {', '.join(known)}" if known else "it takes no parameters")
+    b.layer = ""
+    b.exec_body(model.body, frame)
+    for st in model.body:
+        if isinstance(st, s.Return):
+            b.err("a model declares outputs, not a return", st.span, "write: output NAME = ...")
+    b.graph.outputs = {k: v for k, v in b.graph.outputs.items() if v is not None}
+    if not b.graph.outputs and not any(d.severity == "error" for d in collector.diagnostics):
+        b.err(f"model {model.name} has no outputs", model.span, "declare one: output logits = ...")
+    b.graph.model_span = model.span
+    return b.graph

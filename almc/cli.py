@@ -1,0 +1,282 @@
+"""The almc command line. Exit status: 0 success, 1 model or data error, 2 usage
+error, 3 internal error (a bug in almc; --debug shows the traceback)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import AlmError, FileError, UsageError
+
+EXIT_OK, EXIT_MODEL, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def parse_value(text: str):
+    """A -D value: integer, float, true/false, a comma-separated tuple, or else a string."""
+    t = text.strip()
+    if "," in t:
+        return tuple(parse_value(x) for x in t.strip("()[]").split(",") if x.strip())
+    for conv in (int, float):
+        try:
+            return conv(t)
+        except ValueError:
+            pass
+    if t in ("true", "false"):
+        return t == "true"
+    return t.strip('"')
+
+
+def model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="the .alm model file")
+    p.add_argument("--model", help="which model, when the file defines several")
+    p.add_argument("-D", "--set", dest="params", action="append", default=[], metavar="NAME=VALUE",
+                   help="set a model parameter, e.g. -D classes=100 (repeatable)")
+    p.add_argument("--allow-outside-imports", action="store_true",
+                   help="allow imports from outside the model file's directory")
+    p.add_argument("--max-params", type=int, default=2_000_000_000, metavar="N",
+                   help="refuse a layer with more parameters than this (default 2e9)")
+    p.add_argument("--max-activations", type=int, default=2_000_000_000, metavar="N",
+                   help="refuse a layer whose output has more elements per example (default 2e9)")
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="almc", description="Compile declarative .alm neural networks to ONNX and run them.")
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks of internal errors")
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = p.add_subparsers(dest="command", parser_class=Parser)
+
+    c = sub.add_parser("check", help="parse, validate and infer shapes; report every error")
+    model_options(c)
+
+    s = sub.add_parser("summary", help="per-layer shapes, parameters, activations, mult-adds, receptive field")
+    model_options(s)
+    s.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    co = sub.add_parser("compile", help="lower to an ONNX model")
+    model_options(co)
+    co.add_argument("-o", "--output", help="output path (default: FILE's name with .onnx, in the current folder)")
+    co.add_argument("--seed", type=int, default=0, help="seed of the parameter initialisation (default 0)")
+
+    r = sub.add_parser("run", help="run a .alm or .onnx model on .npy inputs in onnxruntime")
+    r.add_argument("file", help="a .alm or .onnx model")
+    r.add_argument("--input", "-i", action="append", default=[], metavar="[NAME=]X.npy", required=True,
+                   help="an input array; NAME= is needed when the model has several inputs")
+    r.add_argument("--output", "-o", help="write the output to this .npy (.npz when there are several)")
+    r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    r.add_argument("--seed", type=int, default=0, help="seed of the initial weights for a .alm model")
+    r.add_argument("--model", help="which model, when the file defines several")
+    r.add_argument("-D", "--set", dest="params", action="append", default=[], metavar="NAME=VALUE")
+    r.add_argument("--allow-outside-imports", action="store_true")
+
+    g = sub.add_parser("graph", help="draw the graph with the shapes on its edges (.dot, .svg, .png)")
+    model_options(g)
+    g.add_argument("-o", "--output", required=True, help="out.dot, out.svg or out.png")
+    return p
+
+
+def load_model(args):
+    from .api import load
+    from .shapes import Limits
+
+    params = {}
+    for item in args.params:
+        if "=" not in item:
+            raise UsageError(f"-D expects NAME=VALUE, got '{item}'")
+        k, v = item.split("=", 1)
+        params[k.strip()] = parse_value(v)
+    if not Path(args.file).exists():
+        raise UsageError(f"no such file: {args.file}")
+    limits = Limits(getattr(args, "max_params", 2_000_000_000), getattr(args, "max_activations", 2_000_000_000))
+    m = load(Path(args.file), model=args.model, allow_outside=args.allow_outside_imports, limits=limits,
+             seed=getattr(args, "seed", 0), **params)
+    for w in m.warnings:
+        print(w.render(m.graph.sources), file=sys.stderr)
+    return m
+
+
+def cmd_check(args) -> int:
+    m = load_model(args)
+    s = m.summary()
+    print(f"{args.file}: model {m.name} is well-formed: {len(m.inputs)} input{'s' * (len(m.inputs) != 1)}, "
+          f"{len(m.outputs)} output{'s' * (len(m.outputs) != 1)}, {len(s.rows)} layers, "
+          f"{s.total_params:,} parameters")
+    for name, t in m.outputs.items():
+        print(f"  output {name}: {t}")
+    return EXIT_OK
+
+
+def cmd_summary(args) -> int:
+    m = load_model(args)
+    s = m.summary()
+    print(s.to_json() if args.json else s)
+    return EXIT_OK
+
+
+def cmd_compile(args) -> int:
+    from .files import atomic_write
+
+    t0 = time.perf_counter()
+    m = load_model(args)
+    out = Path(args.output) if args.output else Path(Path(args.file).stem + ".onnx")
+    if out.is_dir():
+        raise UsageError(f"{out} is a directory; give a file name with -o")
+    if not out.parent.exists():
+        raise UsageError(f"the folder {out.parent} does not exist")
+    proto = m.compile(seed=args.seed)
+    atomic_write(out, proto.SerializeToString())
+    n_params = sum(int(_numel(i)) for i in proto.graph.initializer)
+    print(f"wrote {out}: {len(proto.graph.node)} ONNX nodes, {n_params:,} parameters, opset "
+          f"{proto.opset_import[0].version}, in {time.perf_counter() - t0:.2f} s")
+    return EXIT_OK
+
+
+def _numel(t) -> int:
+    n = 1
+    for d in t.dims:
+        n *= d
+    return n
+
+
+def read_array(path: str):
+    import numpy as np
+
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"no such file: {path}")
+    try:
+        x = np.load(p, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise FileError(path, f"not a readable .npy file ({e})") from None
+    if not isinstance(x, np.ndarray):
+        raise FileError(path, "expected a single array (.npy), got an archive")
+    return x
+
+
+def cmd_run(args) -> int:
+    import numpy as np
+
+    from .files import atomic_write
+    from .runtime import session
+
+    arrays = {}
+    for item in args.input:
+        name, _, path = item.rpartition("=")
+        arrays[name or None] = read_array(path)
+    if args.file.endswith(".onnx"):
+        import onnx
+
+        if not Path(args.file).exists():
+            raise UsageError(f"no such file: {args.file}")
+        try:
+            proto = onnx.load(args.file)
+            onnx.checker.check_model(proto)
+        except Exception as e:  # onnx raises several types for damaged files
+            raise FileError(args.file, f"not a valid ONNX model ({str(e).splitlines()[0][:200]})") from None
+        inits = {i.name for i in proto.graph.initializer}
+        in_names = [i.name for i in proto.graph.input if i.name not in inits]
+        if None in arrays:
+            if len(in_names) != 1:
+                raise UsageError(f"the model has inputs {', '.join(in_names)}: use --input NAME=X.npy")
+            arrays = {in_names[0]: arrays.pop(None)}
+        missing = [n for n in in_names if n not in arrays]
+        if missing:
+            raise UsageError(f"missing input '{missing[0]}'")
+        sess = session(proto.SerializeToString(), args.device)
+        outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, arrays)))
+        provider = sess.get_providers()[0]
+    else:
+        args.max_params = args.max_activations = 2_000_000_000
+        m = load_model(args)
+        if None in arrays:
+            if len(m.inputs) != 1:
+                raise UsageError(f"{m.name} has inputs {', '.join(m.inputs)}: use --input NAME=X.npy")
+            arrays = {next(iter(m.inputs)): arrays.pop(None)}
+        outs = m.run(arrays, device=args.device)
+        provider = m.provider
+    print(f"ran on {provider}")
+    for name, y in outs.items():
+        print(f"{name}: {y.dtype}[{', '.join(map(str, y.shape))}]")
+        with np.printoptions(precision=4, suppress=True, threshold=20, edgeitems=3):
+            print(y)
+    if args.output:
+        import io
+
+        buf = io.BytesIO()
+        if len(outs) == 1:
+            np.save(buf, next(iter(outs.values())))
+        else:
+            np.savez(buf, **outs)
+        atomic_write(args.output, buf.getvalue())
+        print(f"wrote {args.output}")
+    return EXIT_OK
+
+
+def cmd_graph(args) -> int:
+    from .draw import render
+    from .files import atomic_write
+
+    fmt = Path(args.output).suffix.lstrip(".").lower()
+    if fmt not in ("dot", "svg", "png", "pdf"):
+        raise UsageError(f"cannot tell the format of {args.output}: use .dot, .svg or .png")
+    m = load_model(args)
+    atomic_write(args.output, render(m.graph, fmt))
+    print(f"wrote {args.output}")
+    return EXIT_OK
+
+
+COMMANDS = {"check": cmd_check, "summary": cmd_summary, "compile": cmd_compile, "run": cmd_run, "graph": cmd_graph}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))
+    try:
+        args = build_parser().parse_args(argv)
+        if args.version:
+            from . import __version__
+
+            print(f"almc {__version__}")
+            return EXIT_OK
+        if not args.command:
+            build_parser().print_help(sys.stderr)
+            return EXIT_USAGE
+        return COMMANDS[args.command](args)
+    except AlmError as e:
+        print(e.render(), file=sys.stderr)
+        n = sum(d.severity == "error" for d in e.diagnostics)
+        if n > 1:
+            print(f"{n} errors", file=sys.stderr)
+        return EXIT_MODEL
+    except FileError as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_MODEL
+    except UsageError as e:
+        print(f"almc: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("almc: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except RecursionError:
+        if debug:
+            raise
+        print("almc: error: the model is nested too deeply to compile", file=sys.stderr)
+        return EXIT_MODEL
+    except Exception as e:  # a bug in almc, not in the user's model
+        if debug:
+            raise
+        print(f"almc: internal error: {type(e).__name__}: {e}\n"
+              "This is a bug in almc. Please report it with the command and the model file; "
+              "--debug shows the traceback.", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""The pipeline, written once: check = validate ∘ build ∘ load (parse + imports);
+compile = lower ∘ check. Each step is a pass in its own module."""
+from __future__ import annotations
+
+from .build import build
+from .errors import AlmError, Collector, Diagnostic
+from .graph import Graph
+from .shapes import Limits
+from .source import load_program
+from .validate import validate
+
+
+def check(path=None, text=None, *, model: str | None = None, params: dict | None = None,
+          name: str = "<string>", allow_outside: bool = False, limits: Limits | None = None) -> tuple[Graph, list]:
+    """Parse, build, validate and type a model. Returns (graph, warnings); raises AlmError."""
+    c = Collector()
+    prog = load_program(c, path=path, text=text, name=name, allow_outside=allow_outside)
+    c.check()
+    models = prog.root.models
+    shown = str(path) if path is not None else name
+    if not models:
+        raise AlmError(Diagnostic(f"{shown} defines no model", _file_span(shown),
+                                  "declare one: model Name { input x: f32[N, ...] ... output y = ... }"), c.sources)
+    if model is None:
+        if len(models) > 1:
+            names = ", ".join(m.name for m in models)
+            raise AlmError(Diagnostic(f"{shown} defines several models ({names}); choose one with --model",
+                                      models[1].span), c.sources)
+        chosen = models[0]
+    else:
+        chosen = next((m for m in models if m.name == model), None)
+        if chosen is None:
+            raise AlmError(Diagnostic(f"{shown} has no model '{model}' (it has {', '.join(m.name for m in models)})",
+                                      _file_span(shown)), c.sources)
+    graph = build(prog.root, prog.blocks, chosen, c, params, limits)
+    c.check()
+    graph = validate(graph, c)
+    c.check()
+    graph.sources = dict(c.sources)
+    return graph, c.warnings
+
+
+def _file_span(shown):
+    from .errors import Span
+
+    return Span(shown, 1, 1, 1, 1)

@@ -1,0 +1,125 @@
+"""Source positions and diagnostics.
+
+Every error almc reports about a model is a `Diagnostic`: a severity, a message,
+a `Span` (file, line, column, end) and an optional hint. Passes collect them and
+raise one `AlmError` holding all of them, so a user sees every independent
+mistake in one run. `render` formats a diagnostic the way compilers do:
+
+    models/lenet.alm:9:10: error: dense expects a 2-D input [N, features], got f32[N, 16, 5, 5]
+        f6 = dense(s4, 84)
+             ^^^^^^^^^^^^^
+      hint: insert flatten(s4) first
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Span:
+    file: str
+    line: int
+    col: int
+    end_line: int
+    end_col: int  # exclusive
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+UNKNOWN = Span("<unknown>", 0, 0, 0, 0)
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    message: str
+    span: Span = UNKNOWN
+    hint: str | None = None
+    severity: str = "error"  # or "warning"
+    notes: tuple[str, ...] = ()  # extra lines, e.g. the import chain
+
+    def render(self, sources: dict[str, str] | None = None) -> str:
+        return render(self, sources or {})
+
+
+class AlmError(Exception):
+    """One or more diagnostics about the user's model (exit status 1)."""
+
+    def __init__(self, diagnostics: list[Diagnostic] | Diagnostic, sources: dict[str, str] | None = None):
+        if isinstance(diagnostics, Diagnostic):
+            diagnostics = [diagnostics]
+        self.diagnostics = list(diagnostics)
+        self.sources = dict(sources or {})
+        super().__init__("\n".join(f"{d.span}: {d.severity}: {d.message}" for d in self.diagnostics))
+
+    def render(self) -> str:
+        return "\n".join(render(d, self.sources) for d in self.diagnostics)
+
+
+class UsageError(Exception):
+    """A bad command line or API call (exit status 2)."""
+
+
+class ShapeError(Exception):
+    """Raised by an op's shape rule; build attaches the call's span."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+@dataclass
+class Collector:
+    """Accumulates diagnostics across a pass; `check()` raises them together."""
+
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def error(self, message: str, span: Span = UNKNOWN, hint: str | None = None, notes=()) -> None:
+        self.diagnostics.append(Diagnostic(message, span, hint, "error", tuple(notes)))
+
+    def warning(self, message: str, span: Span = UNKNOWN, hint: str | None = None) -> None:
+        self.diagnostics.append(Diagnostic(message, span, hint, "warning"))
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity == "warning"]
+
+    def check(self) -> None:
+        if self.errors:
+            ordered = sorted(self.diagnostics, key=lambda d: (d.severity != "error", d.span.file, d.span.line, d.span.col))
+            raise AlmError(ordered, self.sources)
+
+
+def render(d: Diagnostic, sources: dict[str, str]) -> str:
+    out = [f"{d.span}: {d.severity}: {d.message}"]
+    text = sources.get(d.span.file)
+    if text is not None and d.span.line >= 1:
+        lines = text.splitlines()
+        if d.span.line <= len(lines):
+            line = lines[d.span.line - 1].expandtabs(1)
+            shown = line if len(line) <= 200 else line[: 200] + " ..."
+            out.append("    " + shown)
+            start = max(d.span.col - 1, 0)
+            end = d.span.end_col - 1 if d.span.end_line == d.span.line else len(line)
+            end = min(max(end, start + 1), len(shown))
+            if start < len(shown):
+                out.append("    " + " " * start + "^" * max(end - start, 1))
+    out.extend(f"  {n}" for n in d.notes)
+    if d.hint:
+        out.append(f"  hint: {d.hint}")
+    return "\n".join(out)
+
+
+class FileError(Exception):
+    """A data, weights or ONNX file that cannot be read (exit status 1): 'path: error: message'."""
+
+    def __init__(self, path, message: str):
+        super().__init__(f"{path}: error: {message}")
+        self.path = str(path)
+        self.message = message

@@ -1,0 +1,78 @@
+"""The typed dataflow graph: a thin, immutable-by-convention wrapper over networkx.
+
+A node per operation (op name, resolved attributes, source span, block path,
+the source-level name it belongs to), an edge per tensor. Edges carry the input
+position (`index`) because an op's inputs are ordered; `Node.inputs` keeps the
+same order. No pass logic lives here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import networkx as nx
+
+from .errors import UNKNOWN, Span
+from .ops.registry import Attrs
+from .types import TensorType
+
+INPUT = "input"  # the op name of graph inputs (they have no registry entry)
+
+
+@dataclass(frozen=True)
+class Node:
+    id: str
+    op: str
+    inputs: tuple[str, ...] = ()
+    attrs: Attrs = field(default_factory=Attrs)
+    span: Span = UNKNOWN
+    scope: tuple[str, ...] = ()  # block call path, outermost first, e.g. ("layer1[0]", "basic")
+    layer: str = ""  # the source-level value this node computes part of (summary rows)
+    type: TensorType | None = None
+
+    @property
+    def doc(self) -> str:
+        where = f"{self.span.file}:{self.span.line}:{self.span.col}"
+        return where + (f" in {' > '.join(self.scope)}" if self.scope else "")
+
+
+@dataclass
+class Graph:
+    name: str = "model"
+    nx: nx.DiGraph = field(default_factory=nx.DiGraph)
+    inputs: list[str] = field(default_factory=list)
+    outputs: dict[str, str] = field(default_factory=dict)  # output name -> node id
+    sources: dict[str, str] = field(default_factory=dict)  # file -> text (diagnostics, hashing)
+    params: dict = field(default_factory=dict)  # the model's hyper-parameters as evaluated
+    frozen: frozenset = frozenset()  # node ids whose parameters are not trainable
+    span: Span = UNKNOWN  # the model's name in its source
+
+    def add(self, node: Node) -> Node:
+        assert node.id not in self.nx, node.id
+        self.nx.add_node(node.id, node=node)
+        for i, src in enumerate(node.inputs):
+            self.nx.add_edge(src, node.id, index=i)
+        if node.op == INPUT:
+            self.inputs.append(node.id)
+        return node
+
+    def node(self, nid: str) -> Node:
+        return self.nx.nodes[nid]["node"]
+
+    def __contains__(self, nid: str) -> bool:
+        return nid in self.nx
+
+    def nodes(self) -> list[Node]:
+        """Nodes in a deterministic topological order (ties broken by insertion order)."""
+        order = {n: i for i, n in enumerate(self.nx.nodes)}
+        return [self.node(n) for n in nx.lexicographical_topological_sort(self.nx, key=order.__getitem__)]
+
+    def consumers(self, nid: str) -> list[Node]:
+        return [self.node(c) for c in self.nx.successors(nid)]
+
+    def set_type(self, nid: str, t: TensorType) -> None:
+        self.nx.nodes[nid]["node"] = replace(self.node(nid), type=t)
+
+    def copy(self) -> "Graph":
+        g = replace(self, nx=self.nx.copy(), inputs=list(self.inputs), outputs=dict(self.outputs),
+                    sources=dict(self.sources), params=dict(self.params))
+        return g

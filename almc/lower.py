@@ -1,0 +1,99 @@
+"""Lowering: typed Graph -> onnx.ModelProto (inference form).
+
+Reads the types already inferred (never re-infers). Each graph node is lowered
+by its op's `lower` rule through an `Emitter`; the tensor a node produces is
+named after the node, so ONNX names follow the .alm names. Every intermediate
+type goes into `value_info`; each ONNX node's doc_string holds its source
+position and block path. Output is deterministic: the same graph and seed give
+byte-identical bytes.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from . import __version__
+from .graph import INPUT, Graph
+from .init import initialize, param_specs
+from .ops.emit import Emitter
+from .ops.registry import lookup
+from .types import DTYPES, TensorType
+
+OPSET = 21  # one pinned ONNX opset; onnxruntime >= 1.20 implements every op we emit at it
+IR_VERSION = 10  # what onnxruntime >= 1.20 reads (onnx's own default can be newer)
+
+
+def value_info(name: str, t: TensorType):
+    elem = getattr(TensorProto, DTYPES[t.dtype][1])
+    return helper.make_tensor_value_info(name, elem, [d for d in t.dims])
+
+
+def source_hash(graph: Graph) -> str:
+    h = hashlib.sha256()
+    for f in sorted(graph.sources):
+        h.update(f.encode() + b"\0" + graph.sources[f].encode() + b"\0")
+    return h.hexdigest()
+
+
+def live_nodes(graph: Graph) -> set[str]:
+    """Nodes that some output depends on."""
+    import networkx as nx
+
+    live = set()
+    for nid in graph.outputs.values():
+        live.add(nid)
+        live |= nx.ancestors(graph.nx, nid)
+    return live
+
+
+def lower(graph: Graph, weights: dict[str, np.ndarray] | None = None, seed: int = 0) -> onnx.ModelProto:
+    if weights is None:
+        weights = initialize(graph, seed)
+    live = live_nodes(graph)
+    nodes, inits, infos = [], [], []
+    tensor: dict[str, str] = {}
+    out_nodes = set(graph.outputs.values())
+    for node in graph.nodes():
+        if node.id not in live:
+            continue
+        if node.op == INPUT:
+            tensor[node.id] = node.id
+            continue
+        op = lookup(node.op)
+        types = [graph.node(i).type for i in node.inputs]
+        pnames = {}
+        if op.params is not None:
+            for p in op.params(types, node.attrs):
+                full = f"{node.id}.{p.name}"
+                pnames[p.name] = full
+                inits.append(numpy_helper.from_array(np.ascontiguousarray(weights[full], np.float32), full))
+        g = Emitter(nodes, inits, node.id, node.doc)
+        name = op.lower(g, [tensor[i] for i in node.inputs], pnames, node.attrs, types, node.type)
+        tensor[node.id] = name
+        if name == node.id and node.id not in out_nodes:
+            infos.append(value_info(name, node.type))
+    outputs = []
+    for oname, nid in graph.outputs.items():
+        if tensor[nid] != oname:
+            nodes.append(helper.make_node("Identity", [tensor[nid]], [oname], name=f"{oname}/output",
+                                          doc_string=graph.node(nid).doc))
+        outputs.append(value_info(oname, graph.node(nid).type))
+    inputs = [value_info(i, graph.node(i).type) for i in graph.inputs if i in live]
+    g = helper.make_graph(nodes, graph.name, inputs, outputs, initializer=inits, value_info=infos)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="almc",
+                              producer_version=__version__, ir_version=IR_VERSION,
+                              doc_string=f"{graph.name}, compiled by almc {__version__}")
+    helper.set_model_props(model, {"almc.version": __version__, "almc.source_sha256": source_hash(graph),
+                                   "almc.model": graph.name, "almc.seed": str(seed)})
+    return model
+
+
+def check(model: onnx.ModelProto) -> None:
+    onnx.checker.check_model(model, full_check=True)
+
+
+def used_param_names(graph: Graph) -> list[str]:
+    return [name for _, name, _ in param_specs(graph)]

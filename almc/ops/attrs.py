@@ -1,0 +1,105 @@
+"""Attribute kinds: how a value written in .alm is checked and normalised.
+
+`coerce(attr, value)` returns the normalised value or raises `TypeError` with a
+message that says what was expected; build turns it into a located error.
+"""
+from __future__ import annotations
+
+from .registry import Attr
+
+
+def _describe(v) -> str:
+    if isinstance(v, bool):
+        return f"the boolean {str(v).lower()}"
+    if isinstance(v, int):
+        return f"the integer {v}"
+    if isinstance(v, float):
+        return f"the float {v:g}"
+    if isinstance(v, str):
+        return f'the string "{v}"'
+    if isinstance(v, tuple):
+        return f"the tuple {format_value(v)}"
+    return type(v).__name__
+
+
+def format_value(v) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, tuple):
+        return "(" + ", ".join(format_value(x) for x in v) + ")"
+    return str(v)
+
+
+def _int(v, what):
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{what} expects an integer, got {_describe(v)}")
+    return v
+
+
+def _ints(v, what):
+    """An int, or a tuple of ints (one per spatial axis)."""
+    if isinstance(v, tuple):
+        if not v:
+            raise TypeError(f"{what} expects an integer or a tuple of integers, got ()")
+        return tuple(_int(x, what) for x in v)
+    return _int(v, what)
+
+
+def _float(v, what):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{what} expects a number, got {_describe(v)}")
+    return float(v)
+
+
+def _bool(v, what):
+    if not isinstance(v, bool):
+        raise TypeError(f"{what} expects true or false, got {_describe(v)}")
+    return v
+
+
+def _str(v, what):
+    if not isinstance(v, str):
+        raise TypeError(f"{what} expects a string, got {_describe(v)}")
+    return v
+
+
+def _pad(v, what):
+    """int | (p, p, ...) per axis | ((begin, end), ...) per side | "same" | "valid"."""
+    if isinstance(v, str):
+        if v not in ("same", "valid"):
+            raise TypeError(f'{what} expects an integer, a tuple, "same" or "valid", got {_describe(v)}')
+        return v
+    if isinstance(v, tuple):
+        if v and all(isinstance(x, tuple) for x in v):
+            for x in v:
+                if len(x) != 2:
+                    raise TypeError(f"{what} expects (begin, end) pairs per axis, got {format_value(x)}")
+            return tuple((_int(b, what), _int(e, what)) for b, e in v)
+        return _ints(v, what)
+    return _int(v, what)
+
+
+def _shape(v, what):
+    if not isinstance(v, tuple):
+        v = (v,)
+    return tuple(_int(x, what) for x in v)
+
+
+def _any(v, what):
+    return v
+
+
+COERCE = {"int": _int, "ints": _ints, "float": _float, "bool": _bool, "str": _str, "pad": _pad, "shape": _shape, "any": _any}
+
+
+def coerce(attr: Attr, value, opname: str):
+    what = f"{opname}'s argument '{attr.name}'"
+    if value is None and attr.default is None:
+        return None
+    out = COERCE[attr.kind](value, what)
+    if attr.choices and out not in attr.choices:
+        opts = ", ".join(format_value(c) for c in attr.choices)
+        raise TypeError(f"{what} must be one of {opts}, got {format_value(out)}")
+    return out

@@ -1,0 +1,107 @@
+"""dense (fully connected, ONNX Gemm) and the ops that reshape into it: flatten, reshape."""
+from __future__ import annotations
+
+from math import prod
+
+import numpy as np
+
+from ..errors import ShapeError
+from ..types import TensorType
+from .registry import Attr, Op, Param, register
+
+
+def dense_shape(types, a):
+    (x,) = types
+    if x.rank != 2:
+        raise ShapeError(f"dense expects a 2-D input [N, features], got {x}",
+                         "insert flatten(...) first" if x.rank > 2 else None)
+    if isinstance(x.dims[1], str):
+        raise ShapeError(f"dense needs a known number of input features, got {x}")
+    if a.units <= 0:
+        raise ShapeError(f"dense needs a positive number of units, got {a.units}")
+    return x.with_dims((x.dims[0], a.units))
+
+
+def dense_params(types, a):
+    fin = types[0].dims[1]
+    ps = [Param("weight", (a.units, fin), a.init, fan_in=fin, fan_out=a.units)]
+    if a.bias:
+        ps.append(Param("bias", (a.units,), "zeros"))
+    return ps
+
+
+def dense_lower(g, ins, p, a, types, out):
+    args = [ins[0], p["weight"]] + ([p["bias"]] if a.bias else [])
+    return g.node("Gemm", args, out=g.out, transB=1)
+
+
+def dense_reference(xs, p, a):
+    y = xs[0] @ p["weight"].T
+    return y + p["bias"] if a.bias else y
+
+
+register(Op(
+    name="dense", inputs=("x",),
+    attrs=(Attr("units", "int", doc="output features"), Attr("bias", "bool", True),
+           Attr("init", "str", "auto", ("auto", "he", "glorot", "normal", "uniform_fan_in"))),
+    shape=dense_shape, params=dense_params, lower=dense_lower, reference=dense_reference,
+    macs=lambda types, out, a: types[0].dims[1] * a.units,
+    window=lambda types, a: "global",
+    doc="Fully connected layer y = x W^T + b (ONNX Gemm); weight [units, features] as in PyTorch.",
+    examples=(((("f32", (3, 7)),), dict(units=5)), ((("f32", (2, 4)),), dict(units=3, bias=False))),
+))
+
+
+def flatten_shape(types, a):
+    (x,) = types
+    if x.rank < 2:
+        raise ShapeError(f"flatten expects at least [N, ...], got {x}")
+    for d in x.dims[1:]:
+        if isinstance(d, str):
+            raise ShapeError(f"flatten needs known sizes after the batch axis, got {x}")
+    return x.with_dims((x.dims[0], prod(x.dims[1:])))
+
+
+register(Op(
+    name="flatten", inputs=("x",), shape=flatten_shape,
+    lower=lambda g, ins, p, a, types, out: g.node("Flatten", [ins[0]], out=g.out, axis=1),
+    reference=lambda xs, p, a: xs[0].reshape(xs[0].shape[0], -1),
+    category="shape",
+    doc="Keeps the batch axis and flattens the rest: [N, C, H, W] -> [N, C*H*W].",
+    examples=(((("f32", (2, 3, 4, 5)),), {}),),
+))
+
+
+def reshape_target(x: TensorType, shape):
+    per = x.per_example()
+    for d in x.dims[1:]:
+        if isinstance(d, str):
+            raise ShapeError(f"reshape needs known sizes after the batch axis, got {x}")
+    if shape.count(-1) > 1:
+        raise ShapeError("reshape allows at most one -1 in its shape")
+    known = prod(d for d in shape if d != -1)
+    if any(d == 0 or d < -1 for d in shape):
+        raise ShapeError(f"reshape sizes must be positive (or one -1), got {shape}")
+    if -1 in shape:
+        if per % known:
+            raise ShapeError(f"cannot reshape {per} elements per example into {shape}")
+        shape = tuple(per // known if d == -1 else d for d in shape)
+    if prod(shape) != per:
+        raise ShapeError(f"cannot reshape {x} ({per} elements per example) into [N, {', '.join(map(str, shape))}]")
+    return shape
+
+
+def reshape_lower(g, ins, p, a, types, out):
+    target = g.const("shape", [0, *reshape_target(types[0], a.shape)], np.int64)
+    return g.node("Reshape", [ins[0], target], out=g.out)
+
+
+register(Op(
+    name="reshape", inputs=("x",), attrs=(Attr("shape", "shape", doc="per-example shape; the batch axis is kept"),),
+    shape=lambda types, a: types[0].with_dims((types[0].dims[0], *reshape_target(types[0], a.shape))),
+    lower=reshape_lower,
+    reference=lambda xs, p, a: xs[0].reshape(xs[0].shape[0], *a.shape),
+    category="shape",
+    doc="Reshape each example; the batch axis stays: reshape(x, (16, 5, 5)) gives [N, 16, 5, 5].",
+    examples=(((("f32", (2, 12)),), dict(shape=(3, 4))), ((("f32", (2, 3, 4)),), dict(shape=(-1,)))),
+))

@@ -1,0 +1,41 @@
+"""The interface op lowerings write ONNX through.
+
+`Emitter` is handed to an op's `lower` rule for one graph node. `g.node(...)`
+appends an ONNX node and returns its output name; `g.const(...)` adds a constant
+initializer; `g.out` is the name the node's result should carry. Every ONNX node
+gets a name derived from the graph node and the source position in doc_string.
+"""
+from __future__ import annotations
+
+import numpy as np
+from onnx import helper, numpy_helper
+
+
+class Emitter:
+    def __init__(self, nodes: list, initializers: list, node_id: str, doc: str = "", training: bool = False):
+        self.nodes = nodes
+        self.initializers = initializers
+        self.id = node_id
+        self.out = node_id
+        self.doc = doc
+        self.training = training
+        self._count = 0
+        self._nodes_emitted = 0
+
+    def tmp(self, suffix: str) -> str:
+        self._count += 1
+        return f"{self.id}.{suffix}{self._count}"
+
+    def node(self, op_type: str, inputs: list[str], out: str | None = None, outputs: list[str] | None = None, **attrs) -> str:
+        outs = outputs if outputs is not None else [out if out is not None else self.tmp(op_type.lower())]
+        self._nodes_emitted += 1
+        name = self.id if self._nodes_emitted == 1 else f"{self.id}/{op_type}_{self._nodes_emitted}"
+        n = helper.make_node(op_type, list(inputs), outs, name=name, doc_string=self.doc,
+                             **{k: v for k, v in attrs.items() if v is not None})
+        self.nodes.append(n)
+        return outs[0]
+
+    def const(self, suffix: str, value, dtype=np.float32) -> str:
+        name = f"{self.id}.{suffix}"
+        self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name

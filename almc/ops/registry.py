@@ -1,0 +1,148 @@
+"""The op registry: everything the compiler knows about an op, in one record.
+
+An `Op` holds its signature (tensor inputs, typed attributes with defaults), its
+shape rule, its parameters, its ONNX lowering, an independent numpy reference
+kernel, and its cost (multiply-adds, receptive-field window). Passes look ops up
+here by name and never switch on op names. Each op family lives in its own
+module under `almc/ops/` and registers its ops at import time.
+
+Rule signatures (attributes arrive as an `Attrs` object, `a.kernel` etc.):
+
+    shape(types: list[TensorType], a) -> TensorType
+    params(types, a) -> list[Param]
+    lower(g: Emitter, ins: list[str], p: dict[str, str], a, types, out: TensorType) -> str
+    reference(xs: list[ndarray], p: dict[str, ndarray], a) -> ndarray
+    macs(types, out, a) -> int            # per example
+    window(types, a) -> list[Window] | "global" | None   # None: pointwise
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+REQUIRED = object()
+
+
+class Attrs(dict):
+    """Resolved attributes of one call; read them as `a.kernel`."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    __setattr__ = None  # frozen once resolved
+
+
+@dataclass(frozen=True)
+class Attr:
+    name: str
+    kind: str  # see almc.ops.attrs.COERCE for the kinds
+    default: Any = REQUIRED
+    choices: tuple = ()
+    doc: str = ""
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+
+@dataclass(frozen=True)
+class Param:
+    """A parameter (trainable) or buffer (not trainable) an op owns."""
+
+    name: str  # local name: weight, bias, running_mean, ...
+    shape: tuple[int, ...]
+    init: str  # "auto" (He or Glorot by activation), "he", "glorot", "zeros", "ones", "uniform_fan_in", ...
+    trainable: bool = True
+    fan_in: int = 1
+    fan_out: int = 1
+
+
+@dataclass(frozen=True)
+class Window:
+    """One spatial axis of a sliding window, for receptive-field arithmetic."""
+
+    kernel: int
+    stride: int = 1
+    dilation: int = 1
+    transposed: bool = False  # transposed conv / upsampling: stride divides the jump
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    inputs: tuple[str, ...]
+    shape: Callable
+    lower: Callable
+    reference: Callable
+    attrs: tuple[Attr, ...] = ()
+    params: Callable | None = None
+    macs: Callable | None = None
+    window: Callable | None = None
+    variadic: bool = False  # the last input repeats (concat)
+    activation: str | None = None  # "relu" layers get He init, "tanh"/"sigmoid" Glorot
+    transparent: bool = False  # init looks through it for the activation (batchnorm, dropout)
+    doc: str = ""
+    category: str = "layer"
+    examples: tuple = field(default=())  # argument tuples for the registry test (see tests/test_ops.py)
+
+    def attr(self, name: str) -> Attr | None:
+        return next((x for x in self.attrs if x.name == name), None)
+
+
+OPS: dict[str, Op] = {}
+
+
+def register(op: Op) -> Op:
+    assert op.name not in OPS, f"op {op.name} registered twice"
+    OPS[op.name] = op
+    return op
+
+
+def lookup(name: str) -> Op | None:
+    _load_all()
+    return OPS.get(name)
+
+
+def all_ops() -> dict[str, Op]:
+    _load_all()
+    return OPS
+
+
+_loaded = False
+
+
+def _load_all() -> None:
+    """Import every op family module once (they register themselves)."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    import importlib
+    import pkgutil
+
+    import almc.ops as pkg
+
+    for m in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+        if m.name not in ("registry", "attrs", "emit", "common"):
+            importlib.import_module(f"almc.ops.{m.name}")
+
+
+def resolve_attrs(op: Op, given: dict) -> Attrs:
+    """Fill defaults and coerce each attribute; raises TypeError / KeyError with a user message."""
+    from .attrs import coerce
+
+    out = {}
+    for attr in op.attrs:
+        if attr.name in given:
+            out[attr.name] = coerce(attr, given[attr.name], op.name)
+        elif attr.required:
+            raise KeyError(f"{op.name} needs the argument '{attr.name}'")
+        else:
+            out[attr.name] = attr.default
+    unknown = set(given) - {a.name for a in op.attrs}
+    if unknown:
+        raise KeyError(f"{op.name} has no argument '{sorted(unknown)[0]}'")
+    return Attrs(out)

@@ -1,0 +1,303 @@
+"""Ops that change spatial resolution: conv_transpose, upsample, crop, center_crop (U-Net's decoder)."""
+from __future__ import annotations
+
+from dataclasses import replace
+from math import prod
+
+import numpy as np
+
+from ..errors import ShapeError
+from ..types import TensorType
+from .common import onnx_pads, per_axis, positive, resolve_pads
+from .conv import WINDOW_ATTRS, spatial_rank
+from .registry import Attr, Op, Param, Window, register
+
+
+def known_spatial(x: TensorType, opname: str) -> tuple[int, ...]:
+    for d in x.dims[2:]:
+        if isinstance(d, str):
+            raise ShapeError(f"{opname} needs known spatial sizes, got {x}")
+    return x.dims[2:]
+
+
+# ---- conv_transpose ---------------------------------------------------------------
+
+def ct_geometry(x: TensorType, a):
+    """(n, kernel, stride, dilation, pads, output_pad, out spatial sizes) of a transposed conv."""
+    n = spatial_rank(x, "conv_transpose")
+    kernel, stride, dilation, opad = (per_axis(v, n, w) for v, w in (
+        (a.kernel, "kernel"), (a.stride, "stride"), (a.dilation, "dilation"), (a.output_pad, "output_pad")))
+    positive(kernel, "kernel size")
+    positive(stride, "stride")
+    positive(dilation, "dilation")
+    for i in range(n):
+        if not 0 <= opad[i] < max(stride[i], dilation[i]):
+            raise ShapeError(f"conv_transpose output_pad ({opad[i]}) must be >= 0 and smaller than the stride "
+                             f"({stride[i]}) or the dilation ({dilation[i]})",
+                             "output_pad only picks among the sizes a strided conv maps to one size")
+    size = known_spatial(x, "conv_transpose")
+    if a.pad == "same":  # out = in * stride (+ output_pad): the inverse of a "same" strided conv
+        pads = []
+        for i in range(n):
+            total = (kernel[i] - 1) * dilation[i] + 1 - stride[i]
+            if total < 0:
+                raise ShapeError(f'conv_transpose pad = "same" needs the kernel ({kernel[i]}, dilation '
+                                 f'{dilation[i]}) to span at least the stride ({stride[i]})',
+                                 "use kernel >= stride, or an explicit pad with output_pad")
+            pads.append((total // 2, total - total // 2))
+    else:
+        pads = resolve_pads(a.pad, n, size, kernel, stride, dilation)
+    out = []
+    for i in range(n):
+        o = (size[i] - 1) * stride[i] + dilation[i] * (kernel[i] - 1) + 1 + opad[i] - sum(pads[i])
+        if o <= 0:
+            raise ShapeError(f"conv_transpose output would be empty along spatial axis {i} of {x}: "
+                             f"padding {pads[i]} removes more than the {o + sum(pads[i])} positions it makes")
+        out.append(o)
+    return n, kernel, stride, dilation, pads, opad, out
+
+
+def ct_shape(types, a):
+    (x,) = types
+    *_, out = ct_geometry(x, a)
+    c = x.dims[1]
+    if a.channels <= 0:
+        raise ShapeError(f"conv_transpose needs a positive number of output channels, got {a.channels}")
+    if a.groups <= 0 or (isinstance(c, int) and c % a.groups) or a.channels % a.groups:
+        raise ShapeError(f"groups = {a.groups} must divide both the input channels ({c}) "
+                         f"and the output channels ({a.channels})")
+    return x.with_dims((x.dims[0], a.channels, *out))
+
+
+def ct_params(types, a):
+    (x,) = types
+    kernel = ct_geometry(x, a)[1]
+    cin = x.dims[1]
+    if isinstance(cin, str):
+        raise ShapeError(f"conv_transpose needs a known number of input channels, got {x}")
+    k = prod(kernel)
+    # Fans follow PyTorch's convention for transposed weights [C_in, C_out/g, *k]: fan_in = dim 1 * k.
+    ps = [Param("weight", (cin, a.channels // a.groups, *kernel), a.init,
+                fan_in=a.channels // a.groups * k, fan_out=cin // a.groups * k)]
+    if a.bias:
+        ps.append(Param("bias", (a.channels,), "zeros"))
+    return ps
+
+
+def ct_lower(g, ins, p, a, types, out):
+    n, kernel, stride, dilation, pads, opad, _ = ct_geometry(types[0], a)
+    args = [ins[0], p["weight"]] + ([p["bias"]] if a.bias else [])
+    return g.node("ConvTranspose", args, out=g.out, kernel_shape=list(kernel), strides=list(stride),
+                  dilations=list(dilation), pads=onnx_pads(pads), output_padding=list(opad), group=a.groups)
+
+
+def conv_transpose_nd(x, w, stride, dilation, pads, opad, groups):
+    """Transposed conv by scatter-add: each kernel tap adds x * w into a strided slice of the output."""
+    N, C, *I = x.shape
+    K = w.shape[2:]
+    mg = w.shape[1]
+    full = [(i - 1) * s + d * (k - 1) + 1 + o for i, s, d, k, o in zip(I, stride, dilation, K, opad)]
+    y = np.zeros((N, groups, mg, *full))
+    xg = x.astype(np.float64).reshape(N, groups, C // groups, *I)
+    wg = w.astype(np.float64).reshape(groups, C // groups, mg, *K)
+    sp = "xyz"[:len(I)]
+    for tap in np.ndindex(*K):
+        contrib = np.einsum(f"ngc{sp},gcm->ngm{sp}", xg, wg[(slice(None),) * 3 + tap])
+        at = tuple(slice(t * d, t * d + (i - 1) * s + 1, s) for t, d, i, s in zip(tap, dilation, I, stride))
+        y[(slice(None),) * 3 + at] += contrib
+    y = y.reshape(N, groups * mg, *full)
+    return y[(slice(None),) * 2 + tuple(slice(b, f - e) for (b, e), f in zip(pads, full))]
+
+
+def ct_reference(xs, p, a):
+    (x,) = xs
+    n, kernel, stride, dilation, pads, opad, _ = ct_geometry(TensorType("f32", x.shape), a)
+    y = conv_transpose_nd(x, p["weight"], stride, dilation, pads, opad, a.groups)
+    if a.bias:
+        y = y + p["bias"].reshape(1, -1, *([1] * n))
+    return y.astype(x.dtype)
+
+
+register(Op(
+    name="conv_transpose", inputs=("x",),
+    attrs=(Attr("channels", "int", doc="output channels"),
+           Attr("kernel", "ints", doc="kernel size, an int or one per spatial axis"),
+           WINDOW_ATTRS[0],
+           replace(WINDOW_ATTRS[1], doc='removed from the output: int, per axis (p, q), per side ((b, e), ...), '
+                                        '"valid" (0) or "same" (output = input * stride)'),
+           Attr("output_pad", "ints", 0, doc="extra size at the end of each spatial axis (< stride or dilation)"),
+           WINDOW_ATTRS[2],
+           Attr("groups", "int", 1, doc="grouped transposed convolution"),
+           Attr("bias", "bool", True),
+           Attr("init", "str", "auto", ("auto", "he", "glorot", "normal", "uniform_fan_in"))),
+    shape=ct_shape, params=ct_params, lower=ct_lower, reference=ct_reference,
+    macs=lambda types, out, a: types[0].per_example() * (a.channels // a.groups) * prod(ct_geometry(types[0], a)[1]),
+    window=lambda types, a: [Window(k, s, d, transposed=True) for k, s, d in zip(*ct_geometry(types[0], a)[1:4])],
+    doc="Transposed convolution over 1, 2 or 3 spatial axes (ONNX ConvTranspose), U-Net's up-convolution; "
+        "weight [C, channels/groups, *kernel]; out = (in-1)*stride - pads + dilation*(kernel-1) + output_pad + 1.",
+    examples=(
+        ((("f32", (2, 4, 5, 5)),), dict(channels=3, kernel=2, stride=2)),
+        ((("f32", (2, 4, 6, 6)),), dict(channels=6, kernel=3, stride=2, pad=1, output_pad=1, groups=2)),
+        ((("f32", (2, 3, 7)),), dict(channels=2, kernel=4, stride=3, pad=((1, 2),), output_pad=2, dilation=2, bias=False)),
+        ((("f32", (1, 2, 3, 4, 4)),), dict(channels=3, kernel=(2, 3, 3), stride=(1, 2, 2), pad="same")),
+        ((("f32", (2, 3, 5, 4)),), dict(channels=4, kernel=(3, 2), dilation=(2, 1), pad="same", init="he")),
+    ),
+))
+
+
+# ---- upsample --------------------------------------------------------------------
+
+def up_geometry(x: TensorType, a):
+    if x.rank not in (3, 4, 5):
+        raise ShapeError(f"upsample expects a 3-D, 4-D or 5-D input [N, C, spatial...], got {x}")
+    scale = per_axis(a.scale, x.rank - 2, "scale")
+    positive(scale, "scale")
+    return scale, [d * s for d, s in zip(known_spatial(x, "upsample"), scale)]
+
+
+def up_lower(g, ins, p, a, types, out):
+    scale, _ = up_geometry(types[0], a)
+    scales = g.const("scales", [1.0, 1.0, *scale], np.float32)
+    if a.mode == "nearest":  # PyTorch nn.Upsample(mode="nearest"): src = floor(dst / scale)
+        how = dict(mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    else:  # PyTorch (bi/tri)linear with align_corners=False
+        how = dict(mode="linear", coordinate_transformation_mode="half_pixel")
+    return g.node("Resize", [ins[0], "", scales], out=g.out, **how)
+
+
+def lerp_axis(x, axis, s):
+    """Linear resize of one axis by s, half-pixel centres, sources clamped to the edge."""
+    L = x.shape[axis]
+    src = np.clip((np.arange(L * s) + 0.5) / s - 0.5, 0, L - 1)
+    i0 = np.floor(src).astype(np.int64)
+    i1 = np.minimum(i0 + 1, L - 1)
+    w = (src - i0).reshape([-1 if k == axis else 1 for k in range(x.ndim)])
+    return np.take(x, i0, axis) * (1 - w) + np.take(x, i1, axis) * w
+
+
+def up_reference(xs, p, a):
+    (x,) = xs
+    scale, _ = up_geometry(TensorType("f32", x.shape), a)
+    y = x.astype(np.float64)
+    for i, s in enumerate(scale):
+        axis = 2 + i
+        if a.mode == "nearest":
+            y = np.take(y, np.arange(x.shape[axis] * s) // s, axis)
+        else:
+            y = lerp_axis(y, axis, s)
+    return y.astype(x.dtype)
+
+
+register(Op(
+    name="upsample", inputs=("x",),
+    attrs=(Attr("scale", "ints", 2, doc="integer factor, an int or one per spatial axis"),
+           Attr("mode", "str", "nearest", ("nearest", "linear"),
+                doc="nearest copies (PyTorch nearest); linear interpolates (align_corners = false)")),
+    shape=lambda types, a: types[0].with_dims((*types[0].dims[:2], *up_geometry(types[0], a)[1])),
+    lower=up_lower, reference=up_reference,
+    macs=lambda types, out, a: 0 if a.mode == "nearest" else out.per_example() * (types[0].rank - 2),
+    window=lambda types, a: [Window(1 if a.mode == "nearest" else 2, s, transposed=True)
+                             for s in up_geometry(types[0], a)[0]],
+    category="resample",
+    doc="Scales the spatial axes by integer factors (ONNX Resize), as PyTorch nn.Upsample.",
+    examples=(
+        ((("f32", (2, 3, 4, 4)),), {}),
+        ((("f32", (2, 3, 3, 3)),), dict(scale=3)),
+        ((("f32", (1, 2, 2, 3, 3)),), dict(scale=(1, 2, 3))),
+        ((("f32", (2, 3, 4, 5)),), dict(scale=(2, 3), mode="linear")),
+        ((("f32", (2, 2, 5)),), dict(scale=3, mode="linear")),
+        ((("f32", (1, 2, 2, 3, 4)),), dict(mode="linear")),
+    ),
+))
+
+
+# ---- crop / center_crop ----------------------------------------------------------
+
+def crop_window(x: TensorType, target, opname: str, what: str):
+    """(axis, start, end) for each spatial axis that shrinks; start as torchvision's center_crop."""
+    if x.rank < 3:
+        raise ShapeError(f"{opname} expects an input with spatial axes [N, C, spatial...], got {x}")
+    cuts = []
+    for i, (d, t) in enumerate(zip(x.dims[2:], target)):
+        if d == t:  # also covers equal symbolic sizes: nothing to cut
+            continue
+        if isinstance(d, str) or isinstance(t, str):
+            raise ShapeError(f"{opname} needs known spatial sizes, got {x} and {what}")
+        if not 0 < t <= d:
+            raise ShapeError(f"{opname} cannot cut {x} down to {what}: spatial axis {i} is {d}, the crop {t}",
+                             "crop only shrinks; crop the larger tensor to the smaller one" if t > d else None)
+        start = int(round((d - t) / 2))  # Python rounds half to even, as torchvision does
+        cuts.append((2 + i, start, start + t))
+    return cuts
+
+
+def crop_dims(x, cuts):
+    dims = list(x.dims)
+    for axis, s, e in cuts:
+        dims[axis] = e - s
+    return x.with_dims(dims)
+
+
+def slice_lower(g, x, cuts):
+    if not cuts:
+        return x  # nothing to cut: alias the input, emit nothing
+    ax, st, en = zip(*cuts)
+    return g.node("Slice", [x, g.const("starts", st, np.int64), g.const("ends", en, np.int64),
+                            g.const("axes", ax, np.int64)], out=g.out)
+
+
+def slice_reference(x, cuts):
+    idx = [slice(None)] * x.ndim
+    for axis, s, e in cuts:
+        idx[axis] = slice(s, e)
+    return x[tuple(idx)]
+
+
+def crop_cuts(types, a):
+    x, like = types
+    if like.rank != x.rank:
+        raise ShapeError(f"crop needs `like` of the same rank as its input, got {x} and like = {like}")
+    return crop_window(x, like.dims[2:], "crop", f"like = {like}")
+
+
+def center_crop_cuts(types, a):
+    (x,) = types
+    size = a.size if isinstance(a.size, tuple) else (a.size,) * (x.rank - 2)
+    if len(size) != x.rank - 2:
+        raise ShapeError(f"center_crop size {a.size} has {len(size)} entries but {x} has {x.rank - 2} spatial axes")
+    return crop_window(x, size, "center_crop", f"size {a.size}")
+
+
+CROP_DOC = (" Start per axis = round((in - out) / 2) with Python's half-to-even rounding, exactly "
+            "torchvision.transforms.functional.center_crop (so (in - out) = 3 starts at 2, 5 at 2, 7 at 4).")
+
+register(Op(
+    name="crop", inputs=("x", "like"),
+    shape=lambda types, a: crop_dims(types[0], crop_cuts(types, a)),
+    lower=lambda g, ins, p, a, types, out: slice_lower(g, ins[0], crop_cuts(types, a)),
+    reference=lambda xs, p, a: slice_reference(
+        xs[0], crop_cuts([TensorType("f32", xs[0].shape), TensorType("f32", xs[1].shape)], a)),
+    category="shape",
+    doc="Centre crop of x's spatial axes to the spatial size of `like` (U-Net skip connections); "
+        "batch and channels are kept (ONNX Slice)." + CROP_DOC,
+    examples=(
+        ((("f32", (2, 3, 9, 9)), ("f32", (2, 5, 4, 6))), {}),
+        ((("f32", (2, 4, 7)), ("f32", (2, 1, 4))), {}),
+        ((("f32", (1, 2, 5, 6, 7)), ("f32", (1, 2, 5, 3, 2))), {}),
+    ),
+))
+
+register(Op(
+    name="center_crop", inputs=("x",), attrs=(Attr("size", "ints", doc="spatial size, an int or one per spatial axis"),),
+    shape=lambda types, a: crop_dims(types[0], center_crop_cuts(types, a)),
+    lower=lambda g, ins, p, a, types, out: slice_lower(g, ins[0], center_crop_cuts(types, a)),
+    reference=lambda xs, p, a: slice_reference(xs[0], center_crop_cuts([TensorType("f32", xs[0].shape)], a)),
+    category="shape",
+    doc="Centre crop of the spatial axes to `size`; batch and channels are kept (ONNX Slice)." + CROP_DOC,
+    examples=(
+        ((("f32", (2, 3, 10, 10)),), dict(size=6)),
+        ((("f32", (2, 3, 9, 8)),), dict(size=(4, 5))),
+        ((("f32", (2, 2, 7)),), dict(size=2)),
+        ((("f32", (1, 2, 5, 6, 7)),), dict(size=(5, 3, 2))),
+    ),
+))

@@ -1,0 +1,67 @@
+"""Running ONNX models in onnxruntime, on CUDA when it can really load, else on CPU.
+
+onnxruntime-gpu lists CUDAExecutionProvider even on machines without a GPU and
+then logs loading errors when asked for it. We ask for CUDA only when a CUDA
+driver library is present, silence onnxruntime's own logging below errors, and
+report the provider that actually ran.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+from functools import lru_cache
+
+import numpy as np
+
+
+@lru_cache(maxsize=1)
+def cuda_driver_present() -> bool:
+    if os.environ.get("ALMC_DEVICE", "").lower() == "cpu":
+        return False
+    for lib in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            ctypes.CDLL(lib)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def providers_for(device: str = "auto") -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in available or not cuda_driver_present():
+            raise RuntimeError("CUDA was requested but no CUDA driver or CUDA-enabled onnxruntime is present")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in available and cuda_driver_present():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def session(model, device: str = "auto", threads: int | None = None):
+    """An InferenceSession for a ModelProto, bytes or path; `.get_providers()[0]` says what runs."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = threads
+    if not isinstance(model, (bytes, str, os.PathLike)):
+        model = model.SerializeToString()
+    if isinstance(model, os.PathLike):
+        model = str(model)
+    return ort.InferenceSession(model, sess_options=opts, providers=providers_for(device))
+
+
+def run(model, inputs: dict[str, np.ndarray], device: str = "auto") -> tuple[dict[str, np.ndarray], str]:
+    """Run once; returns (outputs by name, the provider that ran)."""
+    s = session(model, device)
+    names = [o.name for o in s.get_outputs()]
+    outs = s.run(names, inputs)
+    return dict(zip(names, outs)), s.get_providers()[0]

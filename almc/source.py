@@ -1,0 +1,127 @@
+"""Reading a program: the root file, its imports (transitively), and the standard library.
+
+`import "x.alm"` resolves relative to the importing file; `import "std/x.alm"`
+reads almc's standard library. An import that leaves the directory tree of the
+root file is refused unless `allow_outside` is set, so compiling a file never
+reads files the user did not put beside it. Every diagnostic in an imported file
+names that file and carries the chain of imports that led to it.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from . import syntax as s
+from .errors import AlmError, Collector, Diagnostic, Span
+from .parse import parse, read_source
+
+STDLIB_PREFIX = "std/"
+
+
+@dataclass
+class Program:
+    root: s.Module
+    blocks: dict[str, s.BlockDef] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+def stdlib_dir() -> Path:
+    return Path(str(resources.files("almc.stdlib")))
+
+
+def shown_name(path: Path) -> str:
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return str(path)
+    return rel if not rel.startswith(".." + os.sep + "..") else str(path)
+
+
+def load_program(c: Collector, path: str | os.PathLike | None = None, text: str | None = None,
+                 name: str = "<string>", allow_outside: bool = False) -> Program:
+    if path is not None:
+        shown = str(path)
+        text = read_source(path, shown)
+        root_path = Path(path).resolve()
+        base = root_path.parent
+    else:
+        shown, root_path, base = name, None, Path.cwd().resolve()
+    c.sources[shown] = text
+    root = parse(text, shown)
+    prog = Program(root, sources=c.sources)
+    seen: dict[Path, s.Module] = {}
+    origin: dict[str, Span] = {}
+    chain = [root_path] if root_path else []
+
+    from .build import BUILTINS
+    from .ops.registry import lookup
+
+    def add_blocks(mod: s.Module, notes: tuple[str, ...]):
+        for b in mod.blocks:
+            if lookup(b.name) or b.name in BUILTINS:
+                c.error(f"block '{b.name}' has the name of a built-in op", b.span, "rename the block", notes)
+            elif b.name in prog.blocks:
+                first = origin[b.name]
+                c.error(f"block '{b.name}' is defined twice (first at {first})", b.span, None, notes)
+            else:
+                prog.blocks[b.name] = b
+                origin[b.name] = b.span
+
+    def visit(mod: s.Module, here: Path, notes: tuple[str, ...]):
+        for imp in mod.imports:
+            if imp.path.startswith(STDLIB_PREFIX):
+                target = (stdlib_dir() / imp.path[len(STDLIB_PREFIX):]).resolve()
+                shown_t = imp.path
+            else:
+                target = (here / imp.path).resolve()
+                shown_t = shown_name(target)
+                if not allow_outside and not _inside(target, base):
+                    c.error(f'import "{imp.path}" leaves the directory of {shown}', imp.span,
+                            "move the file beside the model, or pass --allow-outside-imports", notes)
+                    continue
+            if target in chain:
+                if target == chain[-1]:
+                    c.error(f"{shown_name(target) if target != root_path else shown} imports itself", imp.span,
+                            None, notes)
+                else:
+                    loop = " → ".join(shown_name(p) for p in chain[chain.index(target):] + [target])
+                    c.error(f"circular import: {loop}", imp.span, None, notes)
+                continue
+            if target in seen:
+                continue
+            if not target.is_file():
+                c.error(f'cannot find the imported file "{imp.path}"', imp.span,
+                        f"looked for {shown_t}" if not imp.path.startswith(STDLIB_PREFIX)
+                        else f"the standard library has: {', '.join(sorted(p.name for p in stdlib_dir().glob('*.alm')))}",
+                        notes)
+                continue
+            try:
+                t = read_source(target, shown_t)
+                c.sources[shown_t] = t
+                sub = parse(t, shown_t)
+            except AlmError as e:
+                for d in e.diagnostics:
+                    c.diagnostics.append(Diagnostic(d.message, d.span, d.hint, d.severity,
+                                                    d.notes + (f"imported from {imp.span}",) + notes))
+                c.sources.update(e.sources)
+                continue
+            seen[target] = sub
+            sub_notes = (f"imported from {imp.span}",) + notes
+            chain.append(target)
+            visit(sub, target.parent, sub_notes)
+            chain.pop()
+            add_blocks(sub, sub_notes)
+
+    visit(root, base, ())
+    add_blocks(root, ())
+    return prog
+
+
+def _inside(target: Path, base: Path) -> bool:
+    try:
+        target.relative_to(base)
+        return True
+    except ValueError:
+        return False
