@@ -113,7 +113,7 @@ def check_input(name: str, x: np.ndarray, t) -> np.ndarray:
 def load(source, *, model: str | None = None, seed: int = 0, allow_outside: bool = False,
          limits: Limits | None = None, **params) -> Model:
     """A Model from a .alm path or from source text; keyword arguments set model parameters."""
-    if isinstance(source, os.PathLike) or (isinstance(source, str) and "\n" not in source and "{" not in source):
+    if isinstance(source, os.PathLike) or (isinstance(source, str) and source.endswith(".alm") and "\n" not in source):
         graph, warnings = check(path=source, model=model, params=params, allow_outside=allow_outside, limits=limits)
     else:
         graph, warnings = check(text=source, model=model, params=params, allow_outside=allow_outside, limits=limits)

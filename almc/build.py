@@ -64,7 +64,7 @@ def describe(v) -> str:
     if isinstance(v, int):
         return f"the integer {v}"
     if isinstance(v, float):
-        return f"the number {v:g}"
+        return f"the number {v!r}"
     if isinstance(v, str):
         return f'the string "{v}"'
     if isinstance(v, tuple):
@@ -151,23 +151,24 @@ class Builder:
 
     def force(self, frame: Frame, name: str, span: Span):
         """Evaluate the pending definition of `name` now (a use before the definition)."""
-        stmt = frame.pending[name]
         key = (id(frame), name)
         for i, (fid, n, _) in enumerate(self.active):
             if (fid, n) == key:
                 path = self.active[i:]
                 chain = " → ".join(f"{n} ({sp.line}:{sp.col})" for _, n, sp in path) + f" → {name}"
-                first = path[0][2]
-                self.err(f"cycle: {chain}", first, "a value cannot depend on itself; break the loop")
+                self.err(f"cycle: {chain}", path[0][2], "a value cannot depend on itself; break the loop")
                 for _, n, _ in path:  # every name on the cycle is poisoned: one error, no cascade
                     frame.vars.setdefault(n, POISON)
+                    frame.defined_at.setdefault(n, span)
                 return POISON
-        self.exec_stmt(stmt, frame)
+        self.exec_stmt(frame.pending[name], frame)
         return frame.vars.get(name, POISON)
 
     def bind(self, frame: Frame, name: str, value, span: Span, stmt) -> None:
         reads = name in s.names_read(stmt.value) if isinstance(stmt, s.Assign) else False
-        if name in frame.vars and frame.vars[name] is not POISON or name in frame.defined_at:
+        if name in frame.defined_at and frame.vars.get(name) is POISON and value is POISON:
+            return
+        if name in frame.defined_at:
             if not reads:
                 first = frame.defined_at.get(name, span)
                 self.err(f"'{name}' is defined twice (first at {first.line}:{first.col})", span,
@@ -204,8 +205,6 @@ class Builder:
     def exec_stmt(self, st, frame: Frame) -> None:
         frame.done.add(id(st))
         names = _defines(st)
-        for n in names:
-            frame.pending.pop(n, None)
         saved_layer = self.layer
         for n in names:
             self.active.append((id(frame), n, st.span))
@@ -236,6 +235,8 @@ class Builder:
         finally:
             del self.active[len(self.active) - len(names):]
             self.layer = saved_layer
+            for n in names:
+                frame.pending.pop(n, None)
 
     def exec_input(self, st: s.Input, frame: Frame) -> None:
         if not frame.in_model:
@@ -272,6 +273,9 @@ class Builder:
             self.err("outputs are declared in a model, not in a block or loop", st.span,
                      "return the value from the block instead")
             return
+        if st.name in self.graph.outputs:
+            self.err(f"output '{st.name}' is declared twice", st.span)
+            return
         if st.value is None:
             v = self.lookup(st.name, st.span, frame)
         else:
@@ -282,10 +286,7 @@ class Builder:
             self.graph.outputs[st.name] = None
             return
         if not isinstance(v, Tensor):
-            self.err(f"an output must be a tensor, got {describe(v)}", st.span)
-            return
-        if st.name in self.graph.outputs:
-            self.err(f"output '{st.name}' is declared twice", st.span)
+            self.err(f"an output must be a tensor, got {describe(v)}", st.value.span if st.value else st.span)
             return
         self.graph.outputs[st.name] = v.id
 
@@ -296,17 +297,18 @@ class Builder:
         if not isinstance(it, tuple):
             self.err(f"a for loop runs over a list or range(...), got {describe(it)}", st.iter.span)
             return
+        for inner in st.body:
+            if isinstance(inner, (s.Input, s.Output, s.Return)):
+                kind = type(inner).__name__.lower()
+                self.err(f"'{kind}' cannot appear inside a for loop", inner.span,
+                         "declare inputs and outputs in the model body; loops update names instead")
+                return
         for k, item in enumerate(it):
             tag = item if isinstance(item, int) and not isinstance(item, bool) else k
             body = Frame(prefix=f"{frame.prefix}{st.var}{tag}/", parent=frame)
             body.vars[st.var] = item
             body.defined_at[st.var] = st.span
             self.exec_body(st.body, body)
-            for inner in st.body:
-                if isinstance(inner, (s.Input, s.Output, s.Return)):
-                    kind = type(inner).__name__.lower()
-                    self.err(f"'{kind}' cannot appear inside a for loop", inner.span)
-                    return
 
     # -- expressions ------------------------------------------------------
     def eval(self, e, frame: Frame, top: str | None = None):
@@ -545,9 +547,9 @@ class Builder:
         except KeyError as x:
             return self.err(x.args[0], e.span, f"{op.name}({signature(op)})")
         except TypeError as x:
-            name = str(x).split("'")[1] if "'" in str(x) else None
+            name = x.args[1] if len(x.args) > 1 else None
             where = attrs[name][0].span if name in attrs else e.span
-            return self.err(str(x), where)
+            return self.err(x.args[0], where)
         first = self.source_text(tensors[0][0].span) if tensors else ""
         return self.add_node(op.name, [v.id for _, v in tensors], resolved, e.span, top, first)
 
@@ -569,11 +571,29 @@ class Builder:
             t = infer_node(opname, types, attrs, self.limits)
         except ShapeError as x:
             hint = x.hint.replace("{input}", first_arg_text) if x.hint else None
-            return self.err(x.message, span, hint)
+            msg = x.message if x.message.startswith(opname) else f"{opname}: {x.message}"
+            return self.err(msg, span, hint or self.keep_size_hint(inputs))
         nid = self.fresh(top) if top else self.fresh(f"{self.layer or 'value'}.{opname}")
         scope = tuple(f"{n}" for n, _ in self.calls)
         self.graph.add(Node(nid, opname, tuple(inputs), attrs, span, scope, self.layer or nid, t))
         return Tensor(nid)
+
+    def keep_size_hint(self, inputs) -> str | None:
+        """Where operands disagree in size, point at an unpadded conv that shrank one of them."""
+        for i in inputs:
+            node = self.graph.node(i)
+            for _ in range(4):  # look back through pointwise ops (relu, batchnorm, ...)
+                if node.op == "conv" or len(node.inputs) != 1:
+                    break
+                node = self.graph.node(node.inputs[0])
+            if node.op == "conv" and node.attrs.pad == 0:
+                t_in = self.graph.node(node.inputs[0]).type
+                k = node.attrs.kernel if isinstance(node.attrs.kernel, int) else node.attrs.kernel[0]
+                p = (k - 1) * (node.attrs.dilation if isinstance(node.attrs.dilation, int) else 1) // 2
+                if p and node.attrs.stride == 1:
+                    size = "x".join(str(d) for d in t_in.dims[2:])
+                    return f"pad = {p} in {node.layer} keeps {size}"
+        return None
 
     def call_block(self, b: s.BlockDef, e: s.Call, frame: Frame, top):
         if len(self.calls) >= MAX_BLOCK_DEPTH:

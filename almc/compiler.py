@@ -18,6 +18,9 @@ def check(path=None, text=None, *, model: str | None = None, params: dict | None
     c.check()
     models = prog.root.models
     shown = str(path) if path is not None else name
+    if not models and not prog.root.blocks and not (c.sources.get(shown) or "").strip():
+        raise AlmError(Diagnostic(f"{shown} is empty", _file_span(shown),
+                                  "a model file declares: model Name { input ... output ... }"), c.sources)
     if not models:
         raise AlmError(Diagnostic(f"{shown} defines no model", _file_span(shown),
                                   "declare one: model Name { input x: f32[N, ...] ... output y = ... }"), c.sources)

@@ -22,7 +22,7 @@ MAX_NESTING = 200  # brackets deeper than this are refused before parsing
 @lru_cache(maxsize=1)
 def parser() -> Lark:
     text = resources.files("almc.grammar").joinpath("alm.lark").read_text()
-    return Lark(text, parser="lalr", propagate_positions=True, maybe_placeholders=True, cache=False)
+    return Lark(text, parser="lalr", lexer="basic", propagate_positions=True, maybe_placeholders=True, cache=False)
 
 
 def read_source(path: str | Path, shown: str | None = None) -> str:
@@ -100,26 +100,36 @@ def _check_nesting(text: str, file: str) -> None:
 
 
 TOKEN_NAMES = {
-    "NAME": "a name", "INT": "an integer", "FLOAT": "a number", "STRING": "a string",
-    "COMPARE": "a comparison", "ADD_OP": "'+' or '-'", "MUL_OP": "'*', '/', '//' or '%'", "$END": "end of file",
+    "NAME": "a name", "INT": "an integer", "FLOAT": "a number", "STRING": "a string", "$END": "end of file",
 }
+OPERATORS = {"ADD_OP", "MUL_OP", "POW", "COMPARE", "DOT", "LSQB", "IF", "AND", "OR", "__ANON_0"}
+EXPRESSION_STARTS = {"NAME", "INT", "FLOAT", "STRING", "LPAR", "LSQB", "TRUE", "FALSE", "NOT", "ADD_OP"}
 
 
 def _describe_expected(expected: set[str]) -> str:
+    """A short, readable list: operators and expression starts are summarised."""
     p = parser()
-    names = []
     by_name = {t.name: t for t in p.terminals}
-    for e in expected:
+    expected = set(expected)
+    words = []
+    if "NAME" in expected and len(expected & EXPRESSION_STARTS) > 3:
+        words.append("an expression")
+        expected -= EXPRESSION_STARTS
+    ops = {e for e in expected if e in OPERATORS or (e in by_name and by_name[e].pattern.value == "|>")}
+    if len(ops) > 2:
+        words.append("an operator")
+        expected -= ops
+    for e in sorted(expected):
         if e in TOKEN_NAMES:
-            names.append(TOKEN_NAMES[e])
+            words.append(TOKEN_NAMES[e])
         elif e in by_name and by_name[e].pattern.type == "str":
-            names.append(f"'{by_name[e].pattern.value}'")
+            words.append(f"'{by_name[e].pattern.value}'")
         else:
-            names.append(e.lower())
-    names = sorted(set(names), key=lambda n: (not n.startswith("'"), n))
-    if len(names) > 8:
-        names = names[:8] + ["..."]
-    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+            words.append(e.lower())
+    words = sorted(set(words), key=lambda n: (not n.startswith("'"), n))
+    if len(words) > 6:
+        words = words[:6] + ["..."]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
 
 
 def _token_text(tok: Token) -> str:
@@ -134,14 +144,24 @@ def _syntax_error(e: UnexpectedInput, text: str, file: str) -> Diagnostic:
         ch = text[e.pos_in_stream] if e.pos_in_stream < len(text) else ""
         what = f"unexpected character '{ch}'" if ch.isprintable() else f"unexpected character U+{ord(ch):04X}"
         hint = "strings use double quotes" if ch == "'" else None
+        if ch == '"':
+            what, hint = "this string is not closed on its line", 'end it with "'
         return Diagnostic(what, Span(file, line, col, line, col + 1), hint)
     if isinstance(e, UnexpectedToken) and e.token.type != "$END":
         tok = e.token
         span = Span(file, tok.line, tok.column, tok.end_line or tok.line, tok.end_column or tok.column + 1)
         hint = None
+        if str(tok) in ")]}":
+            opener = _unclosed(text[: tok.start_pos])
+            pairs = {"(": ")", "[": "]", "{": "}"}
+            if opener and pairs[opener[2]] != str(tok):
+                ol, oc, ch = opener
+                return Diagnostic(f"unexpected '{tok}': the '{ch}' at {ol}:{oc} is not closed", span,
+                                  f"close it with '{pairs[ch]}' first")
         if tok.type == "NAME" and "EQUAL" in e.expected:
             hint = "keyword arguments are written name = value"
-        return Diagnostic(f"unexpected {_token_text(tok)}, expected {_describe_expected(e.expected)}", span, hint)
+        expected = getattr(e, "accepts", None) or e.expected
+        return Diagnostic(f"unexpected {_token_text(tok)}, expected {_describe_expected(expected)}", span, hint)
     # end of input
     lines = text.splitlines() or [""]
     line, col = len(lines), len(lines[-1]) + 1
@@ -149,9 +169,9 @@ def _syntax_error(e: UnexpectedInput, text: str, file: str) -> Diagnostic:
     opener = _unclosed(text)
     if opener:
         ol, oc, ch = opener
+        closing = {"(": ")", "[": "]", "{": "}"}[ch]
         return Diagnostic(f"'{ch}' is never closed", Span(file, ol, oc, ol, oc + 1),
-                          f"the file ends at line {line} while {_describe_expected(set(expected))} was expected"
-                          if expected else None)
+                          f"add the matching '{closing}' (the file ends at line {line})")
     return Diagnostic(f"unexpected end of file, expected {_describe_expected(set(expected))}",
                       Span(file, line, max(col - 1, 1), line, col))
 

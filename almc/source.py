@@ -54,6 +54,7 @@ def load_program(c: Collector, path: str | os.PathLike | None = None, text: str 
     seen: dict[Path, s.Module] = {}
     origin: dict[str, Span] = {}
     chain = [root_path] if root_path else []
+    shown_of = {root_path: shown} if root_path else {}
 
     from .build import BUILTINS
     from .ops.registry import lookup
@@ -69,24 +70,24 @@ def load_program(c: Collector, path: str | os.PathLike | None = None, text: str 
                 prog.blocks[b.name] = b
                 origin[b.name] = b.span
 
-    def visit(mod: s.Module, here: Path, notes: tuple[str, ...]):
+    def visit(mod: s.Module, here: Path, notes: tuple[str, ...], here_shown: str):
         for imp in mod.imports:
             if imp.path.startswith(STDLIB_PREFIX):
                 target = (stdlib_dir() / imp.path[len(STDLIB_PREFIX):]).resolve()
                 shown_t = imp.path
             else:
                 target = (here / imp.path).resolve()
-                shown_t = shown_name(target)
+                shown_t = os.path.normpath(os.path.join(os.path.dirname(here_shown), imp.path))
                 if not allow_outside and not _inside(target, base):
                     c.error(f'import "{imp.path}" leaves the directory of {shown}', imp.span,
                             "move the file beside the model, or pass --allow-outside-imports", notes)
                     continue
             if target in chain:
                 if target == chain[-1]:
-                    c.error(f"{shown_name(target) if target != root_path else shown} imports itself", imp.span,
-                            None, notes)
+                    c.error(f"{here_shown} imports itself", imp.span, None, notes)
                 else:
-                    loop = " → ".join(shown_name(p) for p in chain[chain.index(target):] + [target])
+                    loop = " → ".join(shown_of.get(p, str(p)) for p in chain[chain.index(target):] + [target])
+                    loop = loop if len(loop) < 300 else loop[:300] + " ..."
                     c.error(f"circular import: {loop}", imp.span, None, notes)
                 continue
             if target in seen:
@@ -108,13 +109,14 @@ def load_program(c: Collector, path: str | os.PathLike | None = None, text: str 
                 c.sources.update(e.sources)
                 continue
             seen[target] = sub
+            shown_of[target] = shown_t
             sub_notes = (f"imported from {imp.span}",) + notes
             chain.append(target)
-            visit(sub, target.parent, sub_notes)
+            visit(sub, target.parent, sub_notes, shown_t)
             chain.pop()
             add_blocks(sub, sub_notes)
 
-    visit(root, base, ())
+    visit(root, base, (), shown)
     add_blocks(root, ())
     return prog
 

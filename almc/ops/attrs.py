@@ -14,7 +14,7 @@ def _describe(v) -> str:
     if isinstance(v, int):
         return f"the integer {v}"
     if isinstance(v, float):
-        return f"the float {v:g}"
+        return f"the float {v!r}"
     if isinstance(v, str):
         return f'the string "{v}"'
     if isinstance(v, tuple):
@@ -95,11 +95,15 @@ COERCE = {"int": _int, "ints": _ints, "float": _float, "bool": _bool, "str": _st
 
 
 def coerce(attr: Attr, value, opname: str):
+    """Raises TypeError(message, attribute name)."""
     what = f"{opname}'s argument '{attr.name}'"
     if value is None and attr.default is None:
         return None
-    out = COERCE[attr.kind](value, what)
+    try:
+        out = COERCE[attr.kind](value, what)
+    except TypeError as e:
+        raise TypeError(e.args[0], attr.name) from None
     if attr.choices and out not in attr.choices:
         opts = ", ".join(format_value(c) for c in attr.choices)
-        raise TypeError(f"{what} must be one of {opts}, got {format_value(out)}")
+        raise TypeError(f"{what} must be one of {opts}, got {format_value(out)}", attr.name)
     return out

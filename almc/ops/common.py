@@ -53,8 +53,9 @@ def window_out(size, kernel, stride, dilation, pads, ceil_mode=False, what="wind
     eff = (kernel - 1) * dilation + 1
     span = size + pads[0] + pads[1] - eff
     if span < 0:
-        raise ShapeError(
-            f"the {what} ({eff} after dilation) is larger than the padded input ({size + pads[0] + pads[1]})")
+        size_text = f"{eff} after dilation" if dilation > 1 else str(eff)
+        raise ShapeError(f"the {what} ({size_text}) is larger than the padded input ({size + pads[0] + pads[1]})",
+                         f"pad = {(eff - 1) // 2} keeps the size {size}" if what == "kernel" else None)
     out = (ceil if ceil_mode else floor)(span / stride) + 1
     if ceil_mode and (out - 1) * stride >= size + pads[0]:
         out -= 1  # the last window must start inside the input (PyTorch / ONNX rule)

@@ -14,7 +14,7 @@ def dense_shape(types, a):
     (x,) = types
     if x.rank != 2:
         raise ShapeError(f"dense expects a 2-D input [N, features], got {x}",
-                         "insert flatten(...) first" if x.rank > 2 else None)
+                         "insert flatten({input}) first" if x.rank > 2 else None)
     if isinstance(x.dims[1], str):
         raise ShapeError(f"dense needs a known number of input features, got {x}")
     if a.units <= 0:

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import almc
+from almc.errors import AlmError
+from almc.init import initialize
+from almc.lower import lower
+from almc.reference import execute
+from almc.runtime import run
+
+
+def errors_of(text: str, **kw) -> list[tuple[int, int, str]]:
+    """(line, col, message) of every error almc reports for `text`."""
+    with pytest.raises(AlmError) as e:
+        almc.load(text, **kw)
+    return [(d.span.line, d.span.col, d.message) for d in e.value.diagnostics if d.severity == "error"]
+
+
+def the_error(text: str, **kw):
+    """The single error diagnostic for `text`."""
+    with pytest.raises(AlmError) as e:
+        almc.load(text, **kw)
+    errs = [d for d in e.value.diagnostics if d.severity == "error"]
+    assert len(errs) == 1, [str(d.message) for d in errs]
+    return errs[0]
+
+
+def onnx_matches_reference(model, seed=0, batch=2, rtol=1e-5):
+    """Run the compiled model in onnxruntime and the numpy reference executor on the same inputs."""
+    g = model.graph
+    weights = initialize(g, seed)
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for name in g.inputs:
+        t = g.node(name).type
+        dims = [batch if isinstance(d, str) else d for d in t.dims]
+        feeds[name] = (rng.integers(0, 5, dims) if t.dtype.startswith("i") else rng.standard_normal(dims)).astype(t.numpy_dtype)
+    expected = execute(g, weights, feeds)
+    actual, _ = run(lower(g, weights), feeds, device="cpu")
+    for k in expected:
+        scale = max(1.0, float(np.abs(expected[k]).max()))
+        np.testing.assert_allclose(actual[k], expected[k], rtol=rtol, atol=rtol * scale)
+    return actual
