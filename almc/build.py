@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 from . import syntax as s
 from .errors import Collector, ShapeError, Span
 from .graph import INPUT, Graph, Node
-from .ops.attrs import format_value
-from .ops.registry import Attrs, all_ops, lookup, resolve_attrs
+from .ops.registry import Attrs, all_ops, lookup, resolve_attrs, signature
 from .shapes import infer_node
 from .types import DTYPES, TensorType
 
@@ -663,13 +662,6 @@ def _defines(st) -> tuple[str, ...]:
     if isinstance(st, s.Output) and st.value is not None:
         return (st.name,)
     return ()
-
-
-def signature(op) -> str:
-    parts = list(op.inputs) if not op.variadic else [f"{op.inputs[0]}..."]
-    for a in op.attrs:
-        parts.append(a.name if a.required else f"{a.name} = {format_value(a.default) if a.default is not None else 'none'}")
-    return ", ".join(parts)
 
 
 def _range(*args):

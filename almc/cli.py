@@ -75,6 +75,8 @@ def build_parser() -> Parser:
     r.add_argument("-D", "--set", dest="params", action="append", default=[], metavar="NAME=VALUE")
     r.add_argument("--allow-outside-imports", action="store_true")
 
+    sub.add_parser("ops", help="list every op with its arguments (Markdown)")
+
     g = sub.add_parser("graph", help="draw the graph with the shapes on its edges (.dot, .svg, .png)")
     model_options(g)
     g.add_argument("-o", "--output", required=True, help="out.dot, out.svg or out.png")
@@ -231,7 +233,14 @@ def cmd_graph(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"check": cmd_check, "summary": cmd_summary, "compile": cmd_compile, "run": cmd_run, "graph": cmd_graph}
+def cmd_ops(args) -> int:
+    from .ops.registry import ops_markdown
+
+    print(ops_markdown())
+    return EXIT_OK
+
+
+COMMANDS = {"ops": cmd_ops, "check": cmd_check, "summary": cmd_summary, "compile": cmd_compile, "run": cmd_run, "graph": cmd_graph}
 
 
 def main(argv=None) -> int:

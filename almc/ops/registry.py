@@ -146,3 +146,32 @@ def resolve_attrs(op: Op, given: dict) -> Attrs:
     if unknown:
         raise KeyError(f"{op.name} has no argument '{sorted(unknown)[0]}'")
     return Attrs(out)
+
+
+def signature(op: Op) -> str:
+    """How a call reads: `conv(x, channels, kernel, stride = 1, ...)` without the name."""
+    from .attrs import format_value
+
+    parts = list(op.inputs) if not op.variadic else [f"{op.inputs[0]}..."]
+    for a in op.attrs:
+        parts.append(a.name if a.required else f"{a.name} = {format_value(a.default) if a.default is not None else 'none'}")
+    return ", ".join(parts)
+
+
+CATEGORIES = ("layer", "pooling", "normalization", "activation", "arithmetic", "shape", "resample")
+
+
+def ops_markdown() -> str:
+    """The op reference of docs/language.md (and `almc ops`), grouped by category."""
+    out = []
+    ops = [o for o in all_ops().values() if o.name != "constant"]
+    for cat in CATEGORIES + tuple(sorted({o.category for o in ops} - set(CATEGORIES))):
+        group = sorted((o for o in ops if o.category == cat), key=lambda o: o.name)
+        if not group:
+            continue
+        out += [f"### {cat}", "", "| call | what it does |", "|---|---|"]
+        for o in group:
+            doc = o.doc.replace("|", "\\|")
+            out.append(f"| `{o.name}({signature(o)})` | {doc} |")
+        out.append("")
+    return "\n".join(out)

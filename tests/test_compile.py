@@ -1,0 +1,195 @@
+"""Lowering to ONNX and the compile / run / summary / graph commands, end to end."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+import almc
+from almc.cli import main
+from almc.lower import IR_VERSION, OPSET
+from helpers import onnx_matches_reference
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+LENET = ROOT / "models" / "lenet.alm"
+
+
+def test_lenet_summary_matches_the_course_slide():
+    s = almc.load(LENET).summary()
+    assert [r.name for r in s.rows] == ["c1", "s2", "c3", "s4", "c5", "f6", "logits"]
+    assert [r.params for r in s.rows if r.params] == [156, 2416, 48120, 10164, 850]
+    assert [r.activations for r in s.rows] == [4704, 1176, 1600, 400, 120, 84, 10]
+    assert s.total_params == s.trainable_params == 61706
+    assert [r.macs for r in s.rows] == [117600, 0, 240000, 0, 48000, 10080, 840]
+    assert [r.receptive_field for r in s.rows[:4]] == [[5, 5], [6, 6], [14, 14], [16, 16]]
+    assert [r.jump for r in s.rows[:4]] == [[1, 1], [2, 2], [2, 2], [4, 4]]
+    assert s.rows[-1].receptive_field is None  # dense sees the whole input
+
+
+def test_summary_command_table_and_json(capsys):
+    assert main(["summary", str(LENET)]) == 0
+    out = capsys.readouterr().out
+    assert "c1      conv→relu           f32[N, 6, 28, 28]      156        4,704    117,600    5     1" in out
+    assert "parameters:  61,706 (61,706 trainable, 0 frozen)" in out
+    assert main(["summary", str(LENET), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["total_params"] == 61706 and data["rows"][0]["params"] == 156
+    assert data["activations"] == 8094
+
+
+def test_receptive_field_takes_the_largest_path_through_branches():
+    m = almc.load("""
+model M {
+    input x: f32[N, 1, 32, 32]
+    a = conv(x, 2, 3)                 # rf 3
+    b = conv(a, 2, 3, stride = 2)     # rf 5, jump 2
+    c = conv(b, 2, 3, pad = 1)        # rf 9
+    d = maxpool(a, 2) |> center_crop(c.shape[2])   # rf 4 along its path
+    output y = concat(c, d)
+}""")
+    rows = {r.name: r for r in m.summary().rows}
+    assert rows["c"].receptive_field == [9, 9] and rows["c"].jump == [2, 2]
+    assert rows["d"].receptive_field == [4, 4]
+    assert rows["y"].receptive_field == [9, 9] and rows["y"].jump == [2, 2]
+
+
+def test_compiled_model_is_checked_typed_documented_and_dynamic_in_batch():
+    m = almc.load(LENET)
+    proto = m.compile(seed=3)
+    onnx.checker.check_model(proto, full_check=True)
+    assert proto.ir_version == IR_VERSION and [o.version for o in proto.opset_import] == [OPSET]
+    assert [n.op_type for n in proto.graph.node] == ["Conv", "Relu", "MaxPool", "Conv", "Relu", "MaxPool",
+                                                     "Flatten", "Gemm", "Relu", "Gemm", "Relu", "Gemm"]
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "N" and [d.dim_value for d in dims[1:]] == [1, 32, 32]
+    infos = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in proto.graph.value_info}
+    assert infos["c1.conv"] == ["N", 6, 28, 28] and infos["s4"] == ["N", 16, 5, 5] and infos["c5.flatten"] == ["N", 400]
+    conv = proto.graph.node[0]
+    assert conv.name == "c1.conv" and conv.doc_string == f"{LENET}:8:10"
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert props["almc.version"] == almc.__version__ and len(props["almc.source_sha256"]) == 64
+    assert sorted(i.name for i in proto.graph.initializer)[:2] == ["c1.conv.bias", "c1.conv.weight"]
+
+
+def test_compiling_twice_gives_identical_bytes_and_the_seed_matters():
+    a = almc.load(LENET).compile(seed=1).SerializeToString()
+    b = almc.load(LENET).compile(seed=1).SerializeToString()
+    c = almc.load(LENET).compile(seed=2).SerializeToString()
+    assert a == b and a != c
+
+
+def test_initialisation_follows_the_activation():
+    m = almc.load("""
+model M {
+    input x: f32[N, 400]
+    r = dense(x, 300) |> relu
+    t = dense(r, 300) |> tanh
+    b = dense(t, 300, init = "he") |> batchnorm |> relu
+    output y = dense(b, 200)
+}""")
+    w = m.initial_weights(seed=0)
+    assert np.std(w["r.dense.weight"]) == pytest.approx(np.sqrt(2 / 400), rel=0.02)   # He normal
+    lim = np.sqrt(6 / (300 + 300))
+    assert np.abs(w["t.dense.weight"]).max() <= lim and np.std(w["t.dense.weight"]) == pytest.approx(lim / np.sqrt(3), rel=0.02)
+    assert np.std(w["b.dense.weight"]) == pytest.approx(np.sqrt(2 / 300), rel=0.02)
+    assert not w["r.dense.bias"].any()
+    assert (w["b.batchnorm.weight"] == 1).all() and (w["b.batchnorm.running_var"] == 1).all()
+    lim = np.sqrt(6 / (300 + 200))  # no activation after the last layer: Glorot
+    assert np.abs(w["y.weight"]).max() <= lim
+
+
+def test_a_parameter_does_not_depend_on_the_others():
+    a = almc.load("model M { input x: f32[N, 4]\n h = dense(x, 3)\n output y = dense(h, 2) }").initial_weights(0)
+    b = almc.load("model M { input x: f32[N, 4]\n h = dense(x, 3)\n k = dense(x, 5)\n output y = dense(h, 2)\n output z = k }").initial_weights(0)
+    np.testing.assert_array_equal(a["y.weight"], b["y.weight"])
+
+
+def test_lenet_runs_in_onnxruntime_like_the_numpy_reference():
+    m = almc.load(LENET)
+    out = onnx_matches_reference(m, batch=3)
+    assert out["logits"].shape == (3, 10)
+
+
+def test_compile_command_writes_the_model(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["compile", str(LENET)]) == 0
+    assert (tmp_path / "lenet.onnx").exists()
+    assert capsys.readouterr().out.startswith("wrote lenet.onnx: 12 ONNX nodes, 61,706 parameters, opset 21")
+    assert main(["compile", str(LENET), "-o", "sub dir é/out.onnx"]) == 2
+    (tmp_path / "sub dir é").mkdir()
+    assert main(["compile", str(LENET), "-o", "sub dir é/out.onnx", "-D", "classes=7"]) == 0
+    proto = onnx.load(tmp_path / "sub dir é" / "out.onnx")
+    assert proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value == 7
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lenet.onnx", "sub dir é"]  # no temporary files left
+
+
+def test_a_failing_compile_leaves_an_existing_output_alone(tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"precious")
+    bad = tmp_path / "bad.alm"
+    bad.write_text("model M {\n input x: f32[N, 2]\n output y = dense(x)\n}\n")
+    assert main(["compile", str(bad), "-o", str(out)]) == 1
+    assert out.read_bytes() == b"precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.alm", "m.onnx"]
+
+
+def test_run_command_on_alm_and_onnx(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    x = np.random.default_rng(0).standard_normal((2, 1, 32, 32)).astype(np.float32)
+    np.save("x.npy", x)
+    assert main(["compile", str(LENET), "-o", "lenet.onnx"]) == 0
+    assert main(["run", "lenet.onnx", "--input", "x.npy", "--output", "y.npy", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "ran on CPUExecutionProvider" in out and "logits: float32[2, 10]" in out
+    y_onnx = np.load("y.npy")
+    assert main(["run", str(LENET), "--input", "image=x.npy", "-o", "y2.npy"]) == 0
+    np.testing.assert_array_equal(np.load("y2.npy"), y_onnx)  # same seed, same weights
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"not numpy", "x.npy: error: not a readable .npy file"),
+])
+def test_run_rejects_damaged_inputs(tmp_path, capsys, monkeypatch, content, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.npy").write_bytes(content)
+    assert main(["run", str(LENET), "--input", "x.npy"]) == 1
+    assert capsys.readouterr().err.startswith(message)
+
+
+def test_run_rejects_a_damaged_onnx_file_and_wrong_shapes(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    np.save("x.npy", np.zeros((2, 3, 32, 32), np.float32))
+    (tmp_path / "bad.onnx").write_bytes(b"\x08\x07garbage")
+    assert main(["run", "bad.onnx", "--input", "x.npy"]) == 1
+    assert capsys.readouterr().err.startswith("bad.onnx: error: not a valid ONNX model")
+    assert main(["run", str(LENET), "--input", "x.npy"]) == 2
+    assert capsys.readouterr().err == "almc: error: input 'image' must be f32[N, 1, 32, 32], got shape [2, 3, 32, 32]\n"
+
+
+def test_graph_command_writes_dot_and_explains_missing_graphviz(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["graph", str(LENET), "-o", "g.dot"]) == 0
+    dot = (tmp_path / "g.dot").read_text()
+    assert dot.startswith('digraph "LeNet5" {')
+    assert '"c1.conv" -> "c1" [label="f32[N, 6, 28, 28]"];' in dot
+    monkeypatch.setenv("PATH", str(tmp_path))  # no Graphviz here
+    assert main(["graph", str(LENET), "-o", "g.svg"]) == 2
+    assert "needs Graphviz's 'dot' program: install the graphviz package" in capsys.readouterr().err
+    assert not (tmp_path / "g.svg").exists()
+
+
+@pytest.mark.skipif(__import__("shutil").which("dot") is None, reason="Graphviz is not installed")
+def test_graph_command_renders_svg(tmp_path):
+    assert main(["graph", str(LENET), "-o", str(tmp_path / "g.svg")]) == 0
+    assert b"<svg" in (tmp_path / "g.svg").read_bytes()
+
+
+def test_python_api_mirrors_the_cli(tmp_path):
+    m = almc.load(str(LENET))
+    assert m.name == "LeNet5" and str(m.inputs["image"]) == "f32[N, 1, 32, 32]"
+    m.export(tmp_path / "l.onnx")
+    assert onnx.load(tmp_path / "l.onnx").SerializeToString() == m.compile().SerializeToString()
+    y = m.run(np.zeros((1, 1, 32, 32), np.float32))["logits"]
+    assert y.shape == (1, 10) and m.provider == "CPUExecutionProvider"
