@@ -35,7 +35,10 @@ def providers_for(device: str = "auto") -> list[str]:
         return ["CPUExecutionProvider"]
     if device == "cuda":
         if "CUDAExecutionProvider" not in available or not cuda_driver_present():
-            raise RuntimeError("CUDA was requested but no CUDA driver or CUDA-enabled onnxruntime is present")
+            from .errors import UsageError
+
+            raise UsageError("--device cuda was asked for, but no CUDA driver or CUDA-enabled onnxruntime is "
+                             "present here; use --device auto or cpu")
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if "CUDAExecutionProvider" in available and cuda_driver_present():
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -46,7 +49,10 @@ def session(model, device: str = "auto", threads: int | None = None):
     """An InferenceSession for a ModelProto, bytes or path; `.get_providers()[0]` says what runs."""
     import onnxruntime as ort
 
-    ort.set_default_logger_severity(3)
+    providers = providers_for(device)
+    # A CUDA provider that fails to load (missing cuDNN, say) falls back to the CPU; its loading
+    # errors are noise to the user, who is told which provider ran instead.
+    ort.set_default_logger_severity(4 if "CUDAExecutionProvider" in providers else 3)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -56,7 +62,7 @@ def session(model, device: str = "auto", threads: int | None = None):
         model = model.SerializeToString()
     if isinstance(model, os.PathLike):
         model = str(model)
-    return ort.InferenceSession(model, sess_options=opts, providers=providers_for(device))
+    return ort.InferenceSession(model, sess_options=opts, providers=providers)
 
 
 def run(model, inputs: dict[str, np.ndarray], device: str = "auto") -> tuple[dict[str, np.ndarray], str]:

@@ -1,0 +1,68 @@
+"""Provider choice, quiet CPU fallback, and the check that onnxruntime implements every op."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import almc
+from almc import runtime, support
+from almc.errors import AlmError, UsageError
+from almc.lower import OPSET
+
+SRC = "model M {\n input x: f32[N, 1, 8, 8]\n y = conv(x, 2, 3) |> relu\n output z = global_avgpool(y) |> flatten\n}\n"
+
+
+def test_cpu_is_chosen_without_a_cuda_driver(monkeypatch):
+    monkeypatch.setattr(runtime, "cuda_driver_present", lambda: False)
+    assert runtime.providers_for("auto") == ["CPUExecutionProvider"]
+    with pytest.raises(UsageError, match="--device cuda was asked for"):
+        runtime.providers_for("cuda")
+
+
+def test_cuda_is_asked_for_only_when_it_can_load(monkeypatch):
+    monkeypatch.setattr(runtime, "cuda_driver_present", lambda: True)
+    expected = (["CUDAExecutionProvider", "CPUExecutionProvider"]
+                if "CUDAExecutionProvider" in ort.get_available_providers() else ["CPUExecutionProvider"])
+    assert runtime.providers_for("auto") == expected
+
+
+def test_running_prints_no_provider_noise(tmp_path):
+    (tmp_path / "m.alm").write_text(SRC)
+    np.save(tmp_path / "x.npy", np.ones((2, 1, 8, 8), np.float32))
+    env = {k: v for k, v in __import__("os").environ.items() if k != "ALMC_DEVICE"}
+    r = subprocess.run([sys.executable, "-m", "almc.cli", "run", "m.alm", "--input", "x.npy"],
+                       cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    assert r.stdout.splitlines()[0] in ("ran on CPUExecutionProvider", "ran on CUDAExecutionProvider")
+
+
+def test_supported_ops_are_remembered_per_onnxruntime_version(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    proto = almc.load(SRC).compile(check_runtime=False)
+    support.ensure_supported(proto, OPSET)
+    cache = support.cache_file(OPSET)
+    assert cache.exists() and support.ort_version() in cache.name
+    assert {"Conv", "Relu", "GlobalAveragePool", "Flatten"} <= support._known(OPSET)
+    monkeypatch.setattr(runtime, "session", lambda *a, **k: 1 / 0)  # a cached model needs no session
+    support.ensure_supported(proto, OPSET)
+
+
+def test_an_op_onnxruntime_lacks_is_a_located_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    proto = almc.load(SRC).compile(check_runtime=False)
+
+    def refuse(*a, **k):
+        raise ort.capi.onnxruntime_pybind11_state.NotImplemented(
+            "[ONNXRuntimeError] : 9 : NOT_IMPLEMENTED : Could not find an implementation for "
+            "Relu(21) node with name 'y'")
+    monkeypatch.setattr(runtime, "session", refuse)
+    with pytest.raises(AlmError) as e:
+        support.ensure_supported(proto, OPSET)
+    d = e.value.diagnostics[0]
+    assert d.message == f"onnxruntime {support.ort_version()} cannot run ONNX op Relu at opset 21"
+    assert (d.span.file, d.span.line, d.span.col) == ("<string>", 3, 6)
