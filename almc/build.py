@@ -176,8 +176,8 @@ class Builder:
             frame.vars[name] = value
             return
         f = frame.parent
-        while f:  # a loop body updating an outer name carries it
-            if name in f.vars and reads:
+        while f:  # a loop body assigning an outer name updates it: the new value carries on
+            if name in f.vars:
                 f.vars[name] = value
                 return
             f = f.parent
@@ -209,7 +209,7 @@ class Builder:
             self.active.append((id(frame), n, st.span))
         try:
             if isinstance(st, s.Assign):
-                self.layer = frame.prefix + st.targets[0]
+                self.layer = self.fresh(frame.prefix + st.targets[0])
                 top = self.layer if len(st.targets) == 1 else None
                 v = self.eval(st.value, frame, top)
                 if len(st.targets) == 1:
@@ -231,6 +231,8 @@ class Builder:
                 self.exec_output(st, frame)
             elif isinstance(st, s.For):
                 self.exec_for(st, frame)
+            elif isinstance(st, s.Assert):
+                self.exec_assert(st, frame)
         finally:
             del self.active[len(self.active) - len(names):]
             self.layer = saved_layer
@@ -278,7 +280,7 @@ class Builder:
         if st.value is None:
             v = self.lookup(st.name, st.span, frame)
         else:
-            self.layer = frame.prefix + st.name
+            self.layer = self.fresh(frame.prefix + st.name)
             v = self.eval(st.value, frame, self.layer)
             self.bind(frame, st.name, v, st.span, st)
         if v is POISON:
@@ -288,6 +290,16 @@ class Builder:
             self.err(f"an output must be a tensor, got {describe(v)}", st.value.span if st.value else st.span)
             return
         self.graph.outputs[st.name] = v.id
+
+    def exec_assert(self, st: s.Assert, frame: Frame) -> None:
+        v = self.eval(st.cond, frame)
+        if v is POISON:
+            return
+        if not isinstance(v, bool):
+            self.err(f"assert needs a condition that is true or false, got {describe(v)}", st.cond.span)
+        elif not v:
+            self.err(st.message or f"assertion failed: {self.source_text(st.cond.span)}", st.cond.span,
+                     None if st.message else "the model's parameters do not satisfy this condition")
 
     def exec_for(self, st: s.For, frame: Frame) -> None:
         it = self.eval(st.iter, frame)
@@ -304,7 +316,7 @@ class Builder:
                 return
         for k, item in enumerate(it):
             tag = item if isinstance(item, int) and not isinstance(item, bool) else k
-            body = Frame(prefix=f"{frame.prefix}{st.var}{tag}/", parent=frame)
+            body = Frame(prefix=self.fresh(f"{frame.prefix}{st.var}{tag}") + "/", parent=frame)
             body.vars[st.var] = item
             body.defined_at[st.var] = st.span
             self.exec_body(st.body, body)
@@ -572,7 +584,8 @@ class Builder:
             hint = x.hint.replace("{input}", first_arg_text) if x.hint else None
             msg = x.message if x.message.startswith(opname) else f"{opname}: {x.message}"
             return self.err(msg, span, hint or self.keep_size_hint(inputs))
-        nid = self.fresh(top) if top else self.fresh(f"{self.layer or 'value'}.{opname}")
+        # the statement's own name was reserved when it started; other nodes are NAME.op
+        nid = top if top and top not in self.graph else self.fresh(f"{self.layer or 'value'}.{opname}")
         scope = tuple(f"{n}" for n, _ in self.calls)
         self.graph.add(Node(nid, opname, tuple(inputs), attrs, span, scope, self.layer or nid, t))
         return Tensor(nid)

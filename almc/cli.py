@@ -133,17 +133,11 @@ def cmd_compile(args) -> int:
         raise UsageError(f"the folder {out.parent} does not exist")
     proto = m.compile(seed=args.seed)
     atomic_write(out, proto.SerializeToString())
-    n_params = sum(int(_numel(i)) for i in proto.graph.initializer)
-    print(f"wrote {out}: {len(proto.graph.node)} ONNX nodes, {n_params:,} parameters, opset "
+    s = m.summary()
+    buffers = f" and {s.buffers:,} buffers" if s.buffers else ""
+    print(f"wrote {out}: {len(proto.graph.node)} ONNX nodes, {s.total_params:,} parameters{buffers}, opset "
           f"{proto.opset_import[0].version}, in {time.perf_counter() - t0:.2f} s")
     return EXIT_OK
-
-
-def _numel(t) -> int:
-    n = 1
-    for d in t.dims:
-        n *= d
-    return n
 
 
 def read_array(path: str):
@@ -270,6 +264,10 @@ def main(argv=None) -> int:
     except UsageError as e:
         print(f"almc: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # `almc summary ... | head`: the reader left; that is not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
     except KeyboardInterrupt:
         print("almc: interrupted; nothing was written", file=sys.stderr)
         return 130

@@ -99,6 +99,8 @@ def _check_nesting(text: str, file: str) -> None:
             depth = max(depth - 1, 0)
 
 
+KEYWORDS = {"import", "model", "block", "input", "output", "for", "in", "return", "if", "else", "and", "or",
+            "not", "true", "false", "assert"}
 TOKEN_NAMES = {
     "NAME": "a name", "INT": "an integer", "FLOAT": "a number", "STRING": "a string", "$END": "end of file",
 }
@@ -160,6 +162,8 @@ def _syntax_error(e: UnexpectedInput, text: str, file: str) -> Diagnostic:
                                   f"close it with '{pairs[ch]}' first")
         if tok.type == "NAME" and "EQUAL" in e.expected:
             hint = "keyword arguments are written name = value"
+        elif str(tok) in KEYWORDS and "NAME" in (getattr(e, "accepts", None) or e.expected):
+            hint = f"'{tok}' is a reserved word; choose another name"
         expected = getattr(e, "accepts", None) or e.expected
         return Diagnostic(f"unexpected {_token_text(tok)}, expected {_describe_expected(expected)}", span, hint)
     # end of input
@@ -248,6 +252,9 @@ class ToAst(Transformer_NonRecursive):
 
     def for_stmt(self, meta, var, it, *body):
         return s.For(self.sp(meta), str(var), it, tuple(body))
+
+    def assert_stmt(self, meta, cond, message):
+        return s.Assert(self.sp(meta), cond, str(message)[1:-1] if message is not None else None)
 
     def return_stmt(self, meta, *values):
         return s.Return(self.sp(meta), tuple(values))

@@ -72,6 +72,10 @@ def load_program(c: Collector, path: str | os.PathLike | None = None, text: str 
 
     def visit(mod: s.Module, here: Path, notes: tuple[str, ...], here_shown: str):
         for imp in mod.imports:
+            if not imp.path or any(ord(ch) < 32 for ch in imp.path) or not imp.path.endswith(".alm"):
+                c.error(f'cannot import "{imp.path.encode("unicode_escape").decode()}": an import names a .alm file',
+                        imp.span, 'for example: import "blocks.alm" or import "std/resnet.alm"', notes)
+                continue
             if imp.path.startswith(STDLIB_PREFIX):
                 target = (stdlib_dir() / imp.path[len(STDLIB_PREFIX):]).resolve()
                 shown_t = imp.path

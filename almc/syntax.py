@@ -144,6 +144,12 @@ class Return(Stmt):
 
 
 @dataclass(frozen=True)
+class Assert(Stmt):
+    cond: Expr
+    message: str | None
+
+
+@dataclass(frozen=True)
 class ParamDecl:
     name: str
     default: Expr | None

@@ -193,3 +193,12 @@ def test_python_api_mirrors_the_cli(tmp_path):
     assert onnx.load(tmp_path / "l.onnx").SerializeToString() == m.compile().SerializeToString()
     y = m.run(np.zeros((1, 1, 32, 32), np.float32))["logits"]
     assert y.shape == (1, 10) and m.provider == "CPUExecutionProvider"
+
+
+def test_a_closed_pipe_is_not_an_error(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run(f"{sys.executable} -m almc.cli summary {LENET} | head -c 10", shell=True,
+                       capture_output=True, text=True, timeout=60)
+    assert r.stdout == "model LeNe" and "error" not in r.stderr

@@ -16,7 +16,7 @@ from almc.errors import AlmError
 from almc.parse import parser
 
 MODELS = sorted((Path(__file__).resolve().parent.parent / "models").glob("*.alm"))
-FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
+FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
@@ -75,7 +75,7 @@ def mutated_model(draw):
     return text
 
 
-@settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_model())
 def test_mutated_course_models(text):
     if 'import "std/' in text or "import" not in text:

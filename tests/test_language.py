@@ -247,3 +247,42 @@ def test_shape_inference_examples(src, shape):
     m = almc.load(f"model M {{ input x: f32[N, 3, 9, 9]\n output y = {src} }}")
     assert str(m.outputs["y"]) == shape
     onnx_matches_reference(m)
+
+
+def test_updates_get_rows_of_their_own():
+    m = almc.load("""
+model M {
+    input image: f32[N, 1, 8, 8]
+    x = conv(image, 4, 3, pad = 1) |> relu
+    x = maxpool(x, 2)
+    output y = dense(flatten(x), 2)
+}""")
+    rows = [(r.name, r.ops, r.shape) for r in m.summary().rows]
+    assert rows == [("x", "conv→relu", "f32[N, 4, 8, 8]"), ("x_2", "maxpool", "f32[N, 4, 4, 4]"),
+                    ("y", "flatten→dense", "f32[N, 2]")]
+
+
+def test_loop_iterations_with_equal_values_are_kept_apart():
+    m = almc.load("model M {\n input x: f32[N, 8]\n h = x\n for u in [16, 16] { h = dense(h, u) |> relu }\n output y = h\n}")
+    assert [(r.name, r.params) for r in m.summary().rows] == [("u16/h", 144), ("u16_2/h", 272)]
+
+
+def test_assigning_an_outer_name_in_a_loop_updates_it_even_without_reading_it():
+    m = almc.load("""
+model M {
+    input image: f32[N, 1, 8, 8]
+    x = image
+    for i in range(2) {
+        y = relu(x)
+        x = maxpool(y, 2)
+    }
+    output out = x
+}""")
+    assert str(m.outputs["out"]) == "f32[N, 1, 2, 2]"
+    assert not m.warnings
+
+
+def test_assert_checks_parameters_at_compile_time():
+    src = 'model M(size = 188) {\n assert size % 16 == 12, "needs 188 + 16k"\n input x: f32[N, size]\n output y = relu(x)\n}'
+    assert almc.load(src).inputs["x"].dims == ("N", 188)
+    assert errors_of(src, size=190) == [(2, 9, "needs 188 + 16k")]

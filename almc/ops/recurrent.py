@@ -206,6 +206,7 @@ for _name in CELLS:
                *_extra),
         shape=rec_shape(_name), params=rec_params(_name), lower=rec_lower(_name),
         reference=rec_reference(_name), macs=rec_macs(_name),
+        window=lambda types, a: "global",  # each step sees every earlier step
         doc=(f"{REC_DOCS[_name]}: batch-first x [N, T, features] -> [N, T, hidden], or [N, hidden] "
              "with last = true; one layer, forward, zero initial state. Parameters weight_ih [G*hidden, features], "
              "weight_hh [G*hidden, hidden], bias_ih, bias_hh [G*hidden] as in PyTorch. "
