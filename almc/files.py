@@ -15,6 +15,9 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
     folder = path.parent if str(path.parent) else Path(".")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; a written file should look like any other
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
