@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 import networkx as nx
 
 from .errors import UNKNOWN, Span
-from .ops.registry import Attrs
+from .ops.registry import Attrs, lookup
 from .types import TensorType
 
 INPUT = "input"  # the op name of graph inputs (they have no registry entry)
@@ -28,6 +28,7 @@ class Node:
     scope: tuple[str, ...] = ()  # block call path, outermost first, e.g. ("layer1[0]", "basic")
     layer: str = ""  # the source-level value this node computes part of (summary rows)
     type: TensorType | None = None
+    owner: str | None = None  # gradient and update nodes read the parameters of this forward node
 
     @property
     def doc(self) -> str:
@@ -76,3 +77,15 @@ class Graph:
         g = replace(self, nx=self.nx.copy(), inputs=list(self.inputs), outputs=dict(self.outputs),
                     sources=dict(self.sources), params=dict(self.params))
         return g
+
+
+def node_params(graph: Graph, node: Node) -> list[tuple[str, str, "Param"]]:
+    """(local name, full name, Param) of the parameters a node reads: its own, or its owner's."""
+    owner = graph.node(node.owner) if node.owner else node
+    if owner.op == INPUT:
+        return []
+    op = lookup(owner.op)
+    if op.params is None:
+        return []
+    types = [graph.node(i).type for i in owner.inputs]
+    return [(p.name, f"{owner.id}.{p.name}", p) for p in op.params(types, owner.attrs)]

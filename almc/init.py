@@ -15,7 +15,7 @@ import zlib
 
 import numpy as np
 
-from .graph import INPUT, Graph
+from .graph import INPUT, Graph, node_params
 from .ops.registry import Param, lookup
 
 
@@ -23,14 +23,9 @@ def param_specs(graph: Graph) -> list[tuple[str, str, Param]]:
     """(node id, full parameter name, Param) for every parameter and buffer, in graph order."""
     out = []
     for node in graph.nodes():
-        if node.op == INPUT:
+        if node.op == INPUT or node.owner:
             continue
-        op = lookup(node.op)
-        if op.params is None:
-            continue
-        types = [graph.node(i).type for i in node.inputs]
-        for p in op.params(types, node.attrs):
-            out.append((node.id, f"{node.id}.{p.name}", p))
+        out += [(node.id, full, p) for _, full, p in node_params(graph, node)]
     return out
 
 

@@ -16,7 +16,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from . import __version__
-from .graph import INPUT, Graph
+from .graph import INPUT, Graph, node_params
 from .init import initialize, param_specs
 from .ops.emit import Emitter
 from .ops.registry import lookup
@@ -49,13 +49,25 @@ def live_nodes(graph: Graph) -> set[str]:
     return live
 
 
-def lower(graph: Graph, weights: dict[str, np.ndarray] | None = None, seed: int = 0) -> onnx.ModelProto:
-    if weights is None:
+def lower(graph: Graph, weights: dict[str, np.ndarray] | None = None, seed: int = 0,
+          params_as_inputs: bool = False) -> onnx.ModelProto:
+    """The ONNX model of a graph. Parameters become initializers, or graph inputs of the same
+    names for a training step (`params_as_inputs`), which takes them as inputs and returns them updated."""
+    if weights is None and not params_as_inputs:
         weights = initialize(graph, seed)
     live = live_nodes(graph)
     nodes, inits, infos = [], [], []
     tensor: dict[str, str] = {}
     out_nodes = set(graph.outputs.values())
+    needed = {full for n in live for _, full, _ in node_params(graph, graph.node(n))}
+    param_inputs = []
+    for _, full, p in param_specs(graph):
+        if full not in needed:
+            continue
+        if params_as_inputs:
+            param_inputs.append(value_info(full, TensorType("f32", p.shape)))
+        else:
+            inits.append(numpy_helper.from_array(np.ascontiguousarray(weights[full], np.float32), full))
     for node in graph.nodes():
         if node.id not in live:
             continue
@@ -64,12 +76,7 @@ def lower(graph: Graph, weights: dict[str, np.ndarray] | None = None, seed: int 
             continue
         op = lookup(node.op)
         types = [graph.node(i).type for i in node.inputs]
-        pnames = {}
-        if op.params is not None:
-            for p in op.params(types, node.attrs):
-                full = f"{node.id}.{p.name}"
-                pnames[p.name] = full
-                inits.append(numpy_helper.from_array(np.ascontiguousarray(weights[full], np.float32), full))
+        pnames = {local: full for local, full, _ in node_params(graph, node)}
         g = Emitter(nodes, inits, node.id, node.doc)
         name = op.lower(g, [tensor[i] for i in node.inputs], pnames, node.attrs, types, node.type)
         tensor[node.id] = name
@@ -81,7 +88,7 @@ def lower(graph: Graph, weights: dict[str, np.ndarray] | None = None, seed: int 
             nodes.append(helper.make_node("Identity", [tensor[nid]], [oname], name=f"{oname}/output",
                                           doc_string=graph.node(nid).doc))
         outputs.append(value_info(oname, graph.node(nid).type))
-    inputs = [value_info(i, graph.node(i).type) for i in graph.inputs if i in live]
+    inputs = [value_info(i, graph.node(i).type) for i in graph.inputs if i in live] + param_inputs
     g = helper.make_graph(nodes, graph.name, inputs, outputs, initializer=inits, value_info=infos)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="almc",
                               producer_version=__version__, ir_version=IR_VERSION,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .graph import INPUT, Graph
+from .graph import INPUT, Graph, node_params
 from .ops.registry import lookup
 
 
@@ -19,10 +19,7 @@ def execute(graph: Graph, weights: dict[str, np.ndarray], inputs: dict[str, np.n
             vals[node.id] = np.asarray(inputs[node.id])
             continue
         op = lookup(node.op)
-        types = [graph.node(i).type for i in node.inputs]
-        params = {}
-        if op.params is not None:
-            params = {p.name: weights[f"{node.id}.{p.name}"] for p in op.params(types, node.attrs)}
+        params = {local: weights[full] for local, full, _ in node_params(graph, node)}
         vals[node.id] = op.reference([vals[i] for i in node.inputs], params, node.attrs)
     if keep_all:
         return vals

@@ -44,4 +44,4 @@ def test_documented_example(kind, source, expected, tmp_path, monkeypatch):
 def test_op_reference_is_current():
     text = (ROOT / "docs" / "language.md").read_text()
     section = text.split("<!-- ops:begin -->\n")[1].split("<!-- ops:end -->")[0]
-    assert section == ops_markdown(), "regenerate with: almc ops, between the ops markers"
+    assert section == ops_markdown(), "regenerate with: python -m almc.ops.registry docs/language.md"

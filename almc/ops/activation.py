@@ -11,22 +11,26 @@ def same(types, a):
     return types[0]
 
 
-def unary(name, onnx_op, ref, activation=None, attrs=(), onnx_attrs=lambda a: {}, doc=""):
+def unary(name, onnx_op, ref, activation=None, attrs=(), onnx_attrs=lambda a: {}, doc="", grad=None):
     register(Op(
         name=name, inputs=("x",), attrs=attrs, shape=same,
         lower=lambda g, ins, p, a, types, out: g.node(onnx_op, [ins[0]], out=g.out, **onnx_attrs(a)),
-        reference=ref, activation=activation, category="activation", doc=doc,
+        reference=ref, activation=activation, category="activation", doc=doc, grad=grad,
         examples=(((("f32", (2, 3, 4, 4)),), {}), ((("f32", (3, 5)),), {})),
     ))
 
 
-unary("relu", "Relu", lambda xs, p, a: np.maximum(xs[0], 0), "relu", doc="max(x, 0)")
+# gradient rules: the backward ops (relu_grad, ...) are defined at the end of this file
+unary("relu", "Relu", lambda xs, p, a: np.maximum(xs[0], 0), "relu", doc="max(x, 0)",
+      grad=lambda d, n, gy: ([d.op("relu_grad", [gy, n.inputs[0]])], {}))
 unary("leaky_relu", "LeakyRelu", lambda xs, p, a: np.where(xs[0] > 0, xs[0], a.alpha * xs[0]).astype(xs[0].dtype),
-      "relu", (Attr("alpha", "float", 0.01),), lambda a: {"alpha": a.alpha}, "x if x > 0 else alpha * x")
+      "relu", (Attr("alpha", "float", 0.01),), lambda a: {"alpha": a.alpha}, "x if x > 0 else alpha * x",
+      grad=lambda d, n, gy: ([d.op("leaky_relu_grad", [gy, n.inputs[0]], {"alpha": n.attrs.alpha})], {}))
 unary("sigmoid", "Sigmoid", lambda xs, p, a: (1 / (1 + np.exp(-xs[0]))).astype(xs[0].dtype), "sigmoid",
-      doc="1 / (1 + exp(-x))")
-unary("tanh", "Tanh", lambda xs, p, a: np.tanh(xs[0]), "tanh", doc="hyperbolic tangent")
-unary("identity", "Identity", lambda xs, p, a: xs[0], doc="returns its input")
+      doc="1 / (1 + exp(-x))", grad=lambda d, n, gy: ([d.op("sigmoid_grad", [gy, n.id])], {}))
+unary("tanh", "Tanh", lambda xs, p, a: np.tanh(xs[0]), "tanh", doc="hyperbolic tangent",
+      grad=lambda d, n, gy: ([d.op("tanh_grad", [gy, n.id])], {}))
+unary("identity", "Identity", lambda xs, p, a: xs[0], doc="returns its input", grad=lambda d, n, gy: ([gy], {}))
 
 
 def axis_of(types, a, name):
@@ -54,6 +58,62 @@ for _name, _onnx, _ref in (("softmax", "Softmax", softmax_ref), ("log_softmax", 
         shape=lambda types, a, _n=_name: axis_of(types, a, _n),
         lower=lambda g, ins, p, a, types, out, _o=_onnx: g.node(_o, [ins[0]], out=g.out, axis=a.axis),
         reference=_ref, activation="sigmoid", category="activation",
+        grad=lambda d, n, gy, _n=_name: ([d.op(f"{_n}_grad", [gy, n.id], {"axis": n.attrs.axis})], {}),
         doc=f"{_name} along an axis (the class axis 1 by default).",
         examples=(((("f32", (3, 10)),), {}), ((("f32", (2, 4, 3)),), dict(axis=-1))),
     ))
+
+
+# -- gradients ---------------------------------------------------------------
+# Each backward op takes the output gradient first, then the forward value it needs.
+
+def _backward(name, fn, onnx_build, attrs=(), doc=""):
+    register(Op(
+        name=name, inputs=("g", "v"), attrs=attrs, shape=lambda types, a: types[0],
+        lower=lambda g, ins, p, a, types, out: onnx_build(g, ins, a),
+        reference=lambda xs, p, a: fn(xs[0], xs[1], a).astype(np.result_type(xs[0], xs[1])),
+        category="gradient", doc=doc,
+        examples=(((("f32", (2, 3, 4)), ("f32", (2, 3, 4))), {}), ((("f32", (3, 5)), ("f32", (3, 5))), {})),
+    ))
+
+
+def _relu_grad_onnx(g, ins, a):
+    mask = g.node("Cast", [g.node("Greater", [ins[1], g.const("zero", 0.0)])], to=1)
+    return g.node("Mul", [ins[0], mask], out=g.out)
+
+
+def _leaky_grad_onnx(g, ins, a):
+    slope = g.node("Where", [g.node("Greater", [ins[1], g.const("zero", 0.0)]), g.const("one", 1.0),
+                             g.const("alpha", a.alpha)])
+    return g.node("Mul", [ins[0], slope], out=g.out)
+
+
+def _sigmoid_grad_onnx(g, ins, a):  # g * y * (1 - y)
+    return g.node("Mul", [g.node("Mul", [ins[0], ins[1]]), g.node("Sub", [g.const("one", 1.0), ins[1]])], out=g.out)
+
+
+def _tanh_grad_onnx(g, ins, a):  # g * (1 - y^2)
+    return g.node("Mul", [ins[0], g.node("Sub", [g.const("one", 1.0), g.node("Mul", [ins[1], ins[1]])])], out=g.out)
+
+
+def _softmax_grad_onnx(g, ins, a):  # y * (g - sum(g * y))
+    gy = g.node("Mul", [ins[0], ins[1]])
+    s = g.node("ReduceSum", [gy, g.const("axes", [a.axis], np.int64)], keepdims=1)
+    return g.node("Mul", [ins[1], g.node("Sub", [ins[0], s])], out=g.out)
+
+
+def _log_softmax_grad_onnx(g, ins, a):  # g - exp(y) * sum(g)
+    s = g.node("ReduceSum", [ins[0], g.const("axes", [a.axis], np.int64)], keepdims=1)
+    return g.node("Sub", [ins[0], g.node("Mul", [g.node("Exp", [ins[1]]), s])], out=g.out)
+
+
+_backward("relu_grad", lambda g, x, a: g * (x > 0), _relu_grad_onnx, doc="g * (x > 0), with x the input")
+_backward("leaky_relu_grad", lambda g, x, a: g * np.where(x > 0, 1.0, a.alpha), _leaky_grad_onnx,
+          (Attr("alpha", "float", 0.01),), "g * (1 if x > 0 else alpha)")
+_backward("sigmoid_grad", lambda g, y, a: g * y * (1 - y), _sigmoid_grad_onnx, doc="g * y * (1 - y), y the output")
+_backward("tanh_grad", lambda g, y, a: g * (1 - y * y), _tanh_grad_onnx, doc="g * (1 - y^2), y the output")
+_backward("softmax_grad", lambda g, y, a: y * (g - (g * y).sum(axis=a.axis, keepdims=True)), _softmax_grad_onnx,
+          (Attr("axis", "int", 1),), "y * (g - sum(g * y)), y the output")
+_backward("log_softmax_grad", lambda g, y, a: g - np.exp(y) * g.sum(axis=a.axis, keepdims=True),
+          _log_softmax_grad_onnx, (Attr("axis", "int", 1),), "g - exp(y) * sum(g), y the output")
+

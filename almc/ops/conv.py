@@ -115,6 +115,152 @@ WINDOW_ATTRS = (
     Attr("dilation", "ints", 1, doc="spacing between kernel taps"),
 )
 
+# -- gradients ---------------------------------------------------------------
+# The input gradient of a convolution is a transposed convolution of the output
+# gradient with the same weights; the weight gradient is a convolution of the
+# input by the output gradient with batch and channels swapped (the forward
+# stride becomes a dilation and the forward dilation a stride).
+
+def conv_grad(d, n, gy):
+    x = n.inputs[0]
+    xt = d.type(x)
+    nsp, kernel, stride, dilation, pads = conv_geometry(xt, n.attrs)
+    geo = {"kernel": kernel, "stride": stride, "pads": tuple(pads), "dilation": dilation, "groups": n.attrs.groups}
+    gx = None
+    if d.wants(x):
+        gx = d.op("conv_grad_input", [gy, d.param("weight")], {**geo, "size": tuple(xt.dims[2:])})
+    grads = {"weight": d.op("conv_grad_weight", [gy, x], geo)}
+    if n.attrs.bias:
+        grads["bias"] = d.op("sum", [gy], {"axis": (0, *range(2, xt.rank))})
+    return [gx], grads
+
+
+GEO_ATTRS = (Attr("kernel", "any"), Attr("stride", "any"), Attr("pads", "any"), Attr("dilation", "any"),
+             Attr("groups", "int", 1))
+
+
+def _grad_input_shape(types, a):
+    g, w = types
+    return g.with_dims((g.dims[0], w.dims[1] * a.groups, *a.size))
+
+
+def _output_padding(types, a):
+    g = types[0]
+    out = []
+    for i, size in enumerate(a.size):
+        o = g.dims[2 + i]
+        produced = (o - 1) * a.stride[i] - a.pads[i][0] - a.pads[i][1] + a.dilation[i] * (a.kernel[i] - 1) + 1
+        out.append(size - produced)
+    return out
+
+
+def _grad_input_lower(g, ins, p, a, types, out):
+    return g.node("ConvTranspose", ins, out=g.out, kernel_shape=list(a.kernel), strides=list(a.stride),
+                  dilations=list(a.dilation), pads=onnx_pads(a.pads), group=a.groups,
+                  output_padding=_output_padding(types, a))
+
+
+def _grad_input_reference(xs, p, a):
+    """Scatter each output gradient back through every kernel tap (independent of ONNX)."""
+    import itertools
+
+    g, w = xs
+    n = len(a.size)
+    N, M = g.shape[:2]
+    C = w.shape[1] * a.groups
+    padded = [a.size[i] + a.pads[i][0] + a.pads[i][1] for i in range(n)]
+    gx = np.zeros((N, C, *padded), dtype=np.result_type(g, w))
+    mg, cg = M // a.groups, C // a.groups
+    O = g.shape[2:]
+    for grp in range(a.groups):
+        gg = g[:, grp * mg:(grp + 1) * mg]
+        wg = w[grp * mg:(grp + 1) * mg]
+        for k in itertools.product(*(range(x) for x in a.kernel)):
+            contrib = np.einsum("nm...,mc->nc...", gg, wg[(slice(None), slice(None), *k)])
+            sl = tuple(slice(k[i] * a.dilation[i], k[i] * a.dilation[i] + a.stride[i] * (O[i] - 1) + 1, a.stride[i])
+                       for i in range(n))
+            gx[(slice(None), slice(grp * cg, (grp + 1) * cg), *sl)] += contrib
+    return gx[(slice(None), slice(None), *(slice(a.pads[i][0], a.pads[i][0] + a.size[i]) for i in range(n)))]
+
+
+register(Op(
+    name="conv_grad_input", inputs=("g", "weight"), attrs=GEO_ATTRS + (Attr("size", "any"),),
+    shape=_grad_input_shape, lower=_grad_input_lower, reference=_grad_input_reference, category="gradient",
+    doc="Gradient of conv with respect to its input: a transposed convolution (ONNX ConvTranspose).",
+    examples=(
+        ((("f32", (2, 4, 5, 5)), ("f32", (4, 3, 3, 3))),
+         dict(kernel=(3, 3), stride=(2, 2), pads=((1, 1), (1, 1)), dilation=(1, 1), size=(9, 9)), {"symbolic_batch": False}),
+        ((("f32", (2, 6, 8, 7)), ("f32", (6, 2, 3, 2))),
+         dict(kernel=(3, 2), stride=(1, 1), pads=((2, 2), (1, 0)), dilation=(2, 2), groups=2, size=(8, 8)),
+         {"symbolic_batch": False}),
+        ((("f32", (2, 5, 4)), ("f32", (5, 3, 4))),
+         dict(kernel=(4,), stride=(3,), pads=((1, 2),), dilation=(1,), size=(11,)), {"symbolic_batch": False}),
+    ),
+))
+
+
+def _grad_weight_shape(types, a):
+    g, x = types
+    return g.with_dims((g.dims[1], x.dims[1] // a.groups, *a.kernel))
+
+
+def _grad_weight_lower(g, ins, p, a, types, out):
+    gy, x = ins
+    rank = types[1].rank
+    perm = [1, 0, *range(2, rank)]
+    n = rank - 2
+    C, M = types[1].dims[1], types[0].dims[1]
+    cg, mg = C // a.groups, M // a.groups
+    parts = []
+    for grp in range(a.groups):
+        xs, gs = x, gy
+        if a.groups > 1:
+            xs = g.node("Slice", [x, g.const(f"xs{grp}", [grp * cg], np.int64), g.const(f"xe{grp}", [(grp + 1) * cg], np.int64),
+                                  g.const(f"ax{grp}", [1], np.int64)])
+            gs = g.node("Slice", [gy, g.const(f"gs{grp}", [grp * mg], np.int64), g.const(f"ge{grp}", [(grp + 1) * mg], np.int64),
+                                  g.const(f"gx{grp}", [1], np.int64)])
+        # [C, N, H, W] convolved by [M, N, OH, OW] gives [C, M, KH', KW'] with KH' >= KH
+        wt = g.node("Conv", [g.node("Transpose", [xs], perm=perm), g.node("Transpose", [gs], perm=perm)],
+                    strides=list(a.dilation), dilations=list(a.stride), pads=onnx_pads(a.pads))
+        wt = g.node("Slice", [wt, g.const(f"k0_{grp}", [0] * n, np.int64), g.const(f"k1_{grp}", list(a.kernel), np.int64),
+                              g.const(f"ka_{grp}", list(range(2, rank)), np.int64)])
+        parts.append(g.node("Transpose", [wt], perm=perm, out=g.out if a.groups == 1 else None))
+    return parts[0] if a.groups == 1 else g.node("Concat", parts, axis=0, out=g.out)
+
+
+def _grad_weight_reference(xs, p, a):
+    g, x = xs
+    n = x.ndim - 2
+    xp = np_pad(x, a.pads)
+    eff = [(k - 1) * dl + 1 for k, dl in zip(a.kernel, a.dilation)]
+    win = sliding_window_view(xp, eff, axis=tuple(range(2, 2 + n)))
+    win = win[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in a.stride)
+              + tuple(slice(None, None, dl) for dl in a.dilation)]
+    win = win[(slice(None), slice(None)) + tuple(slice(0, o) for o in g.shape[2:])]
+    N, C = x.shape[:2]
+    M = g.shape[1]
+    win = win.reshape(N, a.groups, C // a.groups, *win.shape[2:])
+    gg = g.reshape(N, a.groups, M // a.groups, *g.shape[2:])
+    o, k = "xyz"[:n], "uvw"[:n]
+    w = np.einsum(f"ngc{o}{k},ngm{o}->gmc{k}", win, gg, optimize=True)
+    return w.reshape(M, C // a.groups, *a.kernel)
+
+
+register(Op(
+    name="conv_grad_weight", inputs=("g", "x"), attrs=GEO_ATTRS,
+    shape=_grad_weight_shape, lower=_grad_weight_lower, reference=_grad_weight_reference, category="gradient",
+    doc="Gradient of conv with respect to its weight: a convolution of the input by the output gradient.",
+    examples=(
+        ((("f32", (2, 4, 5, 5)), ("f32", (2, 3, 9, 9))),
+         dict(kernel=(3, 3), stride=(2, 2), pads=((1, 1), (1, 1)), dilation=(1, 1)), {"symbolic_batch": False}),
+        ((("f32", (2, 6, 8, 7)), ("f32", (2, 4, 8, 8))),
+         dict(kernel=(3, 2), stride=(1, 1), pads=((2, 2), (1, 0)), dilation=(2, 2), groups=2), {"symbolic_batch": False}),
+        ((("f32", (2, 5, 4)), ("f32", (2, 3, 11))),
+         dict(kernel=(4,), stride=(3,), pads=((1, 2),), dilation=(1,)), {"symbolic_batch": False}),
+    ),
+))
+
+
 register(Op(
     name="conv",
     inputs=("x",),
@@ -125,7 +271,7 @@ register(Op(
            Attr("bias", "bool", True),
            Attr("init", "str", "auto", ("auto", "he", "glorot", "normal", "uniform_fan_in"))),
     shape=conv_shape, params=conv_params, lower=conv_lower, reference=conv_reference,
-    macs=conv_macs, window=conv_window,
+    macs=conv_macs, window=conv_window, grad=conv_grad,
     doc="Convolution over 1, 2 or 3 spatial axes (ONNX Conv); weight [channels, C/groups, *kernel].",
     examples=(
         ((("f32", (2, 3, 9, 9)),), dict(channels=4, kernel=3, stride=2, pad=1)),

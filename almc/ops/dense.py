@@ -40,8 +40,22 @@ def dense_reference(xs, p, a):
     return y + p["bias"] if a.bias else y
 
 
+def dense_grad(d, n, gy):
+    x = n.inputs[0]
+    gx = d.op("gemm", [gy, d.param("weight")]) if d.wants(x) else None
+    grads = {"weight": d.op("gemm", [gy, x], {"trans_a": True})}
+    if n.attrs.bias:
+        grads["bias"] = d.op("sum", [gy], {"axis": 0})
+    return [gx], grads
+
+
+def reshape_back(d, n, gy):
+    """flatten / reshape: the gradient takes the input's shape back."""
+    return [d.op("reshape", [gy], {"shape": tuple(d.type(n.inputs[0]).dims[1:])})], {}
+
+
 register(Op(
-    name="dense", inputs=("x",),
+    name="dense", inputs=("x",), grad=dense_grad,
     attrs=(Attr("units", "int", doc="output features"), Attr("bias", "bool", True),
            Attr("init", "str", "auto", ("auto", "he", "glorot", "normal", "uniform_fan_in"))),
     shape=dense_shape, params=dense_params, lower=dense_lower, reference=dense_reference,
@@ -63,7 +77,7 @@ def flatten_shape(types, a):
 
 
 register(Op(
-    name="flatten", inputs=("x",), shape=flatten_shape,
+    name="flatten", inputs=("x",), shape=flatten_shape, grad=reshape_back,
     lower=lambda g, ins, p, a, types, out: g.node("Flatten", [ins[0]], out=g.out, axis=1),
     reference=lambda xs, p, a: xs[0].reshape(xs[0].shape[0], -1),
     category="shape",
@@ -98,6 +112,7 @@ def reshape_lower(g, ins, p, a, types, out):
 
 register(Op(
     name="reshape", inputs=("x",), attrs=(Attr("shape", "shape", doc="per-example shape; the batch axis is kept"),),
+    grad=reshape_back,
     shape=lambda types, a: types[0].with_dims((types[0].dims[0], *reshape_target(types[0], a.shape))),
     lower=reshape_lower,
     reference=lambda xs, p, a: xs[0].reshape(xs[0].shape[0], *a.shape),

@@ -12,6 +12,36 @@ from ..types import TensorType, broadcast
 from .registry import Attr, Op, register
 
 
+def _neg(d, g):
+    return d.op("mul", [g, d.const(-1.0)])
+
+
+def _add_grad(d, n, gy):
+    a, b = n.inputs
+    return [d.sum_to(gy, a) if d.wants(a) else None, d.sum_to(gy, b) if d.wants(b) else None], {}
+
+
+def _sub_grad(d, n, gy):
+    a, b = n.inputs
+    return [d.sum_to(gy, a) if d.wants(a) else None, d.sum_to(_neg(d, gy), b) if d.wants(b) else None], {}
+
+
+def _mul_grad(d, n, gy):
+    a, b = n.inputs
+    return [d.sum_to(d.op("mul", [gy, b]), a) if d.wants(a) else None,
+            d.sum_to(d.op("mul", [gy, a]), b) if d.wants(b) else None], {}
+
+
+def _div_grad(d, n, gy):  # d(a/b) = g/b, -g*a/b^2 = -(g/b) * y
+    a, b = n.inputs
+    ga = d.op("div", [gy, b])
+    return [d.sum_to(ga, a) if d.wants(a) else None,
+            d.sum_to(_neg(d, d.op("mul", [ga, n.id])), b) if d.wants(b) else None], {}
+
+
+GRADS = {"add": _add_grad, "sub": _sub_grad, "mul": _mul_grad, "div": _div_grad}
+
+
 def binary(name, onnx_op, fn, doc):
     register(Op(
         name=name, inputs=("a", "b"),
@@ -19,7 +49,7 @@ def binary(name, onnx_op, fn, doc):
         lower=lambda g, ins, p, a, types, out: g.node(onnx_op, ins, out=g.out),
         reference=lambda xs, p, a: fn(xs[0], xs[1]).astype(np.result_type(xs[0], xs[1])),
         macs=lambda types, out, a: out.per_example() if name in ("mul", "div") else 0,
-        category="arithmetic", doc=doc,
+        category="arithmetic", doc=doc, grad=GRADS[name],
         examples=(((("f32", (2, 3, 4)), ("f32", (2, 3, 4))), {}),
                   ((("f32", (2, 3, 4, 4)), ("f32", (3, 1, 1))), {}),
                   ((("f32", (2, 1, 5)), ("f32", (4, 1))), {})),
@@ -56,9 +86,19 @@ def concat_shape(types, a):
     return first.with_dims((*first.dims[:axis], total, *first.dims[axis + 1:]))
 
 
+def _concat_grad(d, n, gy):
+    axis = n.attrs.axis % d.type(n.id).rank
+    out, start = [], 0
+    for i in n.inputs:
+        size = d.type(i).dims[axis]
+        out.append(d.op("slice_axis", [gy], {"axis": axis, "start": start, "end": start + size}) if d.wants(i) else None)
+        start += size
+    return out, {}
+
+
 register(Op(
     name="concat", inputs=("xs",), variadic=True, attrs=(Attr("axis", "int", 1),),
-    shape=concat_shape,
+    shape=concat_shape, grad=_concat_grad,
     lower=lambda g, ins, p, a, types, out: g.node("Concat", ins, out=g.out, axis=a.axis),
     reference=lambda xs, p, a: np.concatenate(xs, axis=a.axis),
     category="shape",
@@ -68,13 +108,32 @@ register(Op(
 ))
 
 
+def _slice_shape(types, a):
+    x = types[0]
+    if not 0 <= a.start < a.end <= x.dims[a.axis]:
+        raise ShapeError(f"slice [{a.start}, {a.end}) is out of range for axis {a.axis} of {x}")
+    return x.with_dims((*x.dims[:a.axis], a.end - a.start, *x.dims[a.axis + 1:]))
+
+
+register(Op(
+    name="slice_axis", inputs=("x",), attrs=(Attr("axis", "int"), Attr("start", "int"), Attr("end", "int")),
+    shape=_slice_shape,
+    lower=lambda g, ins, p, a, types, out: g.node(
+        "Slice", [ins[0], g.const("starts", [a.start], np.int64), g.const("ends", [a.end], np.int64),
+                  g.const("axes", [a.axis], np.int64)], out=g.out),
+    reference=lambda xs, p, a: np.take(xs[0], range(a.start, a.end), axis=a.axis),
+    category="gradient", doc="x[start:end] along one axis (the gradient of concat).",
+    examples=(((("f32", (2, 5, 3)),), dict(axis=1, start=1, end=4)),),
+))
+
+
 register(Op(
     name="constant", inputs=(), attrs=(Attr("value", "float"),),
     shape=lambda types, a: TensorType("f32", ()),
     lower=lambda g, ins, p, a, types, out: g.node(
         "Constant", [], out=g.out, value=_scalar_tensor(a.value)),
     reference=lambda xs, p, a: np.asarray(a.value, np.float32),
-    category="arithmetic",
+    category="arithmetic", grad=lambda d, n, gy: ([], {}),
     doc="A float32 scalar; made by build for numbers beside tensors (x * 0.5).",
     examples=(((), dict(value=2.5)),),
 ))

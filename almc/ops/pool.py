@@ -85,6 +85,62 @@ def pool_lower_rule(onnx_op):
     return lower
 
 
+
+# -- gradients ---------------------------------------------------------------
+
+def maxpool_grad(d, n, gy):
+    x = n.inputs[0]
+    nsp, kernel, stride, pads, _ = pool_geometry(d.type(x), n.attrs, "maxpool")
+    return [d.op("maxpool_grad", [gy, x], {"kernel": kernel, "stride": stride, "pads": tuple(pads),
+                                           "ceil": n.attrs.ceil})], {}
+
+
+def _maxpool_grad_lower(g, ins, p, a, types, out):
+    """Route each output gradient to the input element that won its window, through
+    MaxPool's indices (flat positions in the unpadded input) and a scatter-add."""
+    gy, x = ins
+    idx = g.tmp("indices")
+    g.node("MaxPool", [x], outputs=[g.tmp("max"), idx], kernel_shape=list(a.kernel), strides=list(a.stride),
+           pads=onnx_pads(a.pads), ceil_mode=int(a.ceil))
+    flat = g.const("flat", [-1], np.int64)
+    zeros = g.node("Mul", [g.node("Reshape", [x, flat]), g.const("zero", 0.0)])
+    scattered = g.node("ScatterElements", [zeros, g.node("Reshape", [idx, flat]), g.node("Reshape", [gy, flat])],
+                       axis=0, reduction="add")
+    return g.node("Reshape", [scattered, g.node("Shape", [x])], out=g.out)
+
+
+def _maxpool_grad_reference(xs, p, a):
+    gy, x = xs
+    n = x.ndim - 2
+    out = gy.shape[2:]
+    w = windows(x, a.kernel, a.stride, a.pads, out, -np.inf)  # [N, C, *out, *kernel]
+    flatw = w.reshape(*w.shape[:2 + n], -1)
+    arg = flatw.argmax(axis=-1)  # first maximum, as onnxruntime
+    gx = np.zeros(tuple(x.shape[:2]) + tuple(x.shape[2 + i] + a.pads[i][0] + a.pads[i][1] + a.stride[i] * out[i]
+                                             for i in range(n)), dtype=np.result_type(gy, x))
+    for pos in np.ndindex(*out):
+        k = np.unravel_index(arg[(slice(None), slice(None), *pos)], a.kernel)
+        for nn in range(x.shape[0]):
+            for c in range(x.shape[1]):
+                at = tuple(pos[i] * a.stride[i] + k[i][nn, c] for i in range(n))
+                gx[(nn, c, *at)] += gy[(nn, c, *pos)]
+    return gx[(slice(None), slice(None), *(slice(a.pads[i][0], a.pads[i][0] + x.shape[2 + i]) for i in range(n)))]
+
+
+register(Op(
+    name="maxpool_grad", inputs=("g", "x"),
+    attrs=(Attr("kernel", "any"), Attr("stride", "any"), Attr("pads", "any"), Attr("ceil", "bool", False)),
+    shape=lambda types, a: types[1], lower=_maxpool_grad_lower, reference=_maxpool_grad_reference,
+    category="gradient", doc="Gradient of maxpool: each window's gradient goes to its maximum.",
+    examples=(
+        ((("f32", (2, 3, 4, 4)), ("f32", (2, 3, 8, 8))), dict(kernel=(2, 2), stride=(2, 2), pads=((0, 0), (0, 0)))),
+        ((("f32", (2, 2, 5, 5)), ("f32", (2, 2, 9, 9))),
+         dict(kernel=(3, 3), stride=(2, 2), pads=((1, 1), (1, 1)), ceil=True)),
+        ((("f32", (2, 2, 3)), ("f32", (2, 2, 7))), dict(kernel=(3,), stride=(2,), pads=((0, 0),))),
+    ),
+))
+
+
 POOL_ATTRS = (
     Attr("kernel", "ints", doc="window size, an int or one per spatial axis"),
     Attr("stride", "ints", None, doc="defaults to the kernel size"),
@@ -95,6 +151,7 @@ POOL_ATTRS = (
 register(Op(
     name="maxpool", inputs=("x",), attrs=POOL_ATTRS,
     shape=pool_shape_rule("maxpool"), lower=pool_lower_rule("MaxPool"), reference=maxpool_reference,
+    grad=maxpool_grad,
     window=pool_window, category="pooling",
     doc="Max pooling over 1, 2 or 3 spatial axes (ONNX MaxPool).",
     examples=(

@@ -14,6 +14,12 @@ Rule signatures (attributes arrive as an `Attrs` object, `a.kernel` etc.):
     reference(xs: list[ndarray], p: dict[str, ndarray], a) -> ndarray
     macs(types, out, a) -> int            # per example
     window(types, a) -> list[Window] | "global" | None   # None: pointwise
+    grad(d: autodiff.Diff, node, gy: str) -> (input grads: list[str | None], param grads: dict[str, str])
+
+A gradient rule builds graph nodes (d.op(...)) that compute the gradients of an
+op's inputs and parameters from the gradient of its output; backward-only ops
+(conv_grad_input, ...) are registered beside their forward op, with their own
+shape rule, lowering and numpy reference, and are tested like every other op.
 """
 from __future__ import annotations
 
@@ -87,6 +93,8 @@ class Op:
     doc: str = ""
     category: str = "layer"
     examples: tuple = field(default=())  # argument tuples for the registry test (see tests/test_ops.py)
+    grad: Callable | None = None  # reverse-mode rule; None: not differentiable
+    grad_inputs: tuple[int, ...] | None = None  # inputs with a gradient (None: all); e.g. not labels
 
     def attr(self, name: str) -> Attr | None:
         return next((x for x in self.attrs if x.name == name), None)
@@ -158,13 +166,15 @@ def signature(op: Op) -> str:
     return ", ".join(parts)
 
 
-CATEGORIES = ("layer", "pooling", "normalization", "activation", "arithmetic", "shape", "resample")
+CATEGORIES = ("layer", "pooling", "normalization", "activation", "arithmetic", "shape", "resample", "reduction",
+              "loss")
+INTERNAL = ("gradient",)  # made by the compiler (gradients, updates), not written by users
 
 
 def ops_markdown() -> str:
     """The op reference of docs/language.md (and `almc ops`), grouped by category."""
     out = []
-    ops = [o for o in all_ops().values() if o.name != "constant"]
+    ops = [o for o in all_ops().values() if o.name != "constant" and o.category not in INTERNAL]
     for cat in CATEGORIES + tuple(sorted({o.category for o in ops} - set(CATEGORIES))):
         group = sorted((o for o in ops if o.category == cat), key=lambda o: o.name)
         if not group:
@@ -175,3 +185,17 @@ def ops_markdown() -> str:
             out.append(f"| `{o.name}({signature(o)})` | {doc} |")
         out.append("")
     return "\n".join(out)
+
+
+if __name__ == "__main__":  # python -m almc.ops.registry docs/language.md: refresh the op reference
+    import re
+    import sys
+    from pathlib import Path
+
+    from almc.ops import registry  # this file runs as __main__; the ops register in the package's module
+
+    doc = Path(sys.argv[1])
+    text = re.sub(r"<!-- ops:begin -->.*<!-- ops:end -->",
+                  lambda m: "<!-- ops:begin -->\n" + registry.ops_markdown() + "<!-- ops:end -->", doc.read_text(),
+                  flags=re.S)
+    doc.write_text(text)
