@@ -130,7 +130,10 @@ class Builder:
         f = frame
         while f:
             if name in f.vars:
-                return f.vars[name]
+                v = f.vars[name]
+                if callable(v):  # a value made on first use (e.g. the parameter sets `weights`, `params`)
+                    v = f.vars[name] = v()
+                return v
             if name in f.pending:
                 return self.force(f, name, span)
             f = f.parent
@@ -715,6 +718,12 @@ BUILTINS = {
 
 def build(module: s.Module, blocks: dict[str, s.BlockDef], model: s.ModelDef, collector: Collector,
           overrides: dict | None = None, limits=None) -> Graph:
+    return build_model(blocks, model, collector, overrides, limits)[0]
+
+
+def build_model(blocks: dict[str, s.BlockDef], model: s.ModelDef, collector: Collector,
+                overrides: dict | None = None, limits=None) -> tuple[Graph, "Builder", Frame]:
+    """The model's graph, and the builder and frame it was evaluated in (a training section continues there)."""
     b = Builder(blocks, collector, limits)
     b.graph.name = model.name
     frame = Frame(prefix="", in_model=True)
@@ -743,5 +752,5 @@ def build(module: s.Module, blocks: dict[str, s.BlockDef], model: s.ModelDef, co
     b.graph.outputs = {k: v for k, v in b.graph.outputs.items() if v is not None}
     if not b.graph.outputs and not any(d.severity == "error" for d in collector.diagnostics):
         b.err(f"model {model.name} has no outputs", model.span, "declare one: output logits = ...")
-    b.graph.model_span = model.span
-    return b.graph
+    b.graph.span = model.span
+    return b.graph, b, frame

@@ -2,7 +2,7 @@
 compile = lower ∘ check. Each step is a pass in its own module."""
 from __future__ import annotations
 
-from .build import build
+from .build import build_model
 from .errors import AlmError, Collector, Diagnostic
 from .graph import Graph
 from .shapes import Limits
@@ -35,7 +35,18 @@ def check(path=None, text=None, *, model: str | None = None, params: dict | None
         if chosen is None:
             raise AlmError(Diagnostic(f"{shown} has no model '{model}' (it has {', '.join(m.name for m in models)})",
                                       _file_span(shown)), c.sources)
-    graph = build(prog.root, prog.blocks, chosen, c, params, limits)
+    graph, builder, frame = build_model(prog.blocks, chosen, c, params, limits)
+    trains = [t for t in prog.root.trains if t.model == chosen.name]
+    for t in prog.root.trains:
+        if t.model not in {m.name for m in models}:
+            c.error(f"train {t.model}: there is no model {t.model} in this file", t.span)
+    if len(trains) > 1:
+        c.error(f"model {chosen.name} has more than one training section", trains[1].span)
+    if trains and not c.errors:
+        from .objective import build_training
+
+        graph.train = build_training(builder, frame, trains[0])
+        graph.inputs = [i for i in graph.inputs if i not in graph.train.labels]
     c.check()
     graph = validate(graph, c)
     c.check()

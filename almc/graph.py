@@ -46,6 +46,7 @@ class Graph:
     params: dict = field(default_factory=dict)  # the model's hyper-parameters as evaluated
     frozen: frozenset = frozenset()  # node ids whose parameters are not trainable
     span: Span = UNKNOWN  # the model's name in its source
+    train: object = None  # the training section (objective.TrainSpec), when the file has one
 
     def add(self, node: Node) -> Node:
         assert node.id not in self.nx, node.id

@@ -99,8 +99,8 @@ def _check_nesting(text: str, file: str) -> None:
             depth = max(depth - 1, 0)
 
 
-KEYWORDS = {"import", "model", "block", "input", "output", "for", "in", "return", "if", "else", "and", "or",
-            "not", "true", "false", "assert"}
+KEYWORDS = {"import", "model", "block", "train", "input", "output", "for", "in", "return", "if", "else", "and",
+            "or", "not", "true", "false", "assert"}
 TOKEN_NAMES = {
     "NAME": "a name", "INT": "an integer", "FLOAT": "a number", "STRING": "a string", "$END": "end of file",
 }
@@ -222,7 +222,8 @@ class ToAst(Transformer_NonRecursive):
     def start(self, meta, *items):
         return s.Module(self.file, tuple(i for i in items if isinstance(i, s.Import)),
                         tuple(i for i in items if isinstance(i, s.ModelDef)),
-                        tuple(i for i in items if isinstance(i, s.BlockDef)))
+                        tuple(i for i in items if isinstance(i, s.BlockDef)),
+                        tuple(i for i in items if isinstance(i, s.TrainDef)))
 
     def import_stmt(self, meta, path):
         return s.Import(path[1:-1], self.sp(meta))
@@ -232,6 +233,14 @@ class ToAst(Transformer_NonRecursive):
 
     def block_def(self, meta, name, params, *body):
         return s.BlockDef(str(name), params, tuple(body), _tok_span(self.file, name))
+
+    def train_def(self, meta, name, *body):
+        return s.TrainDef(str(name), tuple(body), _tok_span(self.file, name))
+
+    def setting(self, meta, name, *parts):
+        *values, value = parts
+        return s.Setting(self.sp(meta), str(name), _tok_span(self.file, name), tuple(v for v in values if v is not None),
+                         value)
 
     def params(self, meta, *ps):
         return tuple(p for p in ps if p is not None)

@@ -173,6 +173,21 @@ class BlockDef:
 
 
 @dataclass(frozen=True)
+class Setting(Stmt):
+    name: str
+    name_span: Span
+    values: tuple[Expr, ...]
+    value: Expr | None  # after "=", as in lr_scale c5 = 0.1
+
+
+@dataclass(frozen=True)
+class TrainDef:
+    model: str
+    body: tuple[Stmt, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
 class Import:
     path: str
     span: Span
@@ -184,6 +199,7 @@ class Module:
     imports: tuple[Import, ...]
     models: tuple[ModelDef, ...]
     blocks: tuple[BlockDef, ...]
+    trains: tuple[TrainDef, ...] = ()
 
 
 def names_read(e) -> set[str]:

@@ -21,9 +21,11 @@ def validate(graph: Graph, c: Collector) -> Graph:
         c.error(f"cycle: {path} → {cycle[0]}", first.span)
         return graph
     live = live_nodes(graph)
+    if graph.train is not None and graph.train.loss:  # the objective uses values too
+        live |= {graph.train.loss} | nx.ancestors(graph.nx, graph.train.loss)
     warned = set()
     for node in graph.nodes():
-        if node.id in live or node.layer in warned or node.op == "constant":
+        if node.id in live or node.layer in warned or node.op in ("constant", "parameter"):
             continue
         layer_live = any(n.id in live for n in graph.nodes() if n.layer == node.layer)
         if layer_live:

@@ -15,7 +15,7 @@ def single_op_graph(opname: str, specs, attrs: dict, batch="N") -> Graph:
     g = Graph(name=f"single_{opname}")
     ins = []
     top = max((len(d) for _, d in specs), default=0)
-    lead = next((d[0] for _, d in specs if len(d) == top), None)
+    lead = next((d[0] for _, d in specs if len(d) == top and d), None)
     for i, (dtype, dims) in enumerate(specs):
         dims = tuple(dims)
         if batch and top >= 2 and dims and dims[0] == lead:

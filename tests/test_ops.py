@@ -36,6 +36,8 @@ def test_op_reference_onnx_and_shape_agree(name, i, example):
         if k.endswith("running_var"):
             weights[k] = np.abs(weights[k]) + 0.5
     feeds = random_inputs(specs, seed=i)
+    if (opts[0] if opts else {}).get("positive"):
+        feeds = {k: np.abs(v) for k, v in feeds.items()}
     expected = execute(g, weights, feeds)["y"]
     ours = g.node("y").type
     assert expected.shape[1:] == tuple(ours.dims[1:]), "shape rule disagrees with the numpy reference"

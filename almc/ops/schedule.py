@@ -1,0 +1,75 @@
+"""Ops of the optimiser step: the learning-rate schedule, sqrt, and Adam's bias correction."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..types import TensorType
+from .registry import Attr, Op, register
+
+
+def _schedule_reference(xs, p, a):
+    e = float(np.asarray(xs[0]))
+    if a.kind == "step":
+        lr = a.lr * a.gamma ** math.floor(e / a.every)
+    elif a.kind == "cosine":
+        lr = a.min_lr + (a.lr - a.min_lr) * 0.5 * (1 + math.cos(math.pi * min(e / a.epochs, 1.0)))
+    else:
+        lr = a.lr
+    if a.warmup > 0:
+        lr *= min(1.0, e / a.warmup)
+    return np.asarray(lr, np.float32)
+
+
+def _schedule_lower(g, ins, p, a, types, out):
+    e = ins[0]
+    if a.kind == "step":
+        k = g.node("Floor", [g.node("Div", [e, g.const("every", a.every)])])
+        lr = g.node("Mul", [g.const("lr", a.lr), g.node("Pow", [g.const("gamma", a.gamma), k])])
+    elif a.kind == "cosine":
+        frac = g.node("Min", [g.node("Div", [e, g.const("epochs", a.epochs)]), g.const("one", 1.0)])
+        half = g.node("Mul", [g.node("Add", [g.const("one_", 1.0), g.node("Cos", [g.node("Mul", [frac, g.const("pi", math.pi)])])]),
+                              g.const("half", 0.5)])
+        lr = g.node("Add", [g.const("min_lr", a.min_lr), g.node("Mul", [half, g.const("span", a.lr - a.min_lr)])])
+    else:
+        lr = g.const("lr", a.lr)
+    if a.warmup > 0:
+        ramp = g.node("Min", [g.node("Div", [e, g.const("warmup", a.warmup)]), g.const("one_w", 1.0)])
+        return g.node("Mul", [lr, ramp], out=g.out)
+    return g.node("Identity", [lr], out=g.out)
+
+
+register(Op(
+    name="lr_schedule", inputs=("epoch",),
+    attrs=(Attr("kind", "str", "constant", ("constant", "step", "cosine")), Attr("lr", "float"),
+           Attr("epochs", "float", 1.0), Attr("warmup", "float", 0.0), Attr("every", "float", 10.0),
+           Attr("gamma", "float", 0.1), Attr("min_lr", "float", 0.0)),
+    shape=lambda types, a: TensorType("f32", ()), lower=_schedule_lower, reference=_schedule_reference,
+    category="gradient",
+    doc="The learning rate at a (fractional) epoch: constant, step (times gamma every `every` epochs) or "
+        "cosine (to min_lr at `epochs`), with a linear warm-up over `warmup` epochs.",
+    examples=tuple(((("f32", ()),), dict(kind=k, lr=0.1, epochs=5.0, warmup=w, every=2.0))
+                   for k in ("constant", "step", "cosine") for w in (0.0, 1.5)),
+))
+
+register(Op(
+    name="sqrt", inputs=("x",), shape=lambda types, a: types[0],
+    lower=lambda g, ins, p, a, types, out: g.node("Sqrt", ins, out=g.out),
+    reference=lambda xs, p, a: np.sqrt(xs[0]), category="gradient", doc="Square root.",
+    examples=(((("f32", (3, 4)),), {}, {"positive": True}),),
+))
+
+
+def _bias_correction_lower(g, ins, p, a, types, out):  # 1 - beta^(step + 1)
+    t = g.node("Add", [ins[0], g.const("one", 1.0)])
+    return g.node("Sub", [g.const("one_", 1.0), g.node("Pow", [g.const("beta", a.beta), t])], out=g.out)
+
+
+register(Op(
+    name="bias_correction", inputs=("step",), attrs=(Attr("beta", "float"),),
+    shape=lambda types, a: TensorType("f32", ()), lower=_bias_correction_lower,
+    reference=lambda xs, p, a: np.asarray(1 - a.beta ** (float(np.asarray(xs[0])) + 1), np.float32),
+    category="gradient", doc="Adam's bias correction 1 - beta^(step + 1), step counted from 0.",
+    examples=(((("f32", ()),), dict(beta=0.9)),),
+))

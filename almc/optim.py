@@ -1,0 +1,126 @@
+"""The training step as one graph: forward, objective, gradients and the optimiser update.
+
+`training_step(graph)` differentiates the objective of the graph's training
+section and appends, for every trainable parameter, the optimiser's update as
+ordinary graph nodes. The resulting graph lowers to one standard ONNX model:
+
+    inputs:  the model's inputs, the labels, `epoch` (training progress in epochs
+             after this step, fractional), `step` (0, 1, ...), every parameter and
+             buffer under its inference name, the optimiser state
+             (`momentum.P` for SGD with momentum, `adam_m.P` and `adam_v.P` for Adam)
+    outputs: `loss`, `lr`, `grad.P` per trainable parameter, `next.P` and `next.S`
+             for every updated parameter and state tensor
+
+docs/training.md documents the interface; `almc train` drives it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .autodiff import Diff, differentiate
+from .errors import AlmError, Diagnostic
+from .graph import INPUT, Graph, Node
+from .init import param_specs
+from .objective import in_layers
+from .types import TensorType
+
+SCALAR = TensorType("f32", ())
+
+
+@dataclass
+class StepSignature:
+    params: list[str] = field(default_factory=list)  # every parameter and buffer, as inputs
+    trainable: list[str] = field(default_factory=list)
+    state: dict[str, tuple[int, ...]] = field(default_factory=dict)  # optimiser state input -> shape
+    data_inputs: list[str] = field(default_factory=list)  # model inputs then labels
+    updates: dict[str, str] = field(default_factory=dict)  # input name -> output name of its next value
+
+
+def trainable_of(graph: Graph) -> list[str]:
+    spec = graph.train
+    return [full for nid, full, p in param_specs(graph)
+            if p.trainable and not in_layers(graph.node(nid).layer, spec.frozen)]
+
+
+def lr_scale_of(graph: Graph, owner: str) -> float:
+    layer = graph.node(owner).layer
+    scales = graph.train.lr_scale
+    best = max((n for n in scales if in_layers(layer, [n])), key=len, default=None)
+    return scales[best] if best is not None else 1.0
+
+
+def training_step(graph: Graph) -> tuple[Graph, StepSignature]:
+    spec = graph.train
+    if spec is None or not spec.loss:
+        raise AlmError(Diagnostic(f"model {graph.name} has no training section", graph.span,
+                                  f"add one: train {graph.name} {{ input label: i64[N] minimize ... }}"), graph.sources)
+    trainable = trainable_of(graph)
+    if not trainable:
+        raise AlmError(Diagnostic("every parameter is frozen: there is nothing to train", graph.span), graph.sources)
+    g, grads = differentiate(graph, spec.loss, trainable)
+    sig = StepSignature(params=[full for _, full, _ in param_specs(g)], trainable=trainable,
+                        data_inputs=list(graph.inputs) + list(spec.labels))
+    for lab in spec.labels:
+        g.inputs.append(lab)
+    d = Diff(g, prefix="update/")
+    d.cur = g.node(spec.loss)
+    epoch = g.add(Node("epoch", INPUT, type=SCALAR, span=g.node(spec.loss).span, layer="epoch")).id
+    step = g.add(Node("step", INPUT, type=SCALAR, span=g.node(spec.loss).span, layer="step")).id
+    lr = d.op("lr_schedule", [epoch], {"kind": spec.schedule, "lr": spec.opt["lr"], "epochs": float(spec.epochs),
+                                       **{k: v for k, v in spec.sched.items()}}, name="lr")
+    outputs = {"loss": spec.loss, "lr": lr}
+    for full in trainable:
+        owner, local = full.rsplit(".", 1)
+        d.cur = g.node(owner)
+        w = d.param(local, owner=owner)
+        gr = grads.get(full)
+        outputs[f"grad.{full}"] = gr if gr is not None else d.op("mul", [w, d.const(0.0)])
+        rate = lr if lr_scale_of(g, owner) == 1.0 else d.op("mul", [lr, d.const(lr_scale_of(g, owner))])
+        new_w = _update(d, g, sig, spec, full, w, outputs[f"grad.{full}"], rate, step, outputs)
+        outputs[f"next.{full}"] = new_w
+        sig.updates[full] = f"next.{full}"
+    g.outputs = outputs
+    return g, sig
+
+
+def _state(g: Graph, sig: StepSignature, name: str, like: str) -> str:
+    t = g.node(like).type
+    g.add(Node(name, INPUT, type=t, span=g.node(like).span, layer=name))
+    sig.state[name] = tuple(t.dims)
+    return name
+
+
+def _update(d: Diff, g: Graph, sig: StepSignature, spec, full: str, w: str, gr: str, lr: str, step: str,
+            outputs: dict) -> str:
+    o = spec.opt
+    mul, add, sub = (lambda a, b: d.op("mul", [a, b])), (lambda a, b: d.op("add", [a, b])), (lambda a, b: d.op("sub", [a, b]))
+    c = d.const
+    if spec.optimizer == "sgd":
+        if o["weight_decay"]:
+            gr = add(gr, mul(w, c(o["weight_decay"])))
+        direction = gr
+        if o["momentum"]:
+            v = _state(g, sig, f"momentum.{full}", w)
+            v_new = add(mul(v, c(o["momentum"])), gr)  # PyTorch's buffer: v = momentum v + g
+            outputs[f"next.{v}"] = v_new
+            sig.updates[v] = f"next.{v}"
+            direction = add(gr, mul(v_new, c(o["momentum"]))) if o["nesterov"] else v_new
+        return sub(w, mul(direction, lr))
+    # adam / adamw
+    if spec.optimizer == "adam" and o["weight_decay"]:
+        gr = add(gr, mul(w, c(o["weight_decay"])))  # Adam's L2 penalty goes through the moments
+    m = _state(g, sig, f"adam_m.{full}", w)
+    v = _state(g, sig, f"adam_v.{full}", w)
+    b1, b2 = o["beta1"], o["beta2"]
+    m_new = add(mul(m, c(b1)), mul(gr, c(1 - b1)))
+    v_new = add(mul(v, c(b2)), mul(mul(gr, gr), c(1 - b2)))
+    outputs[f"next.{m}"], outputs[f"next.{v}"] = m_new, v_new
+    sig.updates[m], sig.updates[v] = f"next.{m}", f"next.{v}"
+    m_hat = d.op("div", [m_new, d.op("bias_correction", [step], {"beta": b1})])
+    v_hat = d.op("div", [v_new, d.op("bias_correction", [step], {"beta": b2})])
+    direction = d.op("div", [m_hat, add(d.op("sqrt", [v_hat]), c(o["eps"]))])
+    if spec.optimizer == "adamw" and o["weight_decay"]:
+        direction = add(direction, mul(w, c(o["weight_decay"])))  # decoupled weight decay
+    return sub(w, mul(direction, lr))
+
+
