@@ -67,6 +67,38 @@ class Model:
     def export(self, path: str | os.PathLike, seed: int | None = None) -> Path:
         return atomic_write(path, self.compile(seed).SerializeToString())
 
+    def train(self, data: str | None = None, **options) -> dict:
+        """Train with the model's training section; returns the metrics. Options are those of
+        `almc train` (epochs, batch, lr, seed, device, metrics, checkpoint, resume, out, progress).
+        Afterwards `.weights` holds the trained weights, which `.compile()` and `.export()` use."""
+        from .train import TrainOptions, train
+
+        options.setdefault("progress", False)
+        metrics = train(self, TrainOptions(data=data, **options))
+        self._session = None
+        return metrics
+
+    def load_weights(self, path: str | os.PathLike) -> None:
+        """Take the weights of an almc checkpoint (checked against this model's parameters)."""
+        from .train import check_weights, read_checkpoint
+
+        weights, _, _ = read_checkpoint(path)
+        check_weights(path, self.graph, weights, self.initial_weights())
+        self.weights = {k: v.astype(np.float32) for k, v in weights.items()}
+        self._session = None
+
+    def compile_training_step(self):
+        """The training step as an onnx.ModelProto (see docs/training.md)."""
+        from .lower import OPSET, check as onnx_check, lower
+        from .optim import training_step
+        from .support import ensure_supported
+
+        step, _ = training_step(self.graph)
+        model = lower(step, params_as_inputs=True)
+        onnx_check(model)
+        ensure_supported(model, OPSET)
+        return model
+
     def run(self, inputs, device: str = "auto") -> dict[str, np.ndarray]:
         """Run in onnxruntime. `inputs`: one array (single-input models) or a dict by input name."""
         from .runtime import session

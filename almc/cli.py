@@ -63,6 +63,23 @@ def build_parser() -> Parser:
     model_options(co)
     co.add_argument("-o", "--output", help="output path (default: FILE's name with .onnx, in the current folder)")
     co.add_argument("--seed", type=int, default=0, help="seed of the parameter initialisation (default 0)")
+    co.add_argument("--train", action="store_true", help="write the training step (see docs/training.md)")
+    co.add_argument("--weights", metavar="CKPT", help="export with the weights of an almc checkpoint")
+
+    t = sub.add_parser("train", help="train with the model's training section, in onnxruntime")
+    model_options(t)
+    t.add_argument("--data", help='"digits" (default), a .npz file, or a folder of MNIST IDX files')
+    t.add_argument("--epochs", type=int, help="override the section's epochs")
+    t.add_argument("--batch", type=int, help="override the section's batch size")
+    t.add_argument("--lr", type=float, help="override the optimiser's learning rate")
+    t.add_argument("--seed", type=int, default=0, help="seed of the weights, the split and the shuffling")
+    t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    t.add_argument("--metrics", metavar="OUT.json", help="write the metrics as JSON")
+    t.add_argument("--checkpoint", metavar="DIR", help="save a checkpoint here after every epoch")
+    t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint DIR")
+    t.add_argument("--out", metavar="TRAINED.onnx", help="export the trained inference model")
+    t.add_argument("--init", metavar="CKPT", help="start from the weights of a checkpoint (fine-tuning)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     r = sub.add_parser("run", help="run a .alm or .onnx model on .npy inputs in onnxruntime")
     r.add_argument("file", help="a .alm or .onnx model")
@@ -126,12 +143,15 @@ def cmd_compile(args) -> int:
 
     t0 = time.perf_counter()
     m = load_model(args)
-    out = Path(args.output) if args.output else Path(Path(args.file).stem + ".onnx")
+    default = Path(args.file).stem + (".train.onnx" if args.train else ".onnx")
+    out = Path(args.output) if args.output else Path(default)
     if out.is_dir():
         raise UsageError(f"{out} is a directory; give a file name with -o")
     if not out.parent.exists():
         raise UsageError(f"the folder {out.parent} does not exist")
-    proto = m.compile(seed=args.seed)
+    if args.weights:
+        m.load_weights(args.weights)
+    proto = m.compile_training_step() if args.train else m.compile(seed=args.seed)
     atomic_write(out, proto.SerializeToString())
     s = m.summary()
     buffers = f" and {s.buffers:,} buffers" if s.buffers else ""
@@ -227,6 +247,34 @@ def cmd_graph(args) -> int:
     return EXIT_OK
 
 
+def cmd_train(args) -> int:
+    from .train import TrainOptions, TrainingStopped, train
+
+    m = load_model(args)
+    opts = TrainOptions(data=args.data, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
+                        device=args.device, metrics=args.metrics, checkpoint=args.checkpoint, resume=args.resume,
+                        out=args.out, progress=not args.no_progress)
+    if args.init:
+        from .train import read_checkpoint
+
+        opts.init, _, _ = read_checkpoint(args.init)
+    try:
+        metrics = train(m, opts)
+    except TrainingStopped as e:
+        print(f"almc: error: {e}", file=sys.stderr)
+        return EXIT_MODEL
+    last = metrics["epochs"][-1] if metrics["epochs"] else {}
+    print(f"{metrics['data']}; {metrics['provider']}")
+    print(f"trained {m.name} for {len(metrics['epochs'])} epochs in {metrics['wall_time']:.1f} s "
+          f"({metrics['examples_per_second']:,.0f} examples/s): final train loss {last.get('train_loss', float('nan')):.4f}"
+          + (f", validation accuracy {last['val_accuracy']:.4f}" if last.get("val_accuracy") is not None else "")
+          + (f", test accuracy {metrics['test_accuracy']:.4f}" if metrics["test_accuracy"] is not None else ""))
+    for what, path in (("metrics", args.metrics), ("checkpoint", args.checkpoint), ("trained model", args.out)):
+        if path:
+            print(f"wrote {what}: {path}")
+    return EXIT_OK
+
+
 def cmd_ops(args) -> int:
     from .ops.registry import ops_markdown
 
@@ -234,7 +282,7 @@ def cmd_ops(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"ops": cmd_ops, "check": cmd_check, "summary": cmd_summary, "compile": cmd_compile, "run": cmd_run, "graph": cmd_graph}
+COMMANDS = {"ops": cmd_ops, "train": cmd_train, "check": cmd_check, "summary": cmd_summary, "compile": cmd_compile, "run": cmd_run, "graph": cmd_graph}
 
 
 def main(argv=None) -> int:

@@ -38,7 +38,7 @@ SCHEDULES = {
     "step": {"warmup": 0.0, "every": 10.0, "gamma": 0.1},
     "cosine": {"warmup": 0.0, "min_lr": 0.0},
 }
-SETTINGS = ("minimize", "optimizer", "schedule", "batch", "epochs", "freeze", "lr_scale", "data", "seed")
+SETTINGS = ("minimize", "optimizer", "schedule", "batch", "epochs", "freeze", "lr_scale", "data", "seed", "classes")
 
 
 @dataclass
@@ -56,6 +56,7 @@ class TrainSpec:
     lr_scale: dict = field(default_factory=dict)  # layer name or prefix -> learning-rate multiplier
     data: str | None = None
     seed: int | None = None
+    classes: tuple[int, ...] | None = None  # keep these labels of the data, renumbered 0, 1, ...
 
 
 def build_training(b: Builder, model_frame: Frame, train: s.TrainDef) -> TrainSpec | None:
@@ -112,6 +113,15 @@ def build_training(b: Builder, model_frame: Frame, train: s.TrainDef) -> TrainSp
                 b.err(f"{st.name} must be an integer of at least {low}, got {describe(v)}", st.values[0].span)
             else:
                 setattr(spec, st.name, v)
+        elif st.name == "classes":
+            vals = [b.eval(e, frame) for e in st.values]
+            if any(v is POISON for v in vals):
+                continue
+            if st.value is not None or len(vals) < 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 0
+                                                            for v in vals):
+                b.err("classes takes two or more label values of the data to keep, e.g. classes 0, 1", st.span)
+            else:
+                spec.classes = tuple(vals)
         elif st.name == "data":
             v = _one(b, st, frame)
             if v is not POISON and not isinstance(v, str):

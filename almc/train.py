@@ -1,0 +1,304 @@
+"""Training: run the ONNX training step in onnxruntime, epoch after epoch.
+
+Parameters and optimiser state live in onnxruntime as device-resident OrtValues
+and are bound to the step with IOBinding: each step's `next.*` outputs become
+the next step's inputs without a copy to the host. Only the batch goes in and
+the loss comes out. Each epoch ends with a validation pass (the inference graph,
+weights as inputs) and an atomic checkpoint; the run ends with the test
+accuracy and, if asked, the trained inference model.
+
+Reproducibility: the initial weights come from the seed, and epoch k shuffles
+with a generator seeded by (seed, k), so a run resumed from a checkpoint reaches
+the same weights as one that was never interrupted.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from .errors import AlmError, Diagnostic, FileError, UsageError
+from .files import atomic_write
+from .graph import Graph
+
+CHECKPOINT = "last.npz"
+
+
+@dataclass
+class TrainOptions:
+    data: str | None = None
+    epochs: int | None = None
+    batch: int | None = None
+    lr: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    metrics: str | None = None
+    checkpoint: str | None = None
+    resume: bool = False
+    out: str | None = None
+    progress: bool = True
+    init: dict | None = None  # starting weights (fine-tuning), by parameter name
+
+
+class TrainingStopped(Exception):
+    """The loss became NaN or infinite (exit 1): names the step; the last good checkpoint stays."""
+
+
+def _spec_with(graph: Graph, opts: TrainOptions):
+    spec = graph.train
+    if spec is None:
+        raise AlmError(Diagnostic(f"model {graph.name} has no training section", graph.span,
+                                  f"add one: train {graph.name} {{ input label: i64[N]  minimize ... }}"), graph.sources)
+    changes = {}
+    if opts.epochs is not None:
+        changes["epochs"] = opts.epochs
+    if opts.batch is not None:
+        changes["batch"] = opts.batch
+    if opts.lr is not None:
+        changes["opt"] = {**spec.opt, "lr": opts.lr}
+    return replace(spec, **changes)
+
+
+def prepare_data(graph: Graph, spec, opts: TrainOptions):
+    from . import data as datasets
+
+    if len(graph.inputs) != 1 or len(spec.labels) != 1:
+        raise UsageError(f"almc train feeds one data input and one label input; {graph.name} has inputs "
+                         f"{', '.join(graph.inputs)} and labels {', '.join(spec.labels) or 'none'}")
+    ds = datasets.load(opts.data or spec.data, seed=opts.seed)
+    if spec.classes:
+        ds = _keep_classes(ds, spec.classes)
+    x_type = graph.node(graph.inputs[0]).type
+    y_type = graph.node(spec.labels[0]).type
+    try:
+        fit = [datasets.fit_input(x, x_type.dims[1:]) for x in (ds.x_train, ds.x_val, ds.x_test)]
+    except ValueError as e:
+        raise UsageError(f"the data do not fit input '{graph.inputs[0]}' ({x_type}): {e}") from None
+    ys = [y.astype(y_type.numpy_dtype) for y in (ds.y_train, ds.y_val, ds.y_test)]
+    return ds, fit, ys
+
+
+def _keep_classes(ds, classes):
+    def keep(x, y):
+        mask = np.isin(y, classes)
+        relabel = {c: i for i, c in enumerate(classes)}
+        return x[mask], np.array([relabel[int(v)] for v in y[mask]], dtype=np.int64)
+    parts = [keep(ds.x_train, ds.y_train), keep(ds.x_val, ds.y_val), keep(ds.x_test, ds.y_test)]
+    return replace(ds, x_train=parts[0][0], y_train=parts[0][1], x_val=parts[1][0], y_val=parts[1][1],
+                   x_test=parts[2][0], y_test=parts[2][1], classes=len(classes))
+
+
+def predictions_correct(scores: np.ndarray, y: np.ndarray) -> int:
+    """How many predictions are right: argmax over classes, or score > 0 for one output."""
+    if not np.issubdtype(y.dtype, np.integer):
+        y = y.astype(np.int64)
+    if scores.ndim == 2 and scores.shape[1] > 1:
+        return int((scores.argmax(axis=1) == y).sum())
+    return int(((scores.reshape(-1) > 0).astype(np.int64) == y).sum())
+
+
+def train(model, opts: TrainOptions) -> dict:
+    """Train `model` (an api.Model) in place; returns the metrics."""
+    import onnxruntime as ort
+
+    from .init import initialize
+    from .lower import lower
+    from .optim import training_step
+    from .runtime import session
+
+    graph = model.graph
+    spec = _spec_with(graph, opts)
+    graph_t = replace(graph, train=spec)
+    step_graph, sig = training_step(graph_t)
+    ds, (x_tr, x_va, x_te), (y_tr, y_va, y_te) = prepare_data(graph, spec, opts)
+    if len(x_tr) == 0:
+        raise UsageError("the training split is empty")
+    classify = np.issubdtype(y_tr.dtype, np.integer) or graph.node(spec.loss).op != "squared_error"
+
+    step_sess = session(lower(step_graph, params_as_inputs=True).SerializeToString(), opts.device)
+    eval_sess = session(lower(graph, params_as_inputs=True).SerializeToString(), opts.device)
+    provider = step_sess.get_providers()[0]
+    dev = "cuda" if provider == "CUDAExecutionProvider" else "cpu"
+    step_inputs = {i.name for i in step_sess.get_inputs()}
+    step_outputs = [o.name for o in step_sess.get_outputs()]
+    first_out = next(iter(graph.outputs))
+
+    weights = initialize(graph, opts.seed)
+    if opts.init:
+        weights.update(opts.init)
+    state = {name: np.zeros(shape, np.float32) for name, shape in sig.state.items()}
+    start_epoch, step, history = 0, 0, []
+    ckpt_dir = Path(opts.checkpoint) if opts.checkpoint else None
+    if opts.resume:
+        if ckpt_dir is None:
+            raise UsageError("--resume needs --checkpoint DIR")
+        weights, state, start_epoch, step, history = load_checkpoint(ckpt_dir / CHECKPOINT, graph, weights, state)
+    values = {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v, np.float32), dev, 0)
+              for k, v in {**weights, **state}.items() if k in step_inputs}
+    frozen_values = {k: v for k, v in weights.items() if k not in values}
+
+    x_name, y_name = graph.inputs[0], spec.labels[0]
+    steps_per_epoch = math.ceil(len(x_tr) / spec.batch)
+    binding = step_sess.io_binding()
+    t_start = time.perf_counter()
+    examples = 0
+    try:
+        for epoch in range(start_epoch, spec.epochs):
+            t0 = time.perf_counter()
+            rng = np.random.default_rng([opts.seed, epoch])
+            losses, correct, seen = [], 0, 0
+            bar = _progress(opts.progress, steps_per_epoch, epoch, spec.epochs)
+            from .data import batches
+
+            for xb, yb in batches(x_tr, y_tr, spec.batch, rng):
+                binding.clear_binding_inputs()
+                binding.clear_binding_outputs()
+                binding.bind_cpu_input(x_name, np.ascontiguousarray(xb))
+                binding.bind_cpu_input(y_name, np.ascontiguousarray(yb))
+                if "epoch" in step_inputs:
+                    binding.bind_cpu_input("epoch", np.array((step + 1) / steps_per_epoch, np.float32))
+                if "step" in step_inputs:
+                    binding.bind_cpu_input("step", np.array(step, np.float32))
+                for k, v in values.items():
+                    binding.bind_ortvalue_input(k, v)
+                for name in step_outputs:
+                    binding.bind_output(name, dev)
+                step_sess.run_with_iobinding(binding)
+                outs = dict(zip(step_outputs, binding.get_outputs()))
+                loss = float(outs["loss"].numpy())
+                if not math.isfinite(loss):
+                    where = f"step {step + 1} (epoch {epoch + 1})"
+                    kept = f"; the last good checkpoint is {ckpt_dir / CHECKPOINT}" if ckpt_dir and epoch > start_epoch else ""
+                    raise TrainingStopped(f"the loss became {loss} at {where}; training stopped{kept}. "
+                                          "Lower the learning rate, or check the data")
+                for name, out in sig.updates.items():
+                    values[name] = outs[out]
+                losses.append(loss * len(xb))
+                seen += len(xb)
+                step += 1
+                examples += len(xb)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{sum(losses) / seen:.4f}", ex_s=f"{seen / (time.perf_counter() - t0):,.0f}")
+            current = _current(values, frozen_values, weights)
+            val_acc = evaluate(eval_sess, current, x_name, x_va, y_va, first_out) if classify and len(x_va) else None
+            record = {"epoch": epoch + 1, "train_loss": sum(losses) / seen,
+                      "val_accuracy": val_acc, "seconds": time.perf_counter() - t0}
+            history.append(record)
+            if bar is not None:
+                bar.set_postfix(loss=f"{record['train_loss']:.4f}",
+                                val_acc=f"{val_acc:.4f}" if val_acc is not None else "-")
+                bar.close()
+            if ckpt_dir is not None:
+                save_checkpoint(ckpt_dir / CHECKPOINT, graph, current, _state(values, sig), epoch + 1, step, history)
+    except KeyboardInterrupt:
+        msg = "interrupted; nothing half-written was left"
+        if ckpt_dir is not None and (ckpt_dir / CHECKPOINT).exists():
+            msg += f". Resume from the last epoch with: --checkpoint {ckpt_dir} --resume"
+        raise TrainingStopped(msg) from None
+    wall = time.perf_counter() - t_start
+    final = _current(values, frozen_values, weights)
+    model.weights = final
+    test_acc = evaluate(eval_sess, final, x_name, x_te, y_te, first_out) if classify and len(x_te) else None
+    metrics = {"model": graph.name, "data": ds.describe(), "provider": provider, "optimizer": spec.optimizer,
+               "batch": spec.batch, "epochs": history, "test_accuracy": test_acc, "wall_time": wall,
+               "examples_per_second": examples / wall if wall > 0 else None, "seed": opts.seed}
+    if opts.metrics:
+        atomic_write(opts.metrics, (json.dumps(metrics, indent=2) + "\n").encode())
+    if opts.out:
+        model.export(opts.out)
+    return metrics
+
+
+def _current(values, frozen_values, weights) -> dict[str, np.ndarray]:
+    out = dict(frozen_values)
+    for k in weights:
+        if k in values:
+            out[k] = values[k].numpy()
+    return out
+
+
+def _state(values, sig) -> dict[str, np.ndarray]:
+    return {k: values[k].numpy() for k in sig.state if k in values}
+
+
+def evaluate(sess, weights, x_name, x, y, out_name, batch: int = 256) -> float:
+    names = {i.name for i in sess.get_inputs()}
+    feeds = {k: v for k, v in weights.items() if k in names}
+    correct = 0
+    for start in range(0, len(x), batch):
+        feeds[x_name] = np.ascontiguousarray(x[start:start + batch])
+        scores = sess.run([out_name], feeds)[0]
+        correct += predictions_correct(scores, y[start:start + batch])
+    return correct / len(x)
+
+
+def _progress(enabled, total, epoch, epochs):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", unit="step", file=sys.stderr, leave=True,
+                dynamic_ncols=True)
+
+
+# -- checkpoints -----------------------------------------------------------------
+
+def save_checkpoint(path: Path, graph: Graph, weights, state, epoch: int, step: int, history) -> None:
+    from .lower import source_hash
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {f"param:{k}": v for k, v in weights.items()}
+    arrays.update({f"state:{k}": v for k, v in state.items()})
+    meta = {"model": graph.name, "epoch": epoch, "step": step, "history": history, "source_sha256": source_hash(graph)}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write(path, buf.getvalue())
+
+
+def read_checkpoint(path) -> tuple[dict, dict, dict]:
+    """(weights, optimiser state, meta) from a checkpoint; never unpickles."""
+    path = Path(path)
+    if not path.exists():
+        raise FileError(path, "no such checkpoint")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+        meta = json.loads(bytes(data.pop("meta")).decode())
+    except Exception as e:  # zip, npy and json errors all mean a damaged file
+        raise FileError(path, f"not a readable almc checkpoint ({type(e).__name__}: {str(e)[:120]})") from None
+    weights = {k[6:]: v for k, v in data.items() if k.startswith("param:")}
+    state = {k[6:]: v for k, v in data.items() if k.startswith("state:")}
+    return weights, state, meta
+
+
+def check_weights(path, graph: Graph, weights: dict, expected: dict) -> None:
+    """A checkpoint from a different model is refused, naming the first mismatching parameter."""
+    for name, ref in expected.items():
+        if name not in weights:
+            raise FileError(path, f"the checkpoint has no parameter '{name}': it was saved from another model")
+        if tuple(weights[name].shape) != tuple(ref.shape):
+            raise FileError(path, f"parameter '{name}' is {list(weights[name].shape)} in the checkpoint but "
+                                  f"{list(ref.shape)} in {graph.name}: it was saved from another model")
+    extra = sorted(set(weights) - set(expected))
+    if extra:
+        raise FileError(path, f"the checkpoint has a parameter '{extra[0]}' that {graph.name} does not: "
+                              "it was saved from another model")
+
+
+def load_checkpoint(path: Path, graph: Graph, weights: dict, state: dict):
+    w, s, meta = read_checkpoint(path)
+    check_weights(path, graph, w, weights)
+    for k, v in state.items():
+        if k in s and s[k].shape != v.shape:
+            raise FileError(path, f"optimiser state '{k}' does not match this model")
+    state = {k: s.get(k, v) for k, v in state.items()}
+    return ({k: v.astype(np.float32) for k, v in w.items()}, state, int(meta["epoch"]), int(meta["step"]),
+            list(meta.get("history", [])))
