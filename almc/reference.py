@@ -13,8 +13,15 @@ from .ops.registry import lookup
 
 def execute(graph: Graph, weights: dict[str, np.ndarray], inputs: dict[str, np.ndarray],
             keep_all: bool = False) -> dict[str, np.ndarray]:
+    import networkx as nx
+
+    needed = set(graph.outputs.values())
+    for nid in list(needed):
+        needed |= nx.ancestors(graph.nx, nid)
     vals: dict[str, np.ndarray] = {}
     for node in graph.nodes():
+        if node.id not in needed and not keep_all:
+            continue
         if node.op == INPUT:
             vals[node.id] = np.asarray(inputs[node.id])
             continue
