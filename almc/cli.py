@@ -54,6 +54,11 @@ def build_parser() -> Parser:
 
     c = sub.add_parser("check", help="parse, validate and infer shapes; report every error")
     model_options(c)
+    c.add_argument("--grad", action="store_true",
+                   help="also compare every parameter's gradient with finite differences (needs a train section)")
+
+    dm = sub.add_parser("diff-modes", help="list the nodes that differ between inference and training")
+    model_options(dm)
 
     s = sub.add_parser("summary", help="per-layer shapes, parameters, activations, mult-adds, receptive field")
     model_options(s)
@@ -128,6 +133,42 @@ def cmd_check(args) -> int:
           f"{s.total_params:,} parameters")
     for name, t in m.outputs.items():
         print(f"  output {name}: {t}")
+    if args.grad:
+        from .gradcheck import gradient_check
+
+        if m.graph.train is None:
+            raise UsageError(f"--grad needs a training section (train {m.name} {{ ... }}) to differentiate")
+        reports = gradient_check(m.graph)
+        width = max(len(r.param) for r in reports)
+        print(f"gradient check (float64, central differences, batch 2):")
+        print(f"  {'parameter'.ljust(width)}  {'shape':<18} checked  worst relative error")
+        bad = 0
+        for r in reports:
+            ok = r.worst_rel_error <= 1e-4
+            bad += not ok
+            shape = "[" + ", ".join(map(str, r.shape)) + "]"
+            print(f"  {r.param.ljust(width)}  {shape:<18} {r.checked:>7}  {r.worst_rel_error:.2e}{'' if ok else '  MISMATCH'}")
+        if bad:
+            print(f"almc: error: {bad} parameter gradient{'s' * (bad > 1)} disagree with finite differences",
+                  file=sys.stderr)
+            return EXIT_MODEL
+    return EXIT_OK
+
+
+def cmd_diff_modes(args) -> int:
+    from .optim import to_training
+
+    m = load_model(args)
+    _, mode = to_training(m.graph)
+    if not mode.dropout and not mode.batchnorm:
+        print(f"{m.name}: inference and training compute the same nodes")
+        return EXIT_OK
+    print(f"{m.name}: nodes that differ between inference and training")
+    for mask, (node, p) in mode.dropout.items():
+        print(f"  {node}: dropout(p = {p:g}): inference passes x through; training multiplies by the mask input {mask}")
+    for node in mode.batchnorm:
+        print(f"  {node}: batchnorm: inference uses running_mean / running_var; training uses the batch's "
+              "statistics and updates the running ones")
     return EXIT_OK
 
 
@@ -282,7 +323,7 @@ def cmd_ops(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"ops": cmd_ops, "train": cmd_train, "check": cmd_check, "summary": cmd_summary, "compile": cmd_compile, "run": cmd_run, "graph": cmd_graph}
+COMMANDS = {"ops": cmd_ops, "train": cmd_train, "diff-modes": cmd_diff_modes, "check": cmd_check, "summary": cmd_summary, "compile": cmd_compile, "run": cmd_run, "graph": cmd_graph}
 
 
 def main(argv=None) -> int:

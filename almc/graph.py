@@ -74,6 +74,19 @@ class Graph:
     def set_type(self, nid: str, t: TensorType) -> None:
         self.nx.nodes[nid]["node"] = replace(self.node(nid), type=t)
 
+    def redirect(self, old: str, new: str) -> None:
+        """Make every consumer of `old` (but `new` itself) and every output read `new` instead."""
+        for c in list(self.nx.successors(old)):
+            if c == new:
+                continue
+            node = self.node(c)
+            self.nx.remove_edge(old, c)
+            for i, src in enumerate(node.inputs):
+                if src == old:
+                    self.nx.add_edge(new, c, index=i)
+            self.nx.nodes[c]["node"] = replace(node, inputs=tuple(new if i == old else i for i in node.inputs))
+        self.outputs = {k: (new if v == old else v) for k, v in self.outputs.items()}
+
     def copy(self) -> "Graph":
         g = replace(self, nx=self.nx.copy(), inputs=list(self.inputs), outputs=dict(self.outputs),
                     sources=dict(self.sources), params=dict(self.params))

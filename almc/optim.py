@@ -22,9 +22,48 @@ from .errors import AlmError, Diagnostic
 from .graph import INPUT, Graph, Node
 from .init import param_specs
 from .objective import in_layers
+from dataclasses import replace
+
+from .ops.registry import Attrs
 from .types import TensorType
 
 SCALAR = TensorType("f32", ())
+
+
+@dataclass
+class Mode:
+    """What differs between the inference and the training graph, node by node."""
+
+    dropout: dict[str, tuple[str, float]] = field(default_factory=dict)  # mask input -> (dropout node, p)
+    batchnorm: dict[str, str] = field(default_factory=dict)  # inference node -> training node
+
+
+def to_training(graph: Graph) -> tuple[Graph, Mode]:
+    """The training form of a graph: dropout multiplies by a mask fed with each batch (zeros and
+    1 / (1 - p), drawn from the seed, so a resumed run draws the same masks), and batch norm
+    normalises with the batch's statistics."""
+    g = graph.copy()
+    mode = Mode()
+    for node in graph.nodes():
+        node = g.node(node.id)  # its inputs may already be rewired
+        if node.op == "dropout" and node.attrs.p > 0:
+            x = g.node(node.inputs[0]).type
+            if any(isinstance(d, str) for d in x.dims[1:]):
+                raise AlmError(Diagnostic(f"training dropout needs known sizes after the batch axis, got {x}",
+                                          node.span), g.sources)
+            mask = g.add(Node(f"dropout_mask.{node.id}", INPUT, type=x, span=node.span, layer=node.layer)).id
+            new = g.add(Node(f"{node.id}.train", "mul", (node.inputs[0], mask), Attrs(), node.span, node.scope,
+                             node.layer, x)).id
+            g.redirect(node.id, new)
+            mode.dropout[mask] = (node.id, node.attrs.p)
+        elif node.op == "batchnorm":
+            new = g.add(Node(f"{node.id}.train", "batchnorm_train", node.inputs, Attrs(eps=node.attrs.eps),
+                             node.span, node.scope, node.layer, node.type, owner=node.id)).id
+            g.redirect(node.id, new)
+            mode.batchnorm[node.id] = new
+    if g.train is not None and g.train.loss in mode.batchnorm:
+        g.train = replace(g.train, loss=mode.batchnorm[g.train.loss])
+    return g, mode
 
 
 @dataclass
@@ -34,6 +73,7 @@ class StepSignature:
     state: dict[str, tuple[int, ...]] = field(default_factory=dict)  # optimiser state input -> shape
     data_inputs: list[str] = field(default_factory=list)  # model inputs then labels
     updates: dict[str, str] = field(default_factory=dict)  # input name -> output name of its next value
+    mode: Mode = field(default_factory=Mode)
 
 
 def trainable_of(graph: Graph) -> list[str]:
@@ -57,9 +97,11 @@ def training_step(graph: Graph) -> tuple[Graph, StepSignature]:
     trainable = trainable_of(graph)
     if not trainable:
         raise AlmError(Diagnostic("every parameter is frozen: there is nothing to train", graph.span), graph.sources)
+    graph, mode = to_training(graph)
     g, grads = differentiate(graph, spec.loss, trainable)
     sig = StepSignature(params=[full for _, full, _ in param_specs(g)], trainable=trainable,
-                        data_inputs=list(graph.inputs) + list(spec.labels))
+                        data_inputs=list(graph.inputs) + list(spec.labels), mode=mode)
+    g.inputs = [i for i in g.inputs if i not in mode.dropout] + list(mode.dropout)
     for lab in spec.labels:
         g.inputs.append(lab)
     d = Diff(g, prefix="update/")
@@ -79,6 +121,15 @@ def training_step(graph: Graph) -> tuple[Graph, StepSignature]:
         new_w = _update(d, g, sig, spec, full, w, outputs[f"grad.{full}"], rate, step, outputs)
         outputs[f"next.{full}"] = new_w
         sig.updates[full] = f"next.{full}"
+    for bn, train_node in mode.batchnorm.items():  # running statistics, as PyTorch keeps them
+        d.cur = g.node(bn)
+        x, m = g.node(bn).inputs[0], g.node(bn).attrs.momentum
+        stats = {"running_mean": d.op("batch_mean", [x]), "running_var": d.op("batch_var", [x], {"unbiased": True})}
+        for local, batch in stats.items():
+            old = d.param(local, owner=bn)
+            new = d.op("add", [d.op("mul", [old, d.const(1 - m)]), d.op("mul", [batch, d.const(m)])])
+            outputs[f"next.{bn}.{local}"] = new
+            sig.updates[f"{bn}.{local}"] = f"next.{bn}.{local}"
     g.outputs = outputs
     return g, sig
 

@@ -119,7 +119,7 @@ def train(model, opts: TrainOptions) -> dict:
     ds, (x_tr, x_va, x_te), (y_tr, y_va, y_te) = prepare_data(graph, spec, opts)
     if len(x_tr) == 0:
         raise UsageError("the training split is empty")
-    classify = np.issubdtype(y_tr.dtype, np.integer) or graph.node(spec.loss).op != "squared_error"
+    classify = np.issubdtype(y_tr.dtype, np.integer)  # float targets: a regression, no accuracy
 
     step_sess = session(lower(step_graph, params_as_inputs=True).SerializeToString(), opts.device)
     eval_sess = session(lower(graph, params_as_inputs=True).SerializeToString(), opts.device)
@@ -165,6 +165,10 @@ def train(model, opts: TrainOptions) -> dict:
                     binding.bind_cpu_input("epoch", np.array((step + 1) / steps_per_epoch, np.float32))
                 if "step" in step_inputs:
                     binding.bind_cpu_input("step", np.array(step, np.float32))
+                for k, (mask, (_, p)) in enumerate(sig.mode.dropout.items()):  # from (seed, step): resumable
+                    dims = step_graph.node(mask).type.dims
+                    keep = np.random.default_rng([opts.seed, step, k + 1]).random((len(xb), *dims[1:])) >= p
+                    binding.bind_cpu_input(mask, (keep / (1 - p)).astype(np.float32))
                 for k, v in values.items():
                     binding.bind_ortvalue_input(k, v)
                 for name in step_outputs:
