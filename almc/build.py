@@ -317,9 +317,8 @@ class Builder:
                 self.err(f"'{kind}' cannot appear inside a for loop", inner.span,
                          "declare inputs and outputs in the model body; loops update names instead")
                 return
-        for k, item in enumerate(it):
-            tag = item if isinstance(item, int) and not isinstance(item, bool) else k
-            body = Frame(prefix=self.fresh(f"{frame.prefix}{st.var}{tag}") + "/", parent=frame)
+        for k, item in enumerate(it):  # iterations are named by their index: c0/, c1/, ...
+            body = Frame(prefix=self.fresh(f"{frame.prefix}{st.var}{k}") + "/", parent=frame)
             body.vars[st.var] = item
             body.defined_at[st.var] = st.span
             self.exec_body(st.body, body)

@@ -139,8 +139,9 @@ def train(model, opts: TrainOptions) -> dict:
         if ckpt_dir is None:
             raise UsageError("--resume needs --checkpoint DIR")
         weights, state, start_epoch, step, history = load_checkpoint(ckpt_dir / CHECKPOINT, graph, weights, state)
-    values = {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v, np.float32), dev, 0)
-              for k, v in {**weights, **state}.items() if k in step_inputs}
+    # on the CPU an OrtValue made from an array shares its memory: keep the arrays alive
+    host = {k: np.ascontiguousarray(v, np.float32) for k, v in {**weights, **state}.items() if k in step_inputs}
+    values = {k: ort.OrtValue.ortvalue_from_numpy(v, dev, 0) for k, v in host.items()}
     frozen_values = {k: v for k, v in weights.items() if k not in values}
 
     x_name, y_name = graph.inputs[0], spec.labels[0]
@@ -224,7 +225,7 @@ def _current(values, frozen_values, weights) -> dict[str, np.ndarray]:
     out = dict(frozen_values)
     for k in weights:
         if k in values:
-            out[k] = values[k].numpy()
+            out[k] = np.array(values[k].numpy())  # a copy that outlives the OrtValue
     return out
 
 

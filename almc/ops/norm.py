@@ -1,4 +1,5 @@
-"""Normalisation and regularisation: batchnorm, dropout, lrn (inference forms)."""
+"""Normalisation and regularisation: batchnorm, dropout, lrn (inference forms), with their
+gradients; batchnorm_train, batch_mean and batch_var for the training graph."""
 from __future__ import annotations
 
 from math import ceil, floor
@@ -49,11 +50,114 @@ def bn_reference(xs, p, a):
     return ((x - mean) / np.sqrt(var + a.eps) * w + b).astype(x.dtype)
 
 
+def channel_axes(rank: int) -> tuple[int, ...]:
+    """Every axis but the channel axis 1: the axes batch statistics reduce."""
+    return (0, *range(2, rank))
+
+
+def per_channel(v: np.ndarray, ndim: int) -> np.ndarray:
+    """A [C] vector shaped to broadcast along axis 1 of an ndim-D tensor."""
+    return np.asarray(v).reshape((1, -1) + (1,) * (ndim - 2))
+
+
+def onnx_per_channel(g, v: str, rank: int, name: str) -> str:
+    """ONNX: [C] -> [C, 1, ...] so that it broadcasts along axis 1 of a rank-`rank` tensor."""
+    if rank <= 2:
+        return v
+    return g.node("Unsqueeze", [v, g.const(name, list(range(1, rank - 1)), np.int64)])
+
+
+def bn_grad(d, n, gy):
+    """Inference form: the running statistics are constants, so y is affine in x per channel."""
+    x = n.inputs[0]
+    eps = {"eps": n.attrs.eps}
+    var = d.param("running_var")
+    gx = d.op("batchnorm_grad_input", [gy, d.param("weight"), var], eps) if d.wants(x) else None
+    gw = d.op("batchnorm_grad_weight", [gy, x, d.param("running_mean"), var], eps)
+    gb = d.op("sum", [gy], {"axis": channel_axes(d.type(x).rank)})
+    return [gx], {"weight": gw, "bias": gb}
+
+
+def _bn_vec_check(types, opname, *vecs):
+    c = channels_of(types[0], opname)
+    for i in vecs:
+        if tuple(types[i].dims) != (c,):
+            raise ShapeError(f"{opname} expects [{c}] per-channel vectors, got {types[i]}")
+
+
+def _bn_grad_input_shape(types, a):
+    _bn_vec_check(types, "batchnorm_grad_input", 1, 2)
+    return types[0]
+
+
+def _bn_grad_input_lower(g, ins, p, a, types, out):
+    gy, w, var = ins
+    scale = g.node("Div", [w, g.node("Sqrt", [g.node("Add", [var, g.const("eps", a.eps)])])])
+    return g.node("Mul", [gy, onnx_per_channel(g, scale, types[0].rank, "caxes")], out=g.out)
+
+
+def _bn_grad_input_reference(xs, p, a):
+    gy, w, var = xs
+    return gy * per_channel(w / np.sqrt(var + a.eps), gy.ndim)
+
+
+register(Op(
+    name="batchnorm_grad_input", inputs=("g", "weight", "var"), attrs=(Attr("eps", "float", 1e-5),),
+    shape=_bn_grad_input_shape, lower=_bn_grad_input_lower, reference=_bn_grad_input_reference,
+    category="gradient",
+    doc="Gradient of inference batchnorm with respect to x: g * weight / sqrt(var + eps) per channel.",
+    examples=(
+        ((("f32", (3, 5)), ("f32", (5,)), ("f32", (5,))), {}, {"positive": True}),
+        ((("f32", (2, 3, 4, 4)), ("f32", (3,)), ("f32", (3,))), dict(eps=0.1), {"positive": True}),
+    ),
+))
+
+
+def _bn_grad_weight_shape(types, a):
+    _bn_vec_check(types[1:], "batchnorm_grad_weight", 1, 2)
+    if tuple(types[0].dims) != tuple(types[1].dims):
+        raise ShapeError(f"batchnorm_grad_weight: the gradient {types[0]} and x {types[1]} differ")
+    return types[1].with_dims((types[1].dims[1],))
+
+
+def _bn_grad_weight_lower(g, ins, p, a, types, out):
+    gy, x, mean, var = ins
+    r = types[1].rank
+    std = g.node("Sqrt", [g.node("Add", [var, g.const("eps", a.eps)])])
+    xhat = g.node("Div", [g.node("Sub", [x, onnx_per_channel(g, mean, r, "maxes")]),
+                          onnx_per_channel(g, std, r, "saxes")])
+    return g.node("ReduceSum", [g.node("Mul", [gy, xhat]), g.const("axes", list(channel_axes(r)), np.int64)],
+                  keepdims=0, out=g.out)
+
+
+def _bn_grad_weight_reference(xs, p, a):
+    gy, x, mean, var = xs
+    xhat = (x - per_channel(mean, x.ndim)) / per_channel(np.sqrt(var + a.eps), x.ndim)
+    return (gy * xhat).sum(axis=channel_axes(x.ndim))
+
+
+register(Op(
+    name="batchnorm_grad_weight", inputs=("g", "x", "mean", "var"), attrs=(Attr("eps", "float", 1e-5),),
+    shape=_bn_grad_weight_shape, lower=_bn_grad_weight_lower, reference=_bn_grad_weight_reference,
+    category="gradient",
+    doc="Gradient of batchnorm with respect to its weight: sum of g * (x - mean) / sqrt(var + eps) "
+        "over every axis but 1 (running or batch statistics).",
+    examples=(
+        ((("f32", (3, 5)), ("f32", (3, 5)), ("f32", (5,)), ("f32", (5,))), {}, {"positive": True}),
+        ((("f32", (2, 3, 4, 4)), ("f32", (2, 3, 4, 4)), ("f32", (3,)), ("f32", (3,))), dict(eps=0.1),
+         {"positive": True}),
+        ((("f32", (2, 3, 3, 2, 2)), ("f32", (2, 3, 3, 2, 2)), ("f32", (3,)), ("f32", (3,))), {},
+         {"positive": True}),
+    ),
+))
+
+
+
 register(Op(
     name="batchnorm", inputs=("x",),
     attrs=(Attr("eps", "float", 1e-5, doc="added to the variance"),
            Attr("momentum", "float", 0.1, doc="training only: weight of the new batch in the running stats (PyTorch)")),
-    shape=bn_shape, params=bn_params, lower=bn_lower, reference=bn_reference,
+    shape=bn_shape, params=bn_params, lower=bn_lower, reference=bn_reference, grad=bn_grad,
     macs=lambda types, out, a: out.per_example(), transparent=True, category="normalization",
     doc="Batch normalisation over the channel axis 1 with the running statistics (ONNX BatchNormalization, "
         "inference); weight, bias, running_mean, running_var are [C].",
@@ -64,6 +168,168 @@ register(Op(
         ((("f32", (2, 2, 3, 4, 4)),), {}),
     ),
 ))
+
+
+# ---- training mode: batch statistics ------------------------------------------------
+
+def _stat_shape(opname):
+    def shape(types, a):
+        (x,) = types
+        return x.with_dims((channels_of(x, opname),))
+    return shape
+
+
+def _batch_mean_lower(g, ins, p, a, types, out):
+    return g.node("ReduceMean", [ins[0], g.const("axes", list(channel_axes(types[0].rank)), np.int64)],
+                  keepdims=0, out=g.out)
+
+
+def _batch_var_lower(g, ins, p, a, types, out):
+    axes = g.const("axes", list(channel_axes(types[0].rank)), np.int64)
+    centred = g.node("Sub", [ins[0], g.node("ReduceMean", [ins[0], axes], keepdims=1)])
+    if not a.unbiased:
+        return g.node("ReduceMean", [g.node("Mul", [centred, centred]), axes], keepdims=0, out=g.out)
+    biased = g.node("ReduceMean", [g.node("Mul", [centred, centred]), axes], keepdims=0)
+    # n = elements per channel, counted at run time (the batch is symbolic): n / (n - 1)
+    count = g.node("Cast", [g.node("ReduceProd", [g.node("Gather", [g.node("Shape", [ins[0]]), axes])],
+                                   keepdims=0)], to=1)
+    factor = g.node("Div", [count, g.node("Sub", [count, g.const("one", 1.0)])])
+    return g.node("Mul", [biased, factor], out=g.out)
+
+
+def _batch_var_reference(xs, p, a):
+    (x,) = xs
+    axes = channel_axes(x.ndim)
+    n = np.prod([x.shape[i] for i in axes])
+    mean = x.sum(axis=axes, keepdims=True) / n
+    return ((x - mean) ** 2).sum(axis=axes) / (n - 1 if a.unbiased else n)
+
+
+register(Op(
+    name="batch_mean", inputs=("x",), shape=_stat_shape("batch_mean"), lower=_batch_mean_lower,
+    reference=lambda xs, p, a: xs[0].mean(axis=channel_axes(xs[0].ndim)),
+    category="gradient",
+    doc="Per-channel mean over every axis but 1 ([N, C, ...] -> [C]): the batch statistic of batch norm.",
+    examples=(((("f32", (4, 3)),), {}), ((("f32", (2, 3, 4, 5)),), {}), ((("f32", (2, 2, 3, 2, 2)),), {})),
+))
+
+register(Op(
+    name="batch_var", inputs=("x",), attrs=(Attr("unbiased", "bool", False, doc="divide by n - 1 (PyTorch's running_var)"),),
+    shape=_stat_shape("batch_var"), lower=_batch_var_lower, reference=_batch_var_reference,
+    category="gradient",
+    doc="Per-channel variance over every axis but 1 ([N, C, ...] -> [C]); biased (divides by n) unless unbiased.",
+    examples=(((("f32", (4, 3)),), {}), ((("f32", (2, 3, 4, 5)),), {}),
+              ((("f32", (4, 3)),), dict(unbiased=True)), ((("f32", (2, 3, 4, 5)),), dict(unbiased=True)),
+              ((("f32", (2, 2, 3, 2, 2)),), dict(unbiased=True))),
+))
+
+
+def _batch_stats_onnx(g, x: str, rank: int, eps: float):
+    """(axes, x - mean, sqrt(var + eps)) with the batch statistics, kept as [1, C, 1, ...]."""
+    axes = g.const("axes", list(channel_axes(rank)), np.int64)
+    centred = g.node("Sub", [x, g.node("ReduceMean", [x, axes], keepdims=1)])
+    var = g.node("ReduceMean", [g.node("Mul", [centred, centred]), axes], keepdims=1)
+    return axes, centred, g.node("Sqrt", [g.node("Add", [var, g.const("eps", eps)])])
+
+
+def _batch_xhat(x, eps):
+    """numpy: (x - batch mean) / sqrt(batch var + eps), with the biased variance."""
+    axes = channel_axes(x.ndim)
+    centred = x - x.mean(axis=axes, keepdims=True)
+    return centred / np.sqrt((centred ** 2).mean(axis=axes, keepdims=True) + eps)
+
+
+def bn_train_shape(types, a):
+    (x,) = types
+    channels_of(x, "batchnorm_train")
+    if a.eps <= 0:
+        raise ShapeError(f"batchnorm eps must be positive, got {a.eps:g}")
+    return x
+
+
+def bn_train_lower(g, ins, p, a, types, out):
+    r = types[0].rank
+    _, centred, std = _batch_stats_onnx(g, ins[0], r, a.eps)
+    xhat = g.node("Div", [centred, std])
+    scaled = g.node("Mul", [xhat, onnx_per_channel(g, p["weight"], r, "waxes")])
+    return g.node("Add", [scaled, onnx_per_channel(g, p["bias"], r, "baxes")], out=g.out)
+
+
+def bn_train_reference(xs, p, a):
+    (x,) = xs
+    return _batch_xhat(x, a.eps) * per_channel(p["weight"], x.ndim) + per_channel(p["bias"], x.ndim)
+
+
+def bn_train_grad(d, n, gy):
+    """The full batch-norm backward: the batch mean and variance depend on x too."""
+    x = n.inputs[0]
+    eps = {"eps": n.attrs.eps}
+    gx = d.op("batchnorm_train_grad", [gy, x, d.param("weight")], eps) if d.wants(x) else None
+    gw = d.op("batchnorm_grad_weight", [gy, x, d.op("batch_mean", [x]), d.op("batch_var", [x])], eps)
+    gb = d.op("sum", [gy], {"axis": channel_axes(d.type(x).rank)})
+    return [gx], {"weight": gw, "bias": gb}
+
+
+register(Op(
+    name="batchnorm_train", inputs=("x",), attrs=(Attr("eps", "float", 1e-5),),
+    shape=bn_train_shape, lower=bn_train_lower, reference=bn_train_reference, grad=bn_train_grad,
+    macs=lambda types, out, a: out.per_example(), transparent=True, category="gradient",
+    doc="Training-mode batch norm: weight * (x - batch mean) / sqrt(batch var + eps) + bias, the biased "
+        "variance over every axis but 1. It has no parameters of its own: it is made with owner = the "
+        "inference batchnorm node and reads that node's weight and bias (tested in tests/test_batchnorm_train.py).",
+    examples=(),
+))
+
+
+def _bn_train_grad_shape(types, a):
+    gy, x, w = types
+    c = channels_of(x, "batchnorm_train_grad")
+    if tuple(gy.dims) != tuple(x.dims) or tuple(w.dims) != (c,):
+        raise ShapeError(f"batchnorm_train_grad: expects g and x alike and weight [{c}], got {gy}, {x}, {w}")
+    return x
+
+
+def _bn_train_grad_lower(g, ins, p, a, types, out):
+    """weight / std * (g - mean(g) - xhat * mean(g * xhat)), means over every axis but 1."""
+    gy, x, w = ins
+    r = types[1].rank
+    axes, centred, std = _batch_stats_onnx(g, x, r, a.eps)
+    xhat = g.node("Div", [centred, std])
+    mg = g.node("ReduceMean", [gy, axes], keepdims=1)
+    mgx = g.node("ReduceMean", [g.node("Mul", [gy, xhat]), axes], keepdims=1)
+    inner = g.node("Sub", [g.node("Sub", [gy, mg]), g.node("Mul", [xhat, mgx])])
+    scale = g.node("Div", [onnx_per_channel(g, w, r, "waxes"), std])
+    return g.node("Mul", [inner, scale], out=g.out)
+
+
+def _bn_train_grad_reference(xs, p, a):
+    """Back through y = w * xhat + b, xhat = (x - mu) / s, mu and s^2 = mean((x - mu)^2) per channel,
+    term by term (the chain rule written out, not the closed form the lowering uses)."""
+    gy, x, w = xs
+    axes = channel_axes(x.ndim)
+    n = np.prod([x.shape[i] for i in axes])
+    mu = x.mean(axis=axes, keepdims=True)
+    var = ((x - mu) ** 2).mean(axis=axes, keepdims=True)
+    inv = 1.0 / np.sqrt(var + a.eps)
+    gxhat = gy * per_channel(w, x.ndim)
+    gvar = (gxhat * (x - mu)).sum(axis=axes, keepdims=True) * -0.5 * inv ** 3
+    gmu = -(gxhat * inv).sum(axis=axes, keepdims=True) - gvar * 2 * (x - mu).sum(axis=axes, keepdims=True) / n
+    return gxhat * inv + gvar * 2 * (x - mu) / n + gmu / n
+
+
+register(Op(
+    name="batchnorm_train_grad", inputs=("g", "x", "weight"), attrs=(Attr("eps", "float", 1e-5),),
+    shape=_bn_train_grad_shape, lower=_bn_train_grad_lower, reference=_bn_train_grad_reference,
+    category="gradient",
+    doc="Gradient of training-mode batchnorm with respect to x, through the batch statistics: "
+        "weight / std * (g - mean(g) - xhat * mean(g * xhat)).",
+    examples=(
+        ((("f32", (4, 3)), ("f32", (4, 3)), ("f32", (3,))), {}),
+        ((("f32", (2, 3, 4, 4)), ("f32", (2, 3, 4, 4)), ("f32", (3,))), dict(eps=0.1)),
+        ((("f32", (2, 3, 3, 2, 2)), ("f32", (2, 3, 3, 2, 2)), ("f32", (3,))), {}),
+    ),
+))
+
 
 
 def dropout_shape(types, a):
@@ -78,6 +344,7 @@ register(Op(
     shape=dropout_shape,
     lower=lambda g, ins, p, a, types, out: ins[0],  # identity at inference: emit nothing, alias the input
     reference=lambda xs, p, a: xs[0],
+    grad=lambda d, n, gy: ([gy], {}),  # inference form; training replaces it by a multiply by a mask
     transparent=True, category="normalization",
     doc="Randomly zeroes units during training; the identity at inference (lowers to nothing).",
     examples=(((("f32", (2, 3, 4, 4)),), {}), ((("f32", (3, 7)),), dict(p=0.2)), ((("f32", (2, 5)),), dict(p=0.0))),
@@ -115,12 +382,76 @@ def lrn_reference(xs, p, a):
     return (x64 / (a.k + a.alpha / a.size * ssum) ** a.beta).astype(x.dtype)
 
 
+# LRN's gradient. With D_c = k + alpha / size * S_c, S_c the sum of x^2 over the window W(c)
+# of channels around c, and y_c = x_c * D_c^-beta:
+#   dL/dx_j = g_j D_j^-beta - 2 alpha beta / size * x_j * sum over {c : j in W(c)} of g_c x_c D_c^(-beta-1)
+# and j lies in W(c) exactly when c lies in the mirrored window around j (the same window,
+# since size is odd).
+
+def lrn_grad(d, n, gy):
+    a = n.attrs
+    return [d.op("lrn_grad", [gy, n.inputs[0]], {"size": a.size, "alpha": a.alpha, "beta": a.beta, "k": a.k})], {}
+
+
+def _lrn_grad_lower(g, ins, p, a, types, out):
+    """Channel-window sums as a Conv with a ones kernel over [N, 1, C, rest] (C known, the rest any)."""
+    gy, x = ins
+    c = types[1].dims[1]
+    half = (a.size - 1) // 2
+    fold = g.const("fold", [0, 1, c, -1], np.int64)
+    ones = g.const("ones", np.ones((1, 1, a.size, 1)))
+    shape = g.node("Shape", [x])
+
+    def window_sum(t):
+        s = g.node("Conv", [g.node("Reshape", [t, fold]), ones], kernel_shape=[a.size, 1], pads=[half, 0, half, 0])
+        return g.node("Reshape", [s, shape])
+
+    denom = g.node("Add", [g.const("k", a.k),
+                           g.node("Mul", [g.const("alpha_n", a.alpha / a.size), window_sum(g.node("Mul", [x, x]))])])
+    dpow = g.node("Pow", [denom, g.const("neg_beta", -a.beta)])  # D^-beta
+    inner = g.node("Div", [g.node("Mul", [gy, g.node("Mul", [x, dpow])]), denom])  # g x D^(-beta-1)
+    back = g.node("Mul", [g.const("coef", 2 * a.alpha * a.beta / a.size), g.node("Mul", [x, window_sum(inner)])])
+    return g.node("Sub", [g.node("Mul", [gy, dpow]), back], out=g.out)
+
+
+def _lrn_grad_reference(xs, p, a):
+    """Channel by channel: the direct term, plus each channel c's share back to the channels of W(c)."""
+    gy, x = xs
+    C = x.shape[1]
+    lo, hi = floor((a.size - 1) / 2), ceil((a.size - 1) / 2)
+    win = [range(max(0, c - lo), min(C - 1, c + hi) + 1) for c in range(C)]
+    denom = [a.k + a.alpha / a.size * sum(x[:, j] ** 2 for j in win[c]) for c in range(C)]
+    gx = np.stack([gy[:, c] * denom[c] ** -a.beta for c in range(C)], axis=1)
+    for c in range(C):
+        share = gy[:, c] * x[:, c] * -a.beta * denom[c] ** (-a.beta - 1) * a.alpha / a.size
+        for j in win[c]:
+            gx[:, j] += share * 2 * x[:, j]
+    return gx
+
+
+register(Op(
+    name="lrn_grad", inputs=("g", "x"),
+    attrs=(Attr("size", "int", 5), Attr("alpha", "float", 1e-4), Attr("beta", "float", 0.75), Attr("k", "float", 2.0)),
+    shape=lambda types, a: (lrn_shape(types[1:], a), types[1])[1],
+    lower=_lrn_grad_lower, reference=_lrn_grad_reference, category="gradient",
+    doc="Gradient of lrn with respect to x: g D^-beta - 2 alpha beta / size * x * "
+        "(window sum of g x D^(-beta-1)), D = k + alpha / size * (window sum of x^2).",
+    examples=(
+        ((("f32", (2, 7, 4, 4)), ("f32", (2, 7, 4, 4))), {}),
+        ((("f32", (2, 4, 3, 3)), ("f32", (2, 4, 3, 3))), dict(size=3, alpha=0.5, beta=0.6, k=1.0)),
+        ((("f32", (2, 6, 5)), ("f32", (2, 6, 5))), dict(size=7, alpha=1.0, beta=1.0)),
+        ((("f32", (1, 5, 2, 3, 3)), ("f32", (1, 5, 2, 3, 3))), dict(size=1, alpha=0.3)),
+        ((("f32", (3, 6)), ("f32", (3, 6))), dict(alpha=0.2)),
+    ),
+))
+
+
 register(Op(
     name="lrn", inputs=("x",),
     attrs=(Attr("size", "int", 5, doc="channels in the window (odd)"),
            Attr("alpha", "float", 1e-4), Attr("beta", "float", 0.75),
            Attr("k", "float", 2.0, doc="additive constant (ONNX bias; AlexNet uses 2)")),
-    shape=lrn_shape, lower=lrn_lower, reference=lrn_reference,
+    shape=lrn_shape, lower=lrn_lower, reference=lrn_reference, grad=lrn_grad,
     macs=lambda types, out, a: out.per_example() * a.size, category="normalization",
     doc="Local response normalisation across channels (AlexNet; ONNX LRN): "
         "y = x / (k + alpha / size * sum of x^2 over the size channels around c)^beta.",

@@ -141,6 +141,102 @@ register(Op(
 ))
 
 
+def avgpool_grad(d, n, gy):
+    x = n.inputs[0]
+    xt = d.type(x)
+    nsp, kernel, stride, pads, _ = pool_geometry(xt, n.attrs, "avgpool")
+    return [d.op("avgpool_grad", [gy], {"kernel": kernel, "stride": stride, "pads": tuple(pads),
+                                        "count_pad": n.attrs.count_pad, "size": tuple(xt.dims[2:])})], {}
+
+
+def _avgpool_grad_shape(types, a):
+    (g,) = types
+    n = len(a.size)
+    if g.rank != n + 2 or len(a.kernel) != n or len(a.stride) != n or len(a.pads) != n:
+        raise ShapeError(f"avgpool_grad: {g} does not match {n} spatial axes")
+    return g.with_dims((*g.dims[:2], *a.size))
+
+
+def _window_counts(size, kernel, stride, pads, out, count_pad):
+    """The divisor of every pooling window, [*out]: the positions it covers inside the input,
+    or inside the padded input with count_pad (the ceil-mode overhang never counts)."""
+    per_axis_counts = []
+    for L, k, s, (b, e), o in zip(size, kernel, stride, pads, out):
+        start = np.arange(o) * s - b
+        lo, hi = (-b, L + e) if count_pad else (0, L)
+        per_axis_counts.append(np.minimum(start + k, hi) - np.maximum(start, lo))
+    counts = per_axis_counts[0]
+    for c in per_axis_counts[1:]:
+        counts = np.multiply.outer(counts, c)
+    return counts
+
+
+def _avgpool_grad_lower(g, ins, p, a, types, out):
+    """Divide each window's gradient by its count, then spread it over the window: a
+    ConvTranspose with a ones kernel, the channels folded into the batch ([N*C, 1, ...])
+    so that the channel count may be symbolic. The end padding (or output_padding, when
+    trailing inputs lie in no window) makes the ConvTranspose produce exactly `size`."""
+    (gy,) = ins
+    n = len(a.size)
+    o = types[0].dims[2:]
+    counts = _window_counts(a.size, a.kernel, a.stride, a.pads, o, a.count_pad)
+    scaled = g.node("Div", [gy, g.const("counts", counts.reshape(1, 1, *o))])
+    folded = g.node("Reshape", [scaled, g.const("fold", [-1, 1, *o], np.int64)])
+    ends, opad = [], []
+    for i in range(n):
+        rest = (o[i] - 1) * a.stride[i] + a.kernel[i] - a.pads[i][0] - a.size[i]
+        ends.append(max(rest, 0))
+        opad.append(max(-rest, 0))
+    spread = g.node("ConvTranspose", [folded, g.const("ones", np.ones((1, 1, *a.kernel)))],
+                    kernel_shape=list(a.kernel), strides=list(a.stride),
+                    pads=[b for b, _ in a.pads] + ends, output_padding=opad)
+    shape = g.node("Concat", [g.node("Shape", [gy], start=0, end=2), g.const("size", list(a.size), np.int64)], axis=0)
+    return g.node("Reshape", [spread, shape], out=g.out)
+
+
+def _avgpool_grad_reference(xs, p, a):
+    """Window by window: add g / count to every input position the window covers."""
+    (gy,) = xs
+    n = len(a.size)
+    N, C = gy.shape[:2]
+    gx = np.zeros((N, C, *a.size), dtype=gy.dtype)
+    for pos in np.ndindex(*gy.shape[2:]):
+        sl, count = [], 1
+        for i in range(n):
+            start = pos[i] * a.stride[i] - a.pads[i][0]
+            end = start + a.kernel[i]
+            lo, hi = max(start, 0), min(end, a.size[i])
+            sl.append(slice(lo, hi))
+            if a.count_pad:
+                count *= min(end, a.size[i] + a.pads[i][1]) - max(start, -a.pads[i][0])
+            else:
+                count *= hi - lo
+        share = gy[(slice(None), slice(None), *pos)].reshape(N, C, *([1] * n)) / count
+        gx[(slice(None), slice(None), *sl)] += share
+    return gx
+
+
+register(Op(
+    name="avgpool_grad", inputs=("g",),
+    attrs=(Attr("kernel", "any"), Attr("stride", "any"), Attr("pads", "any"), Attr("count_pad", "bool", False),
+           Attr("size", "any", doc="the input's spatial size")),
+    shape=_avgpool_grad_shape, lower=_avgpool_grad_lower, reference=_avgpool_grad_reference,
+    category="gradient",
+    doc="Gradient of avgpool: each window's gradient, divided by the window's count, spread over the window.",
+    examples=(
+        ((("f32", (2, 3, 4, 4)),), dict(kernel=(2, 2), stride=(2, 2), pads=((0, 0), (0, 0)), size=(8, 8))),
+        ((("f32", (2, 3, 5, 5)),), dict(kernel=(3, 3), stride=(2, 2), pads=((1, 1), (1, 1)), size=(9, 9))),
+        ((("f32", (2, 3, 5, 5)),), dict(kernel=(3, 3), stride=(2, 2), pads=((1, 1), (1, 1)), count_pad=True,
+                                        size=(9, 9))),
+        ((("f32", (2, 2, 5)),), dict(kernel=(3,), stride=(2,), pads=((0, 0),), size=(10,))),
+        ((("f32", (2, 2, 4)),), dict(kernel=(3,), stride=(2,), pads=((1, 1),), count_pad=True, size=(6,))),
+        ((("f32", (2, 2, 3)),), dict(kernel=(2,), stride=(3,), pads=((0, 0),), size=(9,))),
+        ((("f32", (1, 2, 2, 3, 3)),), dict(kernel=(2, 2, 2), stride=(1, 2, 2), pads=((0, 0), (1, 0), (0, 1)),
+                                           size=(3, 5, 5))),
+    ),
+))
+
+
 POOL_ATTRS = (
     Attr("kernel", "ints", doc="window size, an int or one per spatial axis"),
     Attr("stride", "ints", None, doc="defaults to the kernel size"),
@@ -165,13 +261,15 @@ register(Op(
 register(Op(
     name="avgpool", inputs=("x",), attrs=POOL_ATTRS + (Attr("count_pad", "bool", False, doc="count padded zeros in the mean"),),
     shape=pool_shape_rule("avgpool"), lower=pool_lower_rule("AveragePool"), reference=avgpool_reference,
-    window=pool_window, category="pooling",
+    grad=avgpool_grad, window=pool_window, category="pooling",
     doc="Average pooling over 1, 2 or 3 spatial axes (ONNX AveragePool).",
     examples=(
         ((("f32", (2, 3, 8, 8)),), dict(kernel=2)),
         ((("f32", (2, 3, 9, 9)),), dict(kernel=3, stride=2, pad=1)),
         ((("f32", (2, 3, 9, 9)),), dict(kernel=3, stride=2, pad=1, count_pad=True)),
         ((("f32", (2, 2, 10)),), dict(kernel=3, stride=2, ceil=True)),
+        ((("f32", (2, 2, 6)),), dict(kernel=3, stride=2, pad=1, ceil=True, count_pad=True)),
+        ((("f32", (2, 2, 9)),), dict(kernel=2, stride=3)),
     ),
 ))
 
@@ -183,12 +281,20 @@ def gap_shape(types, a):
     return x.with_dims((*x.dims[:2], *([1] * (x.rank - 2))))
 
 
+def gap_grad(d, n, gy):
+    """Every position gets g / (number of positions): drop the size-1 axes, broadcast back as a mean."""
+    x = n.inputs[0]
+    spatial = tuple(range(2, d.type(x).rank))
+    flat = d.op("sum", [gy], {"axis": spatial})  # [N, C, 1, 1] -> [N, C]
+    return [d.op("expand_as", [flat, x], {"axes": spatial, "mean": True})], {}
+
+
 register(Op(
     name="global_avgpool", inputs=("x",),
     shape=gap_shape,
     lower=lambda g, ins, p, a, types, out: g.node("GlobalAveragePool", [ins[0]], out=g.out),
     reference=lambda xs, p, a: xs[0].mean(axis=tuple(range(2, xs[0].ndim)), keepdims=True),
-    window=lambda types, a: "global", category="pooling",
+    window=lambda types, a: "global", category="pooling", grad=gap_grad,
     doc="Mean over every spatial axis; keeps them as size 1 ([N, C, 1, 1]).",
     examples=(((("f32", (2, 3, 5, 5)),), {}), ((("f32", (2, 4, 3, 2, 2)),), {})),
 ))

@@ -10,6 +10,7 @@ ONNX's fused RNN / LSTM / GRU in its seq-first layout (layout = 0).
 from __future__ import annotations
 
 import numpy as np
+from onnx import TensorProto, helper
 
 from ..errors import ShapeError
 from ..types import TensorType
@@ -17,6 +18,7 @@ from .registry import Attr, Op, Param, register
 
 INTS = ("i64", "i32")
 FLOATS = ("f32", "f64", "f16")
+ONNX_FLOAT = {"f32": TensorProto.FLOAT, "f64": TensorProto.DOUBLE, "f16": TensorProto.FLOAT16}
 
 
 # ---- embedding ---------------------------------------------------------------
@@ -33,6 +35,51 @@ def embedding_shape(types, a):
     return TensorType("f32", (*x.dims, a.dim))  # the table is f32 whatever the id type
 
 
+# The weight gradient is a scatter-add of the output gradient's rows into a zero
+# table at the looked-up ids (an id seen twice gets both rows).
+
+def embedding_grad(d, n, gy):
+    return [None], {"weight": d.op("embedding_grad_weight", [gy, n.inputs[0]],
+                                   {"vocab": n.attrs.vocab, "dim": n.attrs.dim})}
+
+
+def _embedding_grad_shape(types, a):
+    gy, ids = types
+    if gy.dims[:-1] != ids.dims or gy.dims[-1] != a.dim:
+        raise ShapeError(f"embedding_grad_weight: gradient {gy} does not match the ids {ids} and dim = {a.dim}")
+    return TensorType(gy.dtype, (a.vocab, a.dim))
+
+
+def _embedding_grad_lower(g, ins, p, a, types, out):
+    gy, ids = ins
+    zero = helper.make_tensor("zero", ONNX_FLOAT[types[0].dtype], [1], [0.0])
+    table = g.node("ConstantOfShape", [g.const("table_shape", [a.vocab, a.dim], np.int64)], value=zero)
+    if types[1].dtype != "i64":
+        ids = g.node("Cast", [ids], to=TensorProto.INT64)
+    idx = g.node("Unsqueeze", [ids, g.const("last_axis", [-1], np.int64)])  # [..., 1]: one index tuple per row
+    return g.node("ScatterND", [table, idx, gy], out=g.out, reduction="add")
+
+
+def _embedding_grad_reference(xs, p, a):
+    gy, ids = xs
+    w = np.zeros((a.vocab, a.dim), dtype=gy.dtype)
+    for row, i in zip(gy.reshape(-1, a.dim), ids.reshape(-1)):
+        w[i] += row
+    return w
+
+
+register(Op(
+    name="embedding_grad_weight", inputs=("g", "ids"),
+    attrs=(Attr("vocab", "int"), Attr("dim", "int")),
+    shape=_embedding_grad_shape, lower=_embedding_grad_lower, reference=_embedding_grad_reference,
+    category="gradient",
+    doc="Gradient of embedding with respect to its table: a scatter-add of the gradient rows at the ids (ONNX ScatterND).",
+    examples=(((("f32", (4, 3)), ("i64", (4,))), dict(vocab=5, dim=3)),
+              ((("f32", (2, 7, 4)), ("i64", (2, 7))), dict(vocab=6, dim=4)),
+              ((("f32", (2, 3, 4, 2)), ("i32", (2, 3, 4))), dict(vocab=5, dim=2))),
+))
+
+
 register(Op(
     name="embedding", inputs=("x",),
     attrs=(Attr("vocab", "int", doc="number of rows (token ids run 0 .. vocab-1)"),
@@ -40,8 +87,9 @@ register(Op(
     shape=embedding_shape,
     params=lambda types, a: [Param("weight", (a.vocab, a.dim), "normal", fan_in=a.vocab, fan_out=a.dim)],
     lower=lambda g, ins, p, a, types, out: g.node("Gather", [p["weight"], ins[0]], out=g.out, axis=0),
-    reference=lambda xs, p, a: p["weight"][xs[0]].astype(np.float32),
+    reference=lambda xs, p, a: p["weight"][xs[0]],  # the table's dtype: f32, or f64 in gradient checks
     macs=lambda types, out, a: 0,  # a lookup, no arithmetic
+    grad=embedding_grad, grad_inputs=(),  # token ids get no gradient
     doc="Lookup table: integer ids [N, ...] -> f32[N, ..., dim] (ONNX Gather); weight [vocab, dim] as in PyTorch.",
     examples=(((("i64", (4,)),), dict(vocab=5, dim=3)),
               ((("i64", (2, 7)),), dict(vocab=10, dim=4)),
@@ -187,6 +235,394 @@ def rec_reference(opname):
     return reference
 
 
+# ---- recurrent gradients: backpropagation through time -------------------------
+#
+# The gradient of a recurrent layer splits in two. `{cell}_bptt` runs the time
+# loop: it recomputes the forward pass (one ONNX Scan over the steps, keeping what
+# the backward step needs) and then walks the steps in reverse (a second Scan,
+# with the gradients of the hidden state, and of the cell state for LSTM, as
+# loop-carried values). Its result packs, for every step t, the gradient of the
+# input-side pre-activation  x_t W_ih^T + b_ih  (dA_x), of the hidden-side one
+# h_(t-1) W_hh^T + b_hh  (dA_h; equal to dA_x except in the GRU's n gate, which r
+# scales), and the previous hidden state h_(t-1):
+#
+#     pack [N, T, G*H + G*H + H] = [dA_x | dA_h | h_(t-1)]
+#
+# Everything else is parallel over the steps: dx = dA_x W_ih, dW_ih = sum dA_x^T x,
+# dW_hh = sum dA_h^T h_(t-1), db = sum dA (the recurrent_grad_* ops). Scan takes
+# its trip count from the data, so this works for a sequence length T known only
+# at run time.
+
+def rec_grad(opname):
+    G = CELLS[opname][0]
+
+    def grad(d, n, gy):
+        x = n.inputs[0]
+        a = n.attrs
+        w_ih, w_hh, b_ih, b_hh = (d.param(k) for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        attrs = {"hidden": a.hidden, "last": a.last}
+        if opname == "rnn":
+            attrs["nonlinearity"] = a.nonlinearity
+        pack = d.op(f"{opname}_bptt", [gy, x, w_ih, w_hh, b_ih, b_hh], attrs)
+        geo = {"hidden": a.hidden, "gates": G}
+        gx = d.op("recurrent_grad_x", [pack, w_ih], geo) if d.wants(x) else None
+        return [gx], {
+            "weight_ih": d.op("recurrent_grad_weight_ih", [pack, x], geo),
+            "weight_hh": d.op("recurrent_grad_weight_hh", [pack], geo),
+            "bias_ih": d.op("recurrent_grad_bias", [pack], {**geo, "part": "ih"}),
+            "bias_hh": d.op("recurrent_grad_bias", [pack], {**geo, "part": "hh"}),
+        }
+    return grad
+
+
+def bptt_shape(opname):
+    G = CELLS[opname][0]
+
+    def shape(types, a):
+        gy, x, w_ih, w_hh, b_ih, b_hh = types
+        f = seq_check(x, a, f"{opname}_bptt")
+        n, t, _ = x.dims
+        h = a.hidden
+        want = [(n, h) if a.last else (n, t, h), (G * h, f), (G * h, h), (G * h,), (G * h,)]
+        for what, ty, dims in zip(("gradient", "weight_ih", "weight_hh", "bias_ih", "bias_hh"),
+                                  (gy, w_ih, w_hh, b_ih, b_hh), want):
+            if ty.dims != tuple(dims):
+                raise ShapeError(f"{opname}_bptt: {what} is {ty}, expected [{', '.join(map(str, dims))}]")
+        return x.with_dims((n, t, (2 * G + 1) * h))
+    return shape
+
+
+class Body:
+    """A Scan body graph, built node by node. Names carry the node id and a tag, so
+    they stay unique in the model; the body reads the weights from the outer scope."""
+
+    def __init__(self, g, tag, elem):
+        self.g, self.tag, self.elem = g, tag, elem
+        self.nodes, self.inputs, self.outputs = [], [], []
+        self.k = 0
+
+    def name(self, s):
+        self.k += 1
+        return f"{self.g.id}.{self.tag}.{s}{self.k}"
+
+    def input(self, s, dims):
+        nm = self.name(s)
+        self.inputs.append(helper.make_tensor_value_info(nm, self.elem, list(dims)))
+        return nm
+
+    def __call__(self, op, *ins, n_out=1, **attrs):
+        outs = [self.name(op.lower()) for _ in range(n_out)]
+        self.nodes.append(helper.make_node(op, list(ins), outs, name=outs[0], **attrs))
+        return outs[0] if n_out == 1 else outs
+
+    def output(self, value, s, dims):
+        nm = self("Identity", value)  # a fresh name: a body output must not be a body input
+        self.outputs.append(helper.make_tensor_value_info(nm, self.elem, list(dims)))
+
+    def graph(self):
+        return helper.make_graph(self.nodes, f"{self.g.id}.{self.tag}", self.inputs, self.outputs)
+
+
+def scan(g, body, states, seq, reverse, n_scan_out):
+    """Run `body` over axis 1 (time) of the `seq` tensors; returns (final states, scan outputs)."""
+    d = int(reverse)
+    outs = [g.tmp("final") for _ in states] + [g.tmp("steps") for _ in range(n_scan_out)]
+    g.node("Scan", list(states) + list(seq), outputs=outs, body=body.graph(), num_scan_inputs=len(seq),
+           scan_input_axes=[1] * len(seq), scan_input_directions=[d] * len(seq),
+           scan_output_axes=[1] * n_scan_out, scan_output_directions=[d] * n_scan_out)
+    return outs[:len(states)], outs[len(states):]
+
+
+def bptt_lower(opname):
+    G = CELLS[opname][0]
+
+    def lower(g, ins, p, a, types, out):
+        gy, x, w_ih, w_hh, b_ih, b_hh = ins
+        xt = types[1]
+        elem = ONNX_FLOAT[xt.dtype]
+        npd = np.dtype(xt.numpy_dtype)
+        N, H = xt.dims[0], a.hidden
+        one = g.const("one", 1.0, npd)
+        zero = helper.make_tensor("zero", elem, [1], [0.0])
+        nh = g.node("Concat", [g.node("Shape", [x], start=0, end=1), g.const("h", [H], np.int64)], axis=0)
+        zeros = g.node("ConstantOfShape", [nh], value=zero)  # [N, H]
+        # input-side pre-activations of every step at once: [N, T, G*H]
+        ai_all = g.node("Add", [g.node("MatMul", [x, g.node("Transpose", [w_ih])]), b_ih])
+        w_hh_t = g.node("Transpose", [w_hh])
+
+        # -- forward: recompute the states, keep what the backward step reads
+        f = Body(g, "fwd", elem)
+        h = f.input("h", (N, H))
+        c = f.input("c", (N, H)) if opname == "lstm" else None
+        ai = f.input("ai", (N, G * H))
+        ah = f("Add", f("MatMul", h, w_hh_t), b_hh)
+        if opname == "rnn":
+            hn = f("Tanh" if a.nonlinearity == "tanh" else "Relu", f("Add", ai, ah))
+            f.output(hn, "h", (N, H))
+            cache = [(hn, H)]  # h_t: the activation's derivative is read off it
+        elif opname == "lstm":
+            gates = f("Split", f("Add", ai, ah), n_out=4, axis=1, num_outputs=4)
+            i, fg, gg, o = f("Sigmoid", gates[0]), f("Sigmoid", gates[1]), f("Tanh", gates[2]), f("Sigmoid", gates[3])
+            cn = f("Add", f("Mul", fg, c), f("Mul", i, gg))
+            hn = f("Mul", o, f("Tanh", cn))
+            f.output(hn, "h", (N, H))
+            f.output(cn, "c", (N, H))
+            cache = [(c, H), (f("Concat", i, fg, gg, o, axis=1), 4 * H), (cn, H)]
+        else:
+            gi = f("Split", ai, n_out=3, axis=1, num_outputs=3)
+            gh = f("Split", ah, n_out=3, axis=1, num_outputs=3)
+            r = f("Sigmoid", f("Add", gi[0], gh[0]))
+            z = f("Sigmoid", f("Add", gi[1], gh[1]))
+            nn = f("Tanh", f("Add", gi[2], f("Mul", r, gh[2])))
+            hn = f("Add", nn, f("Mul", z, f("Sub", h, nn)))  # (1 - z) n + z h
+            f.output(hn, "h", (N, H))
+            cache = [(f("Concat", r, z, nn, axis=1), 3 * H), (gh[2], H)]
+        for k, (v, width) in enumerate([(h, H)] + cache):
+            f.output(v, f"cache{k}", (N, width))
+        init = [zeros, zeros] if opname == "lstm" else [zeros]
+        _, (h_prev, *caches) = scan(g, f, init, [ai_all], reverse=False, n_scan_out=1 + len(cache))
+
+        # -- backward: the steps in reverse, carrying dL/dh (and dL/dc)
+        b = Body(g, "bwd", elem)
+        dh = b.input("dh", (N, H))
+        dc = b.input("dc", (N, H)) if opname == "lstm" else None
+        if not a.last:
+            dh = b("Add", dh, b.input("gy", (N, H)))  # the step's own output gradient
+        hp = b.input("h_prev", (N, H))
+        cs = [b.input(f"cache{k}", (N, width)) for k, (_, width) in enumerate(cache)]
+
+        def sq(v):
+            return b("Mul", v, v)
+
+        def dsig(s):  # sigmoid' from its value: s (1 - s)
+            return b("Mul", s, b("Sub", one, s))
+
+        if opname == "rnn":
+            (hn,) = cs
+            if a.nonlinearity == "tanh":
+                dact = b("Sub", one, sq(hn))
+            else:
+                dact = b("Cast", b("Greater", hn, g.const("zero", 0.0, npd)), to=elem)
+            da = b("Mul", dh, dact)
+            dh_prev = b("MatMul", da, w_hh)
+            outs = [(dh_prev, H), (da, G * H)]
+        elif opname == "lstm":
+            c_prev, acts, cn = cs
+            i, fg, gg, o = b("Split", acts, n_out=4, axis=1, num_outputs=4)
+            tc = b("Tanh", cn)
+            do = b("Mul", dh, tc)
+            dcn = b("Add", dc, b("Mul", b("Mul", dh, o), b("Sub", one, sq(tc))))
+            da = b("Concat", b("Mul", b("Mul", dcn, gg), dsig(i)),  # i
+                   b("Mul", b("Mul", dcn, c_prev), dsig(fg)),  # f
+                   b("Mul", b("Mul", dcn, i), b("Sub", one, sq(gg))),  # g
+                   b("Mul", do, dsig(o)), axis=1)  # o
+            dh_prev = b("MatMul", da, w_hh)
+            outs = [(dh_prev, H), (b("Mul", dcn, fg), H), (da, G * H)]
+        else:
+            acts, ah_n = cs
+            r, z, nn = b("Split", acts, n_out=3, axis=1, num_outputs=3)
+            dan = b("Mul", b("Mul", dh, b("Sub", one, z)), b("Sub", one, sq(nn)))  # through n = tanh(.)
+            dar = b("Mul", b("Mul", dan, ah_n), dsig(r))
+            daz = b("Mul", b("Mul", dh, b("Sub", hp, nn)), dsig(z))
+            da_x = b("Concat", dar, daz, dan, axis=1)
+            da_h = b("Concat", dar, daz, b("Mul", dan, r), axis=1)
+            dh_prev = b("Add", b("Mul", dh, z), b("MatMul", da_h, w_hh))
+            outs = [(dh_prev, H), (da_x, G * H), (da_h, G * H)]
+        for k, (v, width) in enumerate(outs):
+            b.output(v, f"out{k}", (N, width))
+        n_state = 2 if opname == "lstm" else 1
+        init = [gy if a.last else zeros] + ([zeros] if opname == "lstm" else [])
+        seq = ([] if a.last else [gy]) + [h_prev] + caches
+        _, grads = scan(g, b, init, seq, reverse=True, n_scan_out=len(outs) - n_state)
+        da_x, da_h = (grads[0], grads[0]) if len(grads) == 1 else grads
+        return g.node("Concat", [da_x, da_h, h_prev], out=g.out, axis=2)
+    return lower
+
+
+def bptt_reference(opname):
+    """Backpropagation through time, one step at a time, from PyTorch's equations."""
+    G = CELLS[opname][0]
+
+    def reference(xs, p, a):
+        gy, x, w_ih, w_hh, b_ih, b_hh = xs
+        dt = np.result_type(*xs)
+        n, T, _ = x.shape
+        H = a.hidden
+        h, c = np.zeros((n, H), dt), np.zeros((n, H), dt)
+        saved = []  # per step: h_(t-1), c_(t-1), the input and hidden parts of each gate, the activations
+        for t in range(T):
+            gi = np.split(x[:, t] @ w_ih.T + b_ih, G, axis=1)
+            gh = np.split(h @ w_hh.T + b_hh, G, axis=1)
+            if opname == "rnn":
+                s = gi[0] + gh[0]
+                hn = np.tanh(s) if a.nonlinearity == "tanh" else np.maximum(s, 0.0)
+                acts, cn = (s,), c
+            elif opname == "lstm":
+                i, f, gg, o = (sigmoid(gi[0] + gh[0]), sigmoid(gi[1] + gh[1]),
+                               np.tanh(gi[2] + gh[2]), sigmoid(gi[3] + gh[3]))
+                cn = f * c + i * gg
+                hn = o * np.tanh(cn)
+                acts = (i, f, gg, o)
+            else:
+                r, z = sigmoid(gi[0] + gh[0]), sigmoid(gi[1] + gh[1])
+                nn = np.tanh(gi[2] + r * gh[2])
+                hn = (1.0 - z) * nn + z * h
+                acts, cn = (r, z, nn), c
+            saved.append((h, c, gh, acts, cn))
+            h, c = hn, cn
+        out = np.zeros((n, T, (2 * G + 1) * H), dt)
+        dh = gy.astype(dt) if a.last else np.zeros((n, H), dt)
+        dc = np.zeros((n, H), dt)
+        for t in reversed(range(T)):
+            hp, cp, gh, acts, cn = saved[t]
+            if not a.last:
+                dh = dh + gy[:, t]
+            if opname == "rnn":
+                (s,) = acts
+                dax = dh * (1.0 - np.tanh(s) ** 2 if a.nonlinearity == "tanh" else (s > 0).astype(dt))
+                dah = dax
+                dh = dah @ w_hh
+            elif opname == "lstm":
+                i, f, gg, o = acts
+                tc = np.tanh(cn)
+                dct = dc + dh * o * (1.0 - tc ** 2)  # c_t feeds h_t and c_(t+1)
+                di, df, dg, do = dct * gg, dct * cp, dct * i, dh * tc
+                dax = np.concatenate([di * i * (1 - i), df * f * (1 - f), dg * (1 - gg ** 2), do * o * (1 - o)], axis=1)
+                dah = dax
+                dh, dc = dah @ w_hh, dct * f
+            else:
+                r, z, nn = acts
+                dn = dh * (1.0 - z)
+                dz = dh * (hp - nn)
+                dpre_n = dn * (1.0 - nn ** 2)  # n = tanh(pre_n), pre_n = x-part + r * (W_hn h + b_hn)
+                dr = dpre_n * gh[2]
+                dar, daz = dr * r * (1 - r), dz * z * (1 - z)
+                dax = np.concatenate([dar, daz, dpre_n], axis=1)
+                dah = np.concatenate([dar, daz, dpre_n * r], axis=1)
+                dh = dh * z + dah @ w_hh
+            out[:, t] = np.concatenate([dax, dah, hp], axis=1)
+        return out
+    return reference
+
+
+for _name in CELLS:
+    _G = CELLS[_name][0]
+    _nl = (Attr("nonlinearity", "str", "tanh", ("tanh", "relu")),) if _name == "rnn" else ()
+
+    def _ex(n, t, f, h, last=False, **kw):
+        gy = ("f32", (n, h) if last else (n, t, h))
+        return ((gy, ("f32", (n, t, f)), ("f32", (_G * h, f)), ("f32", (_G * h, h)), ("f32", (_G * h,)),
+                 ("f32", (_G * h,))), dict(hidden=h, last=last, **kw))
+
+    register(Op(
+        name=f"{_name}_bptt", inputs=("g", "x", "weight_ih", "weight_hh", "bias_ih", "bias_hh"),
+        attrs=(Attr("hidden", "int"), Attr("last", "bool", False), *_nl),
+        shape=bptt_shape(_name), lower=bptt_lower(_name), reference=bptt_reference(_name), category="gradient",
+        doc=(f"Backpropagation through time of {_name}: per step [dA_x | dA_h | h_(t-1)], the gradients of the "
+             "input- and hidden-side gate pre-activations and the previous state (two ONNX Scans: the forward "
+             "recomputed, then the steps in reverse)."),
+        examples=(_ex(2, 5, 3, 4), _ex(2, 4, 2, 3, last=True), _ex(1, 1, 2, 2),  # batch != G*hidden (symbolic N)
+                  *((_ex(2, 5, 3, 3, nonlinearity="relu"), _ex(3, 3, 4, 2, last=True, nonlinearity="relu"))
+                    if _name == "rnn" else ())),
+    ))
+
+
+def pack_parts(a):
+    """Slices of the last axis of a bptt pack: dA_x, dA_h, h_(t-1)."""
+    gh = a.gates * a.hidden
+    return {"ih": (0, gh), "hh": (gh, 2 * gh), "h": (2 * gh, 2 * gh + a.hidden)}
+
+
+def pack_slice(g, pack, a, part):
+    lo, hi = pack_parts(a)[part]
+    return g.node("Slice", [pack, g.const(f"{part}_lo", [lo], np.int64), g.const(f"{part}_hi", [hi], np.int64),
+                            g.const(f"{part}_axis", [2], np.int64)])
+
+
+def pack_check(pack, a, opname):
+    if pack.rank != 3 or pack.dims[2] != (2 * a.gates + 1) * a.hidden:
+        raise ShapeError(f"{opname}: {pack} is not a bptt pack of {a.gates} gates of {a.hidden}")
+
+
+PACK_ATTRS = (Attr("hidden", "int"), Attr("gates", "int"))
+
+
+def _grad_x_shape(types, a):
+    pack, w_ih = types
+    pack_check(pack, a, "recurrent_grad_x")
+    return pack.with_dims((*pack.dims[:2], w_ih.dims[1]))
+
+
+def _grad_wih_shape(types, a):
+    pack, x = types
+    pack_check(pack, a, "recurrent_grad_weight_ih")
+    return pack.with_dims((a.gates * a.hidden, x.dims[2]))
+
+
+def _grad_whh_shape(types, a):
+    pack_check(types[0], a, "recurrent_grad_weight_hh")
+    return types[0].with_dims((a.gates * a.hidden, a.hidden))
+
+
+def _grad_bias_shape(types, a):
+    pack_check(types[0], a, "recurrent_grad_bias")
+    return types[0].with_dims((a.gates * a.hidden,))
+
+
+def _outer_steps(g, left, right, width_l, width_r):
+    """sum over n and t of left[n, t]^T right[n, t]: flatten (n, t) and one Gemm."""
+    l2 = g.node("Reshape", [left, g.const("flat_l", [-1, width_l], np.int64)])
+    r2 = g.node("Reshape", [right, g.const("flat_r", [-1, width_r], np.int64)])
+    return g.node("Gemm", [l2, r2], out=g.out, transA=1)
+
+
+def _pack(xs, a, part):
+    lo, hi = pack_parts(a)[part]
+    return xs[0][:, :, lo:hi]
+
+
+register(Op(
+    name="recurrent_grad_x", inputs=("pack", "weight_ih"), attrs=PACK_ATTRS, shape=_grad_x_shape,
+    lower=lambda g, ins, p, a, types, out: g.node("MatMul", [pack_slice(g, ins[0], a, "ih"), ins[1]], out=g.out),
+    reference=lambda xs, p, a: np.einsum("ntg,gf->ntf", _pack(xs, a, "ih"), xs[1]),
+    category="gradient", doc="Gradient of a recurrent layer's input from its bptt pack: dA_x W_ih.",
+    examples=(((("f32", (2, 5, 27)), ("f32", (12, 3))), dict(hidden=3, gates=4)),
+              ((("f32", (3, 4, 12)), ("f32", (4, 5))), dict(hidden=4, gates=1))),
+))
+
+register(Op(
+    name="recurrent_grad_weight_ih", inputs=("pack", "x"), attrs=PACK_ATTRS, shape=_grad_wih_shape,
+    lower=lambda g, ins, p, a, types, out: _outer_steps(g, pack_slice(g, ins[0], a, "ih"), ins[1],
+                                                        a.gates * a.hidden, types[1].dims[2]),
+    reference=lambda xs, p, a: np.einsum("ntg,ntf->gf", _pack(xs, a, "ih"), xs[1]),
+    category="gradient", doc="Gradient of weight_ih from a bptt pack: the sum over steps of dA_x^T x_t.",
+    examples=(((("f32", (2, 5, 27)), ("f32", (2, 5, 2))), dict(hidden=3, gates=4)),
+              ((("f32", (3, 4, 14)), ("f32", (3, 4, 5))), dict(hidden=2, gates=3))),
+))
+
+register(Op(
+    name="recurrent_grad_weight_hh", inputs=("pack",), attrs=PACK_ATTRS, shape=_grad_whh_shape,
+    lower=lambda g, ins, p, a, types, out: _outer_steps(g, pack_slice(g, ins[0], a, "hh"), pack_slice(g, ins[0], a, "h"),
+                                                        a.gates * a.hidden, a.hidden),
+    reference=lambda xs, p, a: np.einsum("ntg,nth->gh", _pack(xs, a, "hh"), _pack(xs, a, "h")),
+    category="gradient", doc="Gradient of weight_hh from a bptt pack: the sum over steps of dA_h^T h_(t-1).",
+    examples=(((("f32", (2, 5, 27)),), dict(hidden=3, gates=4)),
+              ((("f32", (3, 4, 14)),), dict(hidden=2, gates=3))),
+))
+
+register(Op(
+    name="recurrent_grad_bias", inputs=("pack",), attrs=PACK_ATTRS + (Attr("part", "str", "ih", ("ih", "hh")),),
+    shape=_grad_bias_shape,
+    lower=lambda g, ins, p, a, types, out: g.node("ReduceSum", [pack_slice(g, ins[0], a, a.part),
+                                                                g.const("axes01", [0, 1], np.int64)],
+                                                  out=g.out, keepdims=0),
+    reference=lambda xs, p, a: _pack(xs, a, a.part).sum(axis=(0, 1)),
+    category="gradient", doc="Gradient of bias_ih (part = ih) or bias_hh (part = hh) from a bptt pack: dA summed.",
+    examples=(((("f32", (2, 5, 27)),), dict(hidden=3, gates=4, part="ih")),
+              ((("f32", (3, 4, 14)),), dict(hidden=2, gates=3, part="hh"))),
+))
+
+
 REC_DOCS = {
     "rnn": "Elman RNN h_t = act(W_ih x_t + b_ih + W_hh h_(t-1) + b_hh) (ONNX RNN)",
     "lstm": "LSTM, PyTorch gate order i, f, g, o (ONNX LSTM)",
@@ -197,7 +633,7 @@ for _name in CELLS:
     _extra, _relu_examples = (), ()
     if _name == "rnn":
         _extra = (Attr("nonlinearity", "str", "tanh", ("tanh", "relu"), doc="the cell's activation"),)
-        _relu_examples = (((("f32", (2, 6, 4)),), dict(hidden=3, nonlinearity="relu")),
+        _relu_examples = (((("f32", (2, 5, 4)),), dict(hidden=3, nonlinearity="relu")),
                           ((("f32", (2, 3, 4)),), dict(hidden=2, last=True, nonlinearity="relu")))
     register(Op(
         name=_name, inputs=("x",),
@@ -205,7 +641,7 @@ for _name in CELLS:
                Attr("last", "bool", False, doc="return only the last step [N, hidden] instead of [N, T, hidden]"),
                *_extra),
         shape=rec_shape(_name), params=rec_params(_name), lower=rec_lower(_name),
-        reference=rec_reference(_name), macs=rec_macs(_name),
+        reference=rec_reference(_name), macs=rec_macs(_name), grad=rec_grad(_name),
         window=lambda types, a: "global",  # each step sees every earlier step
         doc=(f"{REC_DOCS[_name]}: batch-first x [N, T, features] -> [N, T, hidden], or [N, hidden] "
              "with last = true; one layer, forward, zero initial state. Parameters weight_ih [G*hidden, features], "
@@ -213,8 +649,8 @@ for _name in CELLS:
              "macs count T steps, or 1 step when T is symbolic."),
         examples=(
             ((("f32", (2, 5, 3)),), dict(hidden=4)),
-            ((("f32", (3, 4, 6)),), dict(hidden=5, last=True)),
-            ((("f32", (1, 7, 2)),), dict(hidden=3)),
+            ((("f32", (3, 4, 6)),), dict(hidden=4, last=True)),
+            ((("f32", (1, 5, 2)),), dict(hidden=3)),
             *_relu_examples,
         ),
     ))

@@ -8,8 +8,8 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..types import TensorType
-from .common import onnx_pads, per_axis, positive, resolve_pads
-from .conv import WINDOW_ATTRS, spatial_rank
+from .common import np_pad, onnx_pads, per_axis, positive, resolve_pads
+from .conv import GEO_ATTRS, WINDOW_ATTRS, spatial_rank
 from .registry import Attr, Op, Param, Window, register
 
 
@@ -118,6 +118,88 @@ def ct_reference(xs, p, a):
     return y.astype(x.dtype)
 
 
+# The gradients of a transposed convolution swap conv's: the input gradient is a plain
+# convolution of the output gradient with the same weights [C, M/groups, *k] (read as a conv
+# weight from M to C channels); the weight gradient is conv's weight gradient with the roles
+# of x and the output gradient exchanged (conv_grad_weight(x, g)).
+
+def ct_grad(d, n, gy):
+    x = n.inputs[0]
+    xt = d.type(x)
+    nsp, kernel, stride, dilation, pads, opad, _ = ct_geometry(xt, n.attrs)
+    geo = {"kernel": kernel, "stride": stride, "pads": tuple(pads), "dilation": dilation, "groups": n.attrs.groups}
+    gx = None
+    if d.wants(x):
+        gx = d.op("conv_transpose_grad_input", [gy, d.param("weight")], {**geo, "size": tuple(xt.dims[2:])})
+    grads = {"weight": d.op("conv_grad_weight", [x, gy], geo)}
+    if n.attrs.bias:
+        grads["bias"] = d.op("sum", [gy], {"axis": (0, *range(2, xt.rank))})
+    return [gx], grads
+
+
+def _ct_grad_input_shape(types, a):
+    g, w = types
+    n = len(a.size)
+    if g.rank != n + 2 or w.rank != n + 2 or w.dims[1] * a.groups != g.dims[1]:
+        raise ShapeError(f"conv_transpose_grad_input: gradient {g} does not fit the weight {w}")
+    return g.with_dims((g.dims[0], w.dims[0], *a.size))
+
+
+def _ct_grad_input_lower(g, ins, p, a, types, out):
+    """ONNX Conv; when output_pad reaches the stride (possible with dilation > stride) the conv
+    yields more positions than x has, and the extra ones are cut off."""
+    n = len(a.size)
+    ysz = types[0].dims[2:]
+    full = [(ysz[i] + a.pads[i][0] + a.pads[i][1] - a.dilation[i] * (a.kernel[i] - 1) - 1) // a.stride[i] + 1
+            for i in range(n)]
+    extra = full != list(a.size)
+    y = g.node("Conv", ins, out=None if extra else g.out, kernel_shape=list(a.kernel), strides=list(a.stride),
+               dilations=list(a.dilation), pads=onnx_pads(a.pads), group=a.groups)
+    if not extra:
+        return y
+    return g.node("Slice", [y, g.const("starts", [0] * n, np.int64), g.const("ends", list(a.size), np.int64),
+                            g.const("axes", list(range(2, n + 2)), np.int64)], out=g.out)
+
+
+def _ct_grad_input_reference(xs, p, a):
+    """Gather, tap by tap: gx[c, i] += sum over m of g_padded[m, i * stride + tap * dilation] * w[c, m, tap]."""
+    g, w = xs
+    n = len(a.size)
+    gp = np_pad(g, a.pads)
+    N, M = g.shape[:2]
+    C = w.shape[0]
+    mg, cg = M // a.groups, C // a.groups
+    gx = np.zeros((N, C, *a.size), dtype=np.result_type(g, w))
+    for grp in range(a.groups):
+        gg = gp[:, grp * mg:(grp + 1) * mg]
+        for tap in np.ndindex(*a.kernel):
+            at = tuple(slice(t * dl, t * dl + s * (size - 1) + 1, s)
+                       for t, dl, s, size in zip(tap, a.dilation, a.stride, a.size))
+            wt = w[(slice(grp * cg, (grp + 1) * cg), slice(None), *tap)]
+            gx[:, grp * cg:(grp + 1) * cg] += np.einsum("nm...,cm->nc...", gg[(slice(None), slice(None), *at)], wt)
+    return gx
+
+
+register(Op(
+    name="conv_transpose_grad_input", inputs=("g", "weight"), attrs=GEO_ATTRS + (Attr("size", "any"),),
+    shape=_ct_grad_input_shape, lower=_ct_grad_input_lower, reference=_ct_grad_input_reference,
+    category="gradient",
+    doc="Gradient of conv_transpose with respect to its input: a convolution with the same weights (ONNX Conv).",
+    examples=(
+        ((("f32", (2, 3, 10, 10)), ("f32", (4, 3, 2, 2))),
+         dict(kernel=(2, 2), stride=(2, 2), pads=((0, 0), (0, 0)), dilation=(1, 1), size=(5, 5)),
+         {"symbolic_batch": False}),
+        ((("f32", (2, 6, 12, 12)), ("f32", (4, 3, 3, 3))),
+         dict(kernel=(3, 3), stride=(2, 2), pads=((1, 1), (1, 1)), dilation=(1, 1), groups=2, size=(6, 6)),
+         {"symbolic_batch": False}),
+        ((("f32", (2, 2, 25)), ("f32", (3, 2, 4))),
+         dict(kernel=(4,), stride=(3,), pads=((1, 2),), dilation=(2,), size=(7,)), {"symbolic_batch": False}),
+        ((("f32", (2, 2, 11)), ("f32", (3, 2, 3))),
+         dict(kernel=(3,), stride=(1,), pads=((0, 0),), dilation=(3,), size=(3,)), {"symbolic_batch": False}),
+    ),
+))
+
+
 register(Op(
     name="conv_transpose", inputs=("x",),
     attrs=(Attr("channels", "int", doc="output channels"),
@@ -130,7 +212,7 @@ register(Op(
            Attr("groups", "int", 1, doc="grouped transposed convolution"),
            Attr("bias", "bool", True),
            Attr("init", "str", "auto", ("auto", "he", "glorot", "normal", "uniform_fan_in"))),
-    shape=ct_shape, params=ct_params, lower=ct_lower, reference=ct_reference,
+    shape=ct_shape, params=ct_params, lower=ct_lower, reference=ct_reference, grad=ct_grad,
     macs=lambda types, out, a: types[0].per_example() * (a.channels // a.groups) * prod(ct_geometry(types[0], a)[1]),
     window=lambda types, a: [Window(k, s, d, transposed=True) for k, s, d in zip(*ct_geometry(types[0], a)[1:4])],
     doc="Transposed convolution over 1, 2 or 3 spatial axes (ONNX ConvTranspose), U-Net's up-convolution; "

@@ -1,0 +1,181 @@
+"""almc train end to end: accuracy reached, checkpoints, resume, NaN, metrics, freezing."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import almc
+from almc.cli import main
+from almc.lower import lower
+from almc.optim import training_step
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "models"
+
+
+@pytest.mark.slow
+def test_lenet_reaches_98_percent_on_the_digits(tmp_path):
+    m = almc.load(MODELS / "lenet.alm")
+    metrics = m.train(metrics=str(tmp_path / "m.json"))
+    assert metrics["test_accuracy"] >= 0.98
+    saved = json.loads((tmp_path / "m.json").read_text())
+    assert saved["test_accuracy"] == metrics["test_accuracy"] and len(saved["epochs"]) == 20
+    assert set(saved["epochs"][0]) == {"epoch", "train_loss", "val_accuracy", "seconds"}
+    assert saved["epochs"][-1]["train_loss"] < saved["epochs"][0]["train_loss"]
+
+
+@pytest.mark.parametrize("name,least", [("mlp", 0.95), ("logistic", 0.95), ("linear_svm", 0.9), ("perceptron", 0.95)])
+def test_course_models_train(name, least):
+    metrics = almc.load(MODELS / f"{name}.alm").train()
+    assert metrics["test_accuracy"] >= least
+
+
+def test_ridge_regression_trains_without_accuracy():
+    metrics = almc.load(MODELS / "ridge.alm").train(epochs=5)
+    assert metrics["test_accuracy"] is None
+    assert metrics["epochs"][-1]["train_loss"] < metrics["epochs"][0]["train_loss"]
+
+
+def test_interrupted_then_resumed_reaches_the_same_weights(tmp_path, monkeypatch):
+    import almc.train as trainer
+
+    straight = almc.load(MODELS / "mlp.alm")
+    straight.train(epochs=3, seed=5)
+    save = trainer.save_checkpoint
+
+    def save_then_interrupt(path, graph, weights, state, epoch, *rest):  # Ctrl-C right after epoch 2's checkpoint
+        save(path, graph, weights, state, epoch, *rest)
+        if epoch == 2:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(trainer, "save_checkpoint", save_then_interrupt)
+    with pytest.raises(trainer.TrainingStopped, match="Resume from the last epoch with: --checkpoint .* --resume"):
+        almc.load(MODELS / "mlp.alm").train(epochs=3, seed=5, checkpoint=str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.npz"]  # nothing half-written
+    monkeypatch.setattr(trainer, "save_checkpoint", save)
+    resumed = almc.load(MODELS / "mlp.alm")
+    metrics = resumed.train(epochs=3, seed=5, checkpoint=str(tmp_path), resume=True)
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3]
+    for k, v in straight.weights.items():
+        np.testing.assert_array_equal(resumed.weights[k], v, err_msg=k)
+
+
+def test_trained_weights_are_exported(tmp_path):
+    m = almc.load(MODELS / "logistic.alm")
+    m.train(epochs=2, out=str(tmp_path / "t.onnx"))
+    proto = onnx.load(tmp_path / "t.onnx")
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    np.testing.assert_array_equal(inits["logit.weight"], m.weights["logit.weight"])
+    assert not np.array_equal(inits["logit.weight"], m.initial_weights()["logit.weight"])
+
+
+def test_a_nan_loss_stops_with_the_step_named_and_keeps_the_last_checkpoint(tmp_path, capsys):
+    ck = tmp_path / "ck"
+    assert main(["train", str(MODELS / "mlp.alm"), "--epochs", "1", "--checkpoint", str(ck), "--no-progress"]) == 0
+    before = (ck / "last.npz").read_bytes()
+    capsys.readouterr()
+    code = main(["train", str(MODELS / "mlp.alm"), "--lr", "1e9", "--epochs", "3", "--checkpoint", str(ck),
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("almc: error: the loss became nan at step ") or err.startswith(
+        "almc: error: the loss became inf at step ")
+    assert "(epoch 1)" in err
+    assert (ck / "last.npz").read_bytes() == before
+
+
+def test_a_checkpoint_of_another_model_is_refused(tmp_path, capsys):
+    ck = tmp_path / "ck"
+    assert main(["train", str(MODELS / "logistic.alm"), "--epochs", "1", "--checkpoint", str(ck), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["compile", str(MODELS / "mlp.alm"), "--weights", str(ck / "last.npz"), "-o", str(tmp_path / "x.onnx")]) == 1
+    assert capsys.readouterr().err == (f"{ck / 'last.npz'}: error: the checkpoint has no parameter 'units0/h.dense.weight': "
+                                       "it was saved from another model\n")
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 truncated")
+    assert main(["compile", str(MODELS / "mlp.alm"), "--weights", str(tmp_path / "bad.npz")]) == 1
+    assert "not a readable almc checkpoint" in capsys.readouterr().err
+
+
+def test_compile_from_a_checkpoint(tmp_path, capsys):
+    ck = tmp_path / "ck"
+    m = almc.load(MODELS / "linear_svm.alm")
+    m.train(epochs=1, checkpoint=str(ck))
+    assert main(["compile", str(MODELS / "linear_svm.alm"), "--weights", str(ck / "last.npz"),
+                 "-o", str(tmp_path / "svm.onnx")]) == 0
+    proto = onnx.load(tmp_path / "svm.onnx")
+    w = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    np.testing.assert_array_equal(w["scores.weight"], m.weights["scores.weight"])
+
+
+FROZEN = """
+model M {
+    input x: f32[N, 64]
+    a = dense(x, 16) |> relu
+    b = dense(a, 16) |> relu
+    output logits = dense(b, 10)
+}
+train M {
+    input label: i64[N]
+    minimize mean(cross_entropy(logits, label)) + 1e-3 * l2(weights)
+    optimizer sgd(lr = 0.1, momentum = 0.9)
+    freeze a
+    lr_scale b = 0.5
+    epochs 2
+}
+"""
+
+
+def test_frozen_layers_get_no_gradient_nodes_and_do_not_change():
+    m = almc.load(FROZEN)
+    g, sig = training_step(m.graph)
+    assert "a.dense.weight" not in sig.trainable
+    grads_of_a = [n for n in g.nodes() if n.op in ("gemm",) and "a.dense" in n.id]
+    assert not grads_of_a
+    assert not any(n.op == "parameter" and n.owner == "a.dense" for n in g.nodes())  # not in l2 either
+    start = m.initial_weights()
+    m.train()
+    np.testing.assert_array_equal(m.weights["a.dense.weight"], start["a.dense.weight"])
+    assert not np.array_equal(m.weights["b.dense.weight"], start["b.dense.weight"])
+
+
+def test_lr_scale_scales_the_step():
+    m = almc.load(FROZEN)
+    g, _ = training_step(m.graph)
+    scaled = [n for n in g.nodes() if n.layer == "update/b" and n.op == "mul" and "lr" in n.inputs]
+    assert scaled and {g.node(i).attrs.value for n in scaled for i in n.inputs if g.node(i).op == "constant"} == {0.5}
+
+
+def test_compile_train_writes_the_documented_step(tmp_path, capsys):
+    assert main(["compile", str(MODELS / "lenet.alm"), "--train", "-o", str(tmp_path / "step.onnx")]) == 0
+    proto = onnx.load(tmp_path / "step.onnx")
+    onnx.checker.check_model(proto, full_check=True)
+    ins = [i.name for i in proto.graph.input]
+    outs = [o.name for o in proto.graph.output]
+    assert ins[:3] == ["image", "label", "epoch"]
+    assert "c1.conv.weight" in ins and "momentum.c1.conv.weight" in ins
+    assert outs[:2] == ["loss", "lr"]
+    assert {"grad.c1.conv.weight", "next.c1.conv.weight", "next.momentum.c1.conv.weight"} <= set(outs)
+    assert all(n.domain in ("", "ai.onnx") for n in proto.graph.node)  # standard ONNX only
+
+
+def test_check_grad_command(capsys):
+    assert main(["check", "--grad", str(MODELS / "mlp.alm")]) == 0
+    out = capsys.readouterr().out
+    assert "gradient check (float64, central differences, batch 2):" in out
+    rows = [ln for ln in out.splitlines() if ln.startswith("  units") or ln.startswith("  logits.")]
+    assert len(rows) == 6 and all(float(r.split()[-1]) < 1e-4 for r in rows)
+
+
+def test_diff_modes_lists_dropout_and_batchnorm(capsys):
+    assert main(["diff-modes", str(MODELS / "lenet.alm")]) == 0
+    assert capsys.readouterr().out == "LeNet5: inference and training compute the same nodes\n"
+    assert main(["diff-modes", str(MODELS / "vgg16.alm")]) == 0
+    assert capsys.readouterr().out.count(": dropout(p = 0.5)") == 2
+
+
+def test_training_needs_a_section(capsys, tmp_path):
+    assert main(["train", str(MODELS / "unet.alm"), "--no-progress"]) == 1
+    assert "model UNet has no training section" in capsys.readouterr().err
