@@ -296,9 +296,13 @@ def cmd_train(args) -> int:
                         device=args.device, metrics=args.metrics, checkpoint=args.checkpoint, resume=args.resume,
                         out=args.out, progress=not args.no_progress)
     if args.init:
-        from .train import read_checkpoint
+        from .train import match_weights, read_checkpoint
 
         opts.init, _, _ = read_checkpoint(args.init)
+        _, match = match_weights(m.initial_weights(args.seed), opts.init)
+        print(f"starting from {args.init}: {match.report()}")
+        if not match.loaded:
+            raise UsageError(f"no parameter of {args.init} matches {m.name} by name and shape")
     try:
         metrics = train(m, opts)
     except TrainingStopped as e:

@@ -131,7 +131,7 @@ def train(model, opts: TrainOptions) -> dict:
 
     weights = initialize(graph, opts.seed)
     if opts.init:
-        weights.update(opts.init)
+        weights, _ = match_weights(weights, opts.init)
     state = {name: np.zeros(shape, np.float32) for name, shape in sig.state.items()}
     start_epoch, step, history = 0, 0, []
     ckpt_dir = Path(opts.checkpoint) if opts.checkpoint else None
@@ -149,6 +149,7 @@ def train(model, opts: TrainOptions) -> dict:
     binding = step_sess.io_binding()
     t_start = time.perf_counter()
     examples = 0
+    step_times: list[float] = []
     try:
         for epoch in range(start_epoch, spec.epochs):
             t0 = time.perf_counter()
@@ -174,7 +175,9 @@ def train(model, opts: TrainOptions) -> dict:
                     binding.bind_ortvalue_input(k, v)
                 for name in step_outputs:
                     binding.bind_output(name, dev)
+                t_step = time.perf_counter()
                 step_sess.run_with_iobinding(binding)
+                step_times.append(time.perf_counter() - t_step)
                 outs = dict(zip(step_outputs, binding.get_outputs()))
                 loss = float(outs["loss"].numpy())
                 if not math.isfinite(loss):
@@ -213,7 +216,8 @@ def train(model, opts: TrainOptions) -> dict:
     test_acc = evaluate(eval_sess, final, x_name, x_te, y_te, first_out) if classify and len(x_te) else None
     metrics = {"model": graph.name, "data": ds.describe(), "provider": provider, "optimizer": spec.optimizer,
                "batch": spec.batch, "epochs": history, "test_accuracy": test_acc, "wall_time": wall,
-               "examples_per_second": examples / wall if wall > 0 else None, "seed": opts.seed}
+               "examples_per_second": examples / wall if wall > 0 else None,
+               "median_step_seconds": float(np.median(step_times)) if step_times else None, "seed": opts.seed}
     if opts.metrics:
         atomic_write(opts.metrics, (json.dumps(metrics, indent=2) + "\n").encode())
     if opts.out:
@@ -282,6 +286,40 @@ def read_checkpoint(path) -> tuple[dict, dict, dict]:
     weights = {k[6:]: v for k, v in data.items() if k.startswith("param:")}
     state = {k[6:]: v for k, v in data.items() if k.startswith("state:")}
     return weights, state, meta
+
+
+@dataclass
+class WeightMatch:
+    """How a weights file maps onto a model, by parameter name (fine-tuning, imports)."""
+
+    loaded: list[str]
+    fresh: list[str]  # in the model, not in the file: initialised from the seed
+    mismatched: list[tuple[str, tuple, tuple]]  # (name, shape in the file, shape in the model)
+    unused: list[str]  # in the file, not in the model
+
+    def report(self) -> str:
+        lines = [f"loaded {len(self.loaded)} parameters by name"]
+        lines += [f"  shape mismatch, initialised fresh: {n} is {list(a)} in the file, {list(b)} in the model"
+                  for n, a, b in self.mismatched]
+        lines += [f"  not in the file, initialised fresh: {n}" for n in self.fresh]
+        lines += [f"  in the file, not in the model (skipped): {n}" for n in self.unused]
+        return "\n".join(lines)
+
+
+def match_weights(model_weights: dict, file_weights: dict) -> tuple[dict, WeightMatch]:
+    """Start from the model's own weights and take every file weight of the same name and shape."""
+    out = dict(model_weights)
+    loaded, mismatched = [], []
+    for name, ref in model_weights.items():
+        if name in file_weights:
+            if tuple(file_weights[name].shape) == tuple(ref.shape):
+                out[name] = file_weights[name].astype(np.float32)
+                loaded.append(name)
+            else:
+                mismatched.append((name, tuple(file_weights[name].shape), tuple(ref.shape)))
+    fresh = [n for n in model_weights if n not in file_weights]
+    unused = [n for n in file_weights if n not in model_weights]
+    return out, WeightMatch(loaded, fresh, mismatched, unused)
 
 
 def check_weights(path, graph: Graph, weights: dict, expected: dict) -> None:

@@ -179,3 +179,37 @@ def test_diff_modes_lists_dropout_and_batchnorm(capsys):
 def test_training_needs_a_section(capsys, tmp_path):
     assert main(["train", str(MODELS / "unet.alm"), "--no-progress"]) == 1
     assert "model UNet has no training section" in capsys.readouterr().err
+
+
+FINETUNE = (MODELS / "lenet.alm").read_text().split("# Training as in the course")[0] + """
+train LeNet5 {
+    input label: i64[N]
+    minimize mean(cross_entropy(logits, label))
+    optimizer sgd(lr = 0.05, momentum = 0.9)
+    freeze c1, c3
+    lr_scale c5, f6 = 0.1
+    classes 3, 8
+    epochs 2
+    batch 32
+}
+"""
+
+
+def test_fine_tuning_replaces_the_head_and_reports_what_was_loaded(tmp_path, capsys):
+    ck = tmp_path / "pre"
+    assert main(["train", str(MODELS / "lenet.alm"), "--epochs", "1", "--checkpoint", str(ck), "--no-progress"]) == 0
+    (tmp_path / "ft.alm").write_text(FINETUNE)
+    capsys.readouterr()
+    assert main(["train", str(tmp_path / "ft.alm"), "-D", "classes=2", "--init", str(ck / "last.npz"),
+                 "--no-progress", "--checkpoint", str(tmp_path / "ft")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"starting from {ck / 'last.npz'}: loaded 8 parameters by name\n"
+                          "  shape mismatch, initialised fresh: logits.weight is [10, 84] in the file, [2, 84] in the model\n"
+                          "  shape mismatch, initialised fresh: logits.bias is [10] in the file, [2] in the model\n")
+    from almc.train import read_checkpoint
+
+    pre, _, _ = read_checkpoint(ck / "last.npz")
+    tuned, _, _ = read_checkpoint(tmp_path / "ft" / "last.npz")
+    np.testing.assert_array_equal(tuned["c1.conv.weight"], pre["c1.conv.weight"])  # frozen
+    assert not np.array_equal(tuned["c5.dense.weight"], pre["c5.dense.weight"])  # tuned at a tenth of the rate
+    assert tuned["logits.weight"].shape == (2, 84)

@@ -316,7 +316,8 @@ class Body:
         return outs[0] if n_out == 1 else outs
 
     def output(self, value, s, dims):
-        nm = self("Identity", value)  # a fresh name: a body output must not be a body input
+        nm = self.name(s)  # a fresh name: a body output must not be a body input
+        self.nodes.append(helper.make_node("Identity", [value], [nm], name=nm))
         self.outputs.append(helper.make_tensor_value_info(nm, self.elem, list(dims)))
 
     def graph(self):

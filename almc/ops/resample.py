@@ -270,13 +270,116 @@ def up_reference(xs, p, a):
     return y.astype(x.dtype)
 
 
+# upsample is linear in x, so its gradient is its transpose: nearest sums each scale block;
+# linear spreads every output gradient back onto the two sources it interpolated.
+
+def up_grad(d, n, gy):
+    scale, _ = up_geometry(d.type(n.inputs[0]), n.attrs)
+    return [d.op("upsample_grad", [gy], {"scale": tuple(scale), "mode": n.attrs.mode})], {}
+
+
+def _up_grad_shape(types, a):
+    (g,) = types
+    if g.rank != len(a.scale) + 2:
+        raise ShapeError(f"upsample_grad: {g} does not have {len(a.scale)} spatial axes")
+    size = known_spatial(g, "upsample_grad")
+    for L, s in zip(size, a.scale):
+        if s <= 0 or L % s:
+            raise ShapeError(f"upsample_grad: spatial size {L} is not a multiple of the scale {s}")
+    return g.with_dims((*g.dims[:2], *(L // s for L, s in zip(size, a.scale))))
+
+
+def lerp_matrix(L: int, s: int) -> np.ndarray:
+    """[L * s, L]: row j holds the weights linear upsampling (half-pixel, edge-clamped) gives
+    the L sources for output j."""
+    src = np.clip((np.arange(L * s) + 0.5) / s - 0.5, 0, L - 1)
+    i0 = np.floor(src).astype(np.int64)
+    i1 = np.minimum(i0 + 1, L - 1)
+    frac = src - i0
+    m = np.zeros((L * s, L))
+    rows = np.arange(L * s)
+    np.add.at(m, (rows, i0), 1 - frac)
+    np.add.at(m, (rows, i1), frac)
+    return m
+
+
+def _up_grad_lower(g, ins, p, a, types, out):
+    (gy,) = ins
+    size = types[0].dims[2:]
+    n = len(size)
+    small = [L // s for L, s in zip(size, a.scale)]
+    if a.mode == "nearest":  # [N, C, H*s, W*t] -> [N, C, H, s, W, t], summed over s and t
+        blocks = [v for L, s in zip(small, a.scale) for v in (L, s)]
+        split = g.node("Reshape", [gy, g.const("blocks", [0, 0, *blocks], np.int64)])
+        return g.node("ReduceSum", [split, g.const("axes", [3 + 2 * i for i in range(n)], np.int64)], keepdims=0,
+                      out=g.out)
+    # linear: per axis, a MatMul by the interpolation matrix [L * s, L] along that axis
+    axes = [i for i in range(n) if a.scale[i] > 1]
+    y = gy
+    if not axes:
+        return g.node("Identity", [gy], out=g.out)
+    last = 2 + n - 1
+    for k, i in enumerate(axes):
+        ax = 2 + i
+        perm = list(range(n + 2))
+        perm[ax], perm[last] = perm[last], perm[ax]
+        final = k == len(axes) - 1
+        m = g.const(f"lerp{i}", lerp_matrix(small[i], a.scale[i]))
+        if ax == last:
+            y = g.node("MatMul", [y, m], out=g.out if final else None)
+        else:
+            moved = g.node("MatMul", [g.node("Transpose", [y], perm=perm), m])
+            y = g.node("Transpose", [moved], perm=perm, out=g.out if final else None)
+    return y
+
+
+def _up_grad_reference(xs, p, a):
+    (gy,) = xs
+    gx = gy
+    for i, s in enumerate(a.scale):
+        axis = 2 + i
+        L = gx.shape[axis] // s
+        moved = np.moveaxis(gx, axis, 0)  # [L * s, ...]
+        acc = np.zeros((L, *moved.shape[1:]), dtype=gy.dtype)
+        for j in range(L * s):  # output j came from source floor(j / s), or from two sources mixed
+            if a.mode == "nearest":
+                acc[j // s] += moved[j]
+                continue
+            pos = min(max((j + 0.5) / s - 0.5, 0.0), L - 1.0)
+            lo = int(np.floor(pos))
+            hi = min(lo + 1, L - 1)
+            acc[lo] += (1 - (pos - lo)) * moved[j]
+            acc[hi] += (pos - lo) * moved[j]
+        gx = np.moveaxis(acc, 0, axis)
+    return gx
+
+
+register(Op(
+    name="upsample_grad", inputs=("g",),
+    attrs=(Attr("scale", "any"), Attr("mode", "str", "nearest", ("nearest", "linear"))),
+    shape=_up_grad_shape, lower=_up_grad_lower, reference=_up_grad_reference, category="gradient",
+    doc="Gradient of upsample: the sum over each scale block (nearest), or the transpose of the "
+        "interpolation (linear: each output gradient goes back to its two sources by their weights).",
+    examples=(
+        ((("f32", (2, 3, 8, 8)),), dict(scale=(2, 2))),
+        ((("f32", (2, 3, 9, 9)),), dict(scale=(3, 3))),
+        ((("f32", (1, 2, 2, 6, 12)),), dict(scale=(1, 2, 3))),
+        ((("f32", (2, 3, 8, 15)),), dict(scale=(2, 3), mode="linear")),
+        ((("f32", (2, 2, 15)),), dict(scale=(3,), mode="linear")),
+        ((("f32", (1, 2, 4, 6, 8)),), dict(scale=(2, 2, 2), mode="linear")),
+        ((("f32", (2, 2, 4, 6)),), dict(scale=(1, 2), mode="linear")),
+        ((("f32", (2, 2, 4, 3)),), dict(scale=(1, 1), mode="linear")),
+    ),
+))
+
+
 register(Op(
     name="upsample", inputs=("x",),
     attrs=(Attr("scale", "ints", 2, doc="integer factor, an int or one per spatial axis"),
            Attr("mode", "str", "nearest", ("nearest", "linear"),
                 doc="nearest copies (PyTorch nearest); linear interpolates (align_corners = false)")),
     shape=lambda types, a: types[0].with_dims((*types[0].dims[:2], *up_geometry(types[0], a)[1])),
-    lower=up_lower, reference=up_reference,
+    lower=up_lower, reference=up_reference, grad=up_grad,
     macs=lambda types, out, a: 0 if a.mode == "nearest" else out.per_example() * (types[0].rank - 2),
     window=lambda types, a: [Window(1 if a.mode == "nearest" else 2, s, transposed=True)
                              for s in up_geometry(types[0], a)[0]],
@@ -289,6 +392,7 @@ register(Op(
         ((("f32", (2, 3, 4, 5)),), dict(scale=(2, 3), mode="linear")),
         ((("f32", (2, 2, 5)),), dict(scale=3, mode="linear")),
         ((("f32", (1, 2, 2, 3, 4)),), dict(mode="linear")),
+        ((("f32", (2, 2, 1, 3)),), dict(scale=(3, 1), mode="linear")),
     ),
 ))
 
@@ -353,13 +457,60 @@ def center_crop_cuts(types, a):
 CROP_DOC = (" Start per axis = round((in - out) / 2) with Python's half-to-even rounding, exactly "
             "torchvision.transforms.functional.center_crop (so (in - out) = 3 starts at 2, 5 at 2, 7 at 4).")
 
+# Cropping keeps a window of x: its gradient is the output gradient put back in place, with
+# zeros where x was cut away. `like` only lends its size: it gets no gradient.
+
+def crop_grad_rule(cuts_of):
+    def grad(d, n, gy):
+        x = n.inputs[0]
+        xt = d.type(x)
+        types = [d.type(i) for i in n.inputs]
+        cut = {axis: (s, e) for axis, s, e in cuts_of(types, n.attrs)}
+        if not cut:
+            return [gy] + [None] * (len(n.inputs) - 1), {}
+        pads = tuple((cut[ax][0], xt.dims[ax] - cut[ax][1]) if ax in cut else (0, 0) for ax in range(2, xt.rank))
+        return [d.op("crop_grad", [gy], {"pads": pads})] + [None] * (len(n.inputs) - 1), {}
+    return grad
+
+
+def _crop_grad_shape(types, a):
+    (g,) = types
+    if g.rank != len(a.pads) + 2:
+        raise ShapeError(f"crop_grad: {g} does not have {len(a.pads)} spatial axes")
+    dims = list(g.dims)
+    for i, (b, e) in enumerate(a.pads):
+        if b < 0 or e < 0:
+            raise ShapeError(f"crop_grad pads must not be negative, got {a.pads}")
+        if b or e:
+            if isinstance(dims[2 + i], str):
+                raise ShapeError(f"crop_grad needs known sizes on the padded axes, got {g}")
+            dims[2 + i] += b + e
+    return g.with_dims(dims)
+
+
+register(Op(
+    name="crop_grad", inputs=("g",), attrs=(Attr("pads", "any", doc="(begin, end) zeros per spatial axis"),),
+    shape=_crop_grad_shape,
+    lower=lambda g, ins, p, a, types, out: g.node(
+        "Pad", [ins[0], g.const("pads", [0, 0, *(b for b, _ in a.pads), 0, 0, *(e for _, e in a.pads)], np.int64)],
+        out=g.out, mode="constant"),
+    reference=lambda xs, p, a: np_pad(xs[0], a.pads),
+    category="gradient", doc="Gradient of crop and center_crop: the gradient padded back with zeros (ONNX Pad).",
+    examples=(
+        ((("f32", (2, 3, 4, 6)),), dict(pads=((2, 3), (1, 2)))),
+        ((("f32", (2, 4, 4)),), dict(pads=((2, 1),))),
+        ((("f32", (1, 2, 5, 3, 2)),), dict(pads=((0, 0), (2, 1), (2, 3)))),
+    ),
+))
+
+
 register(Op(
     name="crop", inputs=("x", "like"),
     shape=lambda types, a: crop_dims(types[0], crop_cuts(types, a)),
     lower=lambda g, ins, p, a, types, out: slice_lower(g, ins[0], crop_cuts(types, a)),
     reference=lambda xs, p, a: slice_reference(
         xs[0], crop_cuts([TensorType("f32", xs[0].shape), TensorType("f32", xs[1].shape)], a)),
-    category="shape",
+    category="shape", grad=crop_grad_rule(crop_cuts), grad_inputs=(0,),
     doc="Centre crop of x's spatial axes to the spatial size of `like` (U-Net skip connections); "
         "batch and channels are kept (ONNX Slice)." + CROP_DOC,
     examples=(
@@ -374,7 +525,7 @@ register(Op(
     shape=lambda types, a: crop_dims(types[0], center_crop_cuts(types, a)),
     lower=lambda g, ins, p, a, types, out: slice_lower(g, ins[0], center_crop_cuts(types, a)),
     reference=lambda xs, p, a: slice_reference(xs[0], center_crop_cuts([TensorType("f32", xs[0].shape)], a)),
-    category="shape",
+    category="shape", grad=crop_grad_rule(center_crop_cuts),
     doc="Centre crop of the spatial axes to `size`; batch and channels are kept (ONNX Slice)." + CROP_DOC,
     examples=(
         ((("f32", (2, 3, 10, 10)),), dict(size=6)),
