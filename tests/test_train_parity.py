@@ -138,3 +138,28 @@ train M { input label: i64[N]
     close(out["loss"], loss.item(), "loss")
     for k in w:
         close(out[f"grad.{k}"], tw[k].grad.numpy(), k)
+
+
+@pytest.mark.parametrize("name,cls", [("lstm", "LSTM"), ("gru", "GRU"), ("rnn", "RNN")])
+def test_recurrent_classifier_step_matches_pytorch(name, cls):
+    m = almc.load(ROOT / "models" / f"{name}.alm", hidden=6, features=5)
+    rng = np.random.default_rng(2)
+    w = {k: (v + rng.standard_normal(v.shape) * 0.1).astype(np.float32) for k, v in m.initial_weights(0).items()}
+    x = rng.standard_normal((4, 7, 5)).astype(np.float32)
+    y = rng.integers(0, 10, 4)
+    out, _ = almc_step(m, {"seq": x, "label": y}, w)
+    rec = getattr(torch.nn, cls)(5, 6, batch_first=True).double()
+    prefix = next(k for k in w if k.endswith("weight_ih")).rsplit(".", 1)[0]
+    with torch.no_grad():
+        for p in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(rec, f"{p}_l0").copy_(torch.tensor(w[f"{prefix}.{p}"]))
+    head_w = torch.tensor(w["logits.weight"], dtype=torch.float64, requires_grad=True)
+    head_b = torch.tensor(w["logits.bias"], dtype=torch.float64, requires_grad=True)
+    seq, _ = rec(torch.tensor(x, dtype=torch.float64))
+    loss = F.cross_entropy(F.linear(seq[:, -1], head_w, head_b), torch.tensor(y))
+    loss.backward()
+    close(out["loss"], loss.item(), "loss")
+    for p in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+        close(out[f"grad.{prefix}.{p}"], getattr(rec, f"{p}_l0").grad.numpy(), p)
+    close(out["grad.logits.weight"], head_w.grad.numpy(), "head")
+    close(out["grad.logits.bias"], head_b.grad.numpy(), "head bias")

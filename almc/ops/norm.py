@@ -393,6 +393,13 @@ def lrn_grad(d, n, gy):
     return [d.op("lrn_grad", [gy, n.inputs[0]], {"size": a.size, "alpha": a.alpha, "beta": a.beta, "k": a.k})], {}
 
 
+def _lrn_grad_shape(types, a):
+    gy, x = types
+    if tuple(gy.dims) != tuple(x.dims):
+        raise ShapeError(f"lrn_grad: the gradient {gy} and x {x} differ")
+    return lrn_shape([x], a)
+
+
 def _lrn_grad_lower(g, ins, p, a, types, out):
     """Channel-window sums as a Conv with a ones kernel over [N, 1, C, rest] (C known, the rest any)."""
     gy, x = ins
@@ -432,7 +439,7 @@ def _lrn_grad_reference(xs, p, a):
 register(Op(
     name="lrn_grad", inputs=("g", "x"),
     attrs=(Attr("size", "int", 5), Attr("alpha", "float", 1e-4), Attr("beta", "float", 0.75), Attr("k", "float", 2.0)),
-    shape=lambda types, a: (lrn_shape(types[1:], a), types[1])[1],
+    shape=_lrn_grad_shape,
     lower=_lrn_grad_lower, reference=_lrn_grad_reference, category="gradient",
     doc="Gradient of lrn with respect to x: g D^-beta - 2 alpha beta / size * x * "
         "(window sum of g x D^(-beta-1)), D = k + alpha / size * (window sum of x^2).",
