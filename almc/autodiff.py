@@ -96,7 +96,7 @@ def _read_params(graph: Graph, node: Node):
     ps = node_params(graph, node)
     if node.op == PARAMETER:
         return [x for x in ps if x[0] == node.attrs.name]
-    return ps if node.owner is None else []
+    return ps  # its own, or its owner's (batchnorm_train normalises with the inference node's weight)
 
 
 def differentiate(graph: Graph, loss: str, trainable: list[str], inputs=()) -> tuple[Graph, dict[str, str]]:

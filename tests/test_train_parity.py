@@ -163,3 +163,56 @@ def test_recurrent_classifier_step_matches_pytorch(name, cls):
         close(out[f"grad.{prefix}.{p}"], getattr(rec, f"{p}_l0").grad.numpy(), p)
     close(out["grad.logits.weight"], head_w.grad.numpy(), "head")
     close(out["grad.logits.bias"], head_b.grad.numpy(), "head bias")
+
+
+BLOCK = """import "std/resnet.alm"
+model Block {
+    input x: f32[N, 4, 6, 6]
+    y = basic_block(x, 8, 2)
+    output logits = global_avgpool(y) |> flatten |> dense(3)
+}
+train Block {
+    input label: i64[N]
+    minimize mean(cross_entropy(logits, label)) + 1e-3 * l2(weights)
+    optimizer sgd(lr = 0.1, momentum = 0.9)
+}
+"""
+
+
+def test_resnet_basic_block_with_batch_norm_matches_pytorch():
+    m = almc.load(BLOCK)
+    rng = np.random.default_rng(4)
+    w = {k: (v + rng.standard_normal(v.shape) * 0.1).astype(np.float32) for k, v in m.initial_weights(0).items()}
+    for k in w:
+        if k.endswith("running_var"):
+            w[k] = np.abs(w[k]) + 0.5
+    x = rng.standard_normal((5, 4, 6, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 5)
+    out, _ = almc_step(m, {"x": x, "label": y}, w)
+    t = {k: torch.tensor(v, dtype=torch.float64, requires_grad=not k.endswith(("running_mean", "running_var")))
+         for k, v in w.items()}
+    bns = {}
+
+    def conv_bn(h, conv, bn, stride, pad):
+        h = F.conv2d(h, t[f"{conv}.weight"], stride=stride, padding=pad)
+        rm, rv = t[f"{bn}.running_mean"].clone(), t[f"{bn}.running_var"].clone()
+        h = F.batch_norm(h, rm, rv, t[f"{bn}.weight"], t[f"{bn}.bias"], training=True, momentum=0.1, eps=1e-5)
+        bns[bn] = (rm, rv)
+        return h
+
+    xt = torch.tensor(x, dtype=torch.float64)
+    h = F.relu(conv_bn(xt, "y/conv1.conv_bn.conv", "y/conv1.conv_bn.batchnorm", 2, 1))
+    h = conv_bn(h, "y/conv2.conv", "y/conv2", 1, 1)
+    s = conv_bn(xt, "y.shortcut.conv_bn.conv", "y.shortcut.conv_bn.batchnorm", 2, 0)
+    h = F.relu(h + s).mean(dim=(2, 3))
+    logits = F.linear(h, t["logits.weight"], t["logits.bias"])
+    loss = F.cross_entropy(logits, torch.tensor(y)) + 1e-3 * sum(
+        (v ** 2).sum() for k, v in t.items() if k.endswith("conv.weight") or k == "logits.weight")
+    loss.backward()
+    close(out["loss"], loss.item(), "loss")
+    trainable = [k for k in w if not k.endswith(("running_mean", "running_var"))]
+    for k in trainable:
+        close(out[f"grad.{k}"], t[k].grad.numpy(), f"grad.{k}")
+    for bn, (rm, rv) in bns.items():  # the running statistics, updated as PyTorch updates them
+        close(out[f"next.{bn}.running_mean"], rm.numpy(), f"{bn}.running_mean")
+        close(out[f"next.{bn}.running_var"], rv.numpy(), f"{bn}.running_var")
