@@ -8,8 +8,9 @@ ordinary graph nodes. The resulting graph lowers to one standard ONNX model:
              after this step, fractional), `step` (0, 1, ...), every parameter and
              buffer under its inference name, the optimiser state
              (`momentum.P` for SGD with momentum, `adam_m.P` and `adam_v.P` for Adam)
-    outputs: `loss`, `lr`, `grad.P` per trainable parameter, `next.P` and `next.S`
-             for every updated parameter and state tensor
+    outputs: `loss`, `lr`, `output.O` (the model's first output on this batch),
+             `grad.P` per trainable parameter, `next.P` and `next.S` for every
+             updated parameter and state tensor
 
 docs/training.md documents the interface; `almc train` drives it.
 """
@@ -111,6 +112,8 @@ def training_step(graph: Graph) -> tuple[Graph, StepSignature]:
     lr = d.op("lr_schedule", [epoch], {"kind": spec.schedule, "lr": spec.opt["lr"], "epochs": float(spec.epochs),
                                        **{k: v for k, v in spec.sched.items()}}, name="lr")
     outputs = {"loss": spec.loss, "lr": lr}
+    first = next(iter(graph.outputs))  # the model's first output, for the running training accuracy
+    outputs[f"output.{first}"] = graph.outputs[first]
     for full in trainable:
         owner, local = full.rsplit(".", 1)
         d.cur = g.node(owner)

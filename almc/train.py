@@ -188,19 +188,24 @@ def train(model, opts: TrainOptions) -> dict:
                 for name, out in sig.updates.items():
                     values[name] = outs[out]
                 losses.append(loss * len(xb))
+                if classify:
+                    correct += predictions_correct(outs[f"output.{first_out}"].numpy(), yb)
                 seen += len(xb)
                 step += 1
                 examples += len(xb)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{sum(losses) / seen:.4f}", ex_s=f"{seen / (time.perf_counter() - t0):,.0f}")
+                    bar.set_postfix(loss=f"{sum(losses) / seen:.4f}", **({"acc": f"{correct / seen:.4f}"} if classify else {}),
+                                    ex_s=f"{seen / (time.perf_counter() - t0):,.0f}")
             current = _current(values, frozen_values, weights)
             val_acc = evaluate(eval_sess, current, x_name, x_va, y_va, first_out) if classify and len(x_va) else None
             record = {"epoch": epoch + 1, "train_loss": sum(losses) / seen,
+                      "train_accuracy": correct / seen if classify else None,
                       "val_accuracy": val_acc, "seconds": time.perf_counter() - t0}
             history.append(record)
             if bar is not None:
                 bar.set_postfix(loss=f"{record['train_loss']:.4f}",
+                                **({"acc": f"{record['train_accuracy']:.4f}"} if classify else {}),
                                 val_acc=f"{val_acc:.4f}" if val_acc is not None else "-")
                 bar.close()
             if ckpt_dir is not None:

@@ -24,7 +24,8 @@ def test_lenet_reaches_98_percent_on_the_digits(tmp_path):
     assert metrics["test_accuracy"] >= 0.98
     saved = json.loads((tmp_path / "m.json").read_text())
     assert saved["test_accuracy"] == metrics["test_accuracy"] and len(saved["epochs"]) == 20
-    assert set(saved["epochs"][0]) == {"epoch", "train_loss", "val_accuracy", "seconds"}
+    assert set(saved["epochs"][0]) == {"epoch", "train_loss", "train_accuracy", "val_accuracy", "seconds"}
+    assert saved["epochs"][-1]["train_accuracy"] > 0.95
     assert saved["epochs"][-1]["train_loss"] < saved["epochs"][0]["train_loss"]
 
 
@@ -156,7 +157,7 @@ def test_compile_train_writes_the_documented_step(tmp_path, capsys):
     outs = [o.name for o in proto.graph.output]
     assert ins[:3] == ["image", "label", "epoch"]
     assert "c1.conv.weight" in ins and "momentum.c1.conv.weight" in ins
-    assert outs[:2] == ["loss", "lr"]
+    assert outs[:3] == ["loss", "lr", "output.logits"]
     assert {"grad.c1.conv.weight", "next.c1.conv.weight", "next.momentum.c1.conv.weight"} <= set(outs)
     assert all(n.domain in ("", "ai.onnx") for n in proto.graph.node)  # standard ONNX only
 
