@@ -330,7 +330,15 @@ def cmd_ops(args) -> int:
 COMMANDS = {"ops": cmd_ops, "train": cmd_train, "diff-modes": cmd_diff_modes, "check": cmd_check, "summary": cmd_summary, "compile": cmd_compile, "run": cmd_run, "graph": cmd_graph}
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM unwinds like Ctrl-C: temporary files are removed, nothing half-written
+
+
 def main(argv=None) -> int:
+    if argv is None:  # the console script: a SIGTERM should clean up like Ctrl-C does
+        import signal
+
+        signal.signal(signal.SIGTERM, _terminate)
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))

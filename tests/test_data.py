@@ -627,17 +627,3 @@ def test_batches_bad_arguments():
         data.batches(np.zeros(3), np.zeros(3), 0, None)
     with pytest.raises(ValueError, match="x has 3 examples but y has 2"):
         data.batches(np.zeros(3), np.zeros(2), 1, None)
-
-
-# ---------------------------------------------------------------- speed
-
-
-def test_digits_load_and_resize_is_fast():
-    import time
-
-    data.load("digits")  # warm the import caches
-    start = time.perf_counter()
-    ds = data.load("digits", seed=1)
-    for x in (ds.x_train, ds.x_val, ds.x_test):
-        assert data.fit_input(x, (1, 32, 32)).shape[1:] == (1, 32, 32)
-    assert time.perf_counter() - start < 0.5

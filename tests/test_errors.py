@@ -162,3 +162,32 @@ def test_api_raises_alm_error_with_every_diagnostic():
         almc.load("model M {\n input x: f32[N, 2]\n a = relu(q)\n b = relu(r)\n output y = x\n}")
     assert [(d.span.line, d.message) for d in e.value.diagnostics if d.severity == "error"] == [
         (3, "undefined name 'q'"), (4, "undefined name 'r'")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_an_interrupted_compile_leaves_no_partial_file_and_keeps_the_old_one(tmp_path, sig):
+    """Interrupt `almc compile` of VGG-16 (550 MB of weights) while it writes its output."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "vgg.onnx"
+    out.write_bytes(b"precious")
+    root = __import__("pathlib").Path(__file__).resolve().parent.parent
+    p = subprocess.Popen([sys.executable, "-c", "import sys; from almc.cli import main; sys.exit(main(None))",
+                          "compile", str(root / "models" / "vgg16.alm"), "-o", str(out)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(f.name.endswith(".tmp") for f in tmp_path.iterdir()):
+        if p.poll() is not None:
+            break
+        time.sleep(0.002)
+    assert p.poll() is None, "the compile ended before it started writing"
+    p.send_signal(getattr(signal, sig))
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130
+    assert err.strip() == "almc: interrupted; nothing was written"
+    assert out.read_bytes() == b"precious"
+    assert [f.name for f in tmp_path.iterdir()] == ["vgg.onnx"]

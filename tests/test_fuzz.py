@@ -16,7 +16,8 @@ from almc.errors import AlmError
 from almc.parse import parser
 
 MODELS = sorted((Path(__file__).resolve().parent.parent / "models").glob("*.alm"))
-FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
+# each example must finish within 5 s: a hang fails the test instead of stalling CI
+FUZZ = settings(max_examples=150, deadline=5000, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
@@ -75,7 +76,7 @@ def mutated_model(draw):
     return text
 
 
-@settings(max_examples=200, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=5000, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_model())
 def test_mutated_course_models(text):
     if 'import "std/' in text or "import" not in text:
