@@ -98,7 +98,9 @@ class Builder:
 
     # -- errors -----------------------------------------------------------
     def err(self, message, span, hint=None, notes=()):
-        self.c.error(message, span, hint, notes)
+        # inside a block, say which call led here (innermost first)
+        chain = tuple(f"in block {name}, called at {where}" for name, where in reversed(self.calls))
+        self.c.error(message, span, hint, tuple(notes) + chain)
         return POISON
 
     def source_text(self, span: Span) -> str:

@@ -77,6 +77,8 @@ class Collector:
     sources: dict[str, str] = field(default_factory=dict)
 
     def error(self, message: str, span: Span = UNKNOWN, hint: str | None = None, notes=()) -> None:
+        if any(d.message == message and d.span == span for d in self.diagnostics):
+            return  # the same mistake reached again (a block called in a loop): report it once
         self.diagnostics.append(Diagnostic(message, span, hint, "error", tuple(notes)))
 
     def warning(self, message: str, span: Span = UNKNOWN, hint: str | None = None) -> None:
