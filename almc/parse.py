@@ -22,7 +22,11 @@ MAX_NESTING = 200  # brackets deeper than this are refused before parsing
 @lru_cache(maxsize=1)
 def parser() -> Lark:
     text = resources.files("almc.grammar").joinpath("alm.lark").read_text()
-    return Lark(text, parser="lalr", lexer="basic", propagate_positions=True, maybe_placeholders=True, cache=False)
+    options = dict(parser="lalr", lexer="basic", propagate_positions=True, maybe_placeholders=True)
+    try:  # building the LALR tables takes ~0.1 s; Lark caches them by grammar hash in the temp folder
+        return Lark(text, cache=True, **options)
+    except OSError:
+        return Lark(text, **options)
 
 
 def read_source(path: str | Path, shown: str | None = None) -> str:
