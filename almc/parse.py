@@ -19,9 +19,13 @@ from .errors import AlmError, Diagnostic, Span
 MAX_NESTING = 200  # brackets deeper than this are refused before parsing
 
 
+def grammar_text() -> str:
+    return resources.files("almc.grammar").joinpath("alm.lark").read_text()
+
+
 @lru_cache(maxsize=1)
 def parser() -> Lark:
-    text = resources.files("almc.grammar").joinpath("alm.lark").read_text()
+    text = grammar_text()
     options = dict(parser="lalr", lexer="basic", propagate_positions=True, maybe_placeholders=True)
     try:  # building the LALR tables takes ~0.1 s; Lark caches them by grammar hash in the temp folder
         return Lark(text, cache=True, **options)
