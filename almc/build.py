@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from . import syntax as s
 from .errors import Collector, ShapeError, Span
 from .graph import INPUT, Graph, Node
+from .ops.attrs import describe_value
 from .ops.registry import Attrs, all_ops, lookup, resolve_attrs, signature
 from .shapes import infer_node
 from .types import DTYPES, TensorType
@@ -56,19 +57,12 @@ def _poisoned(*vals) -> bool:
 
 
 def describe(v) -> str:
+    """A value as an error message names it: "the integer 3", "a tensor"."""
     if isinstance(v, Tensor):
         return "a tensor"
-    if isinstance(v, bool):
-        return f"the boolean {str(v).lower()}"
-    if isinstance(v, int):
-        return f"the integer {v}"
-    if isinstance(v, float):
-        return f"the number {v!r}"
-    if isinstance(v, str):
-        return f'the string "{v}"'
     if isinstance(v, tuple):
         return "a list"
-    return type(v).__name__
+    return describe_value(v)
 
 
 @dataclass

@@ -35,7 +35,7 @@ def test_all_independent_errors_are_reported_in_order(write, capsys, monkeypatch
     assert code == 1
     lines = [ln for ln in err.splitlines() if ": error: " in ln]
     assert lines == ["m.alm:3:11: error: undefined name 'q'",
-                     "m.alm:4:15: error: dense's argument 'units' expects an integer, got the float 2.5"]
+                     "m.alm:4:15: error: dense's argument 'units' expects an integer, got the number 2.5"]
     assert err.rstrip().endswith("2 errors")  # c = relu(a) follows from the first error: not reported
 
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 from .registry import Attr
 
 
-def _describe(v) -> str:
+def describe_value(v) -> str:
     if isinstance(v, bool):
         return f"the boolean {str(v).lower()}"
     if isinstance(v, int):
         return f"the integer {v}"
     if isinstance(v, float):
-        return f"the float {v!r}"
+        return f"the number {v!r}"
     if isinstance(v, str):
         return f'the string "{v}"'
     if isinstance(v, tuple):
@@ -34,7 +34,7 @@ def format_value(v) -> str:
 
 def _int(v, what):
     if isinstance(v, bool) or not isinstance(v, int):
-        raise TypeError(f"{what} expects an integer, got {_describe(v)}")
+        raise TypeError(f"{what} expects an integer, got {describe_value(v)}")
     return v
 
 
@@ -49,19 +49,19 @@ def _ints(v, what):
 
 def _float(v, what):
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise TypeError(f"{what} expects a number, got {_describe(v)}")
+        raise TypeError(f"{what} expects a number, got {describe_value(v)}")
     return float(v)
 
 
 def _bool(v, what):
     if not isinstance(v, bool):
-        raise TypeError(f"{what} expects true or false, got {_describe(v)}")
+        raise TypeError(f"{what} expects true or false, got {describe_value(v)}")
     return v
 
 
 def _str(v, what):
     if not isinstance(v, str):
-        raise TypeError(f"{what} expects a string, got {_describe(v)}")
+        raise TypeError(f"{what} expects a string, got {describe_value(v)}")
     return v
 
 
@@ -69,7 +69,7 @@ def _pad(v, what):
     """int | (p, p, ...) per axis | ((begin, end), ...) per side | "same" | "valid"."""
     if isinstance(v, str):
         if v not in ("same", "valid"):
-            raise TypeError(f'{what} expects an integer, a tuple, "same" or "valid", got {_describe(v)}')
+            raise TypeError(f'{what} expects an integer, a tuple, "same" or "valid", got {describe_value(v)}')
         return v
     if isinstance(v, tuple):
         if v and all(isinstance(x, tuple) for x in v):
