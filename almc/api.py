@@ -52,13 +52,19 @@ class Model:
 
         return initialize(self.graph, self.seed if seed is None else seed)
 
-    def compile(self, seed: int | None = None, check_runtime: bool = True):
-        """Lower to an onnx.ModelProto (trained weights if there are any, else initialised from the seed)."""
+    def compile(self, seed: int | None = None, check_runtime: bool = True, fold: bool = True):
+        """Lower to an onnx.ModelProto (trained weights if there are any, else initialised from the seed).
+        `fold` folds each batch norm into the conv or dense layer before it (inference computes the same)."""
         from .lower import OPSET, check as onnx_check, lower
         from .support import ensure_supported
 
         seed = self.seed if seed is None else seed
-        model = lower(self.graph, self.weights, seed)
+        graph, weights = self.graph, self.weights if self.weights is not None else self.initial_weights(seed)
+        if fold:
+            from .fold import fold_batchnorm
+
+            graph, weights = fold_batchnorm(graph, weights)
+        model = lower(graph, weights, seed)
         onnx_check(model)
         if check_runtime:
             ensure_supported(model, OPSET)

@@ -70,6 +70,8 @@ def build_parser() -> Parser:
     co.add_argument("--seed", type=int, default=0, help="seed of the parameter initialisation (default 0)")
     co.add_argument("--train", action="store_true", help="write the training step (see docs/training.md)")
     co.add_argument("--weights", metavar="CKPT", help="export with the weights of an almc checkpoint")
+    co.add_argument("--no-fold", action="store_true",
+                    help="keep batch norm as its own node (by default it is folded into the conv before it)")
 
     t = sub.add_parser("train", help="train with the model's training section, in onnxruntime")
     model_options(t)
@@ -102,6 +104,26 @@ def build_parser() -> Parser:
     g = sub.add_parser("graph", help="draw the graph with the shapes on its edges (.dot, .svg, .png)")
     model_options(g)
     g.add_argument("-o", "--output", required=True, help="out.dot, out.svg or out.png")
+
+    w = sub.add_parser("weights", help="import PyTorch / ONNX weights into an almc checkpoint, or export one")
+    ws = w.add_subparsers(dest="weights_command", parser_class=Parser)
+    names = ("auto", "almc", "torchvision", "c3d", "pytorch")  # almc/weights.py's SCHEMES; models/README.md
+    wi = ws.add_parser("import", help="map a state_dict (.npz, .pt) or ONNX initializers onto the model")
+    model_options(wi)
+    wi.add_argument("weights", help="a state_dict as .npz or .pt / .pth (torch.load weights_only), or an .onnx")
+    wi.add_argument("-o", "--output", required=True, metavar="CKPT", help="the almc checkpoint to write (.npz)")
+    wi.add_argument("--names", choices=names, default="auto",
+                    help="the file's parameter names (default: by model; almc's own names always match)")
+    wi.add_argument("--seed", type=int, default=0, help="seed of the parameters the file does not have")
+    wi.add_argument("--strict", action="store_true",
+                    help="refuse unless every parameter loads and every array is used")
+    we = ws.add_parser("export", help="write a checkpoint's parameters as .npz (almc or PyTorch names)")
+    we.add_argument("checkpoint", help="an almc checkpoint")
+    we.add_argument("-o", "--output", required=True, metavar="OUT.npz")
+    we.add_argument("--names", choices=names, default="almc", help="name scheme (default almc); others need --alm")
+    we.add_argument("--alm", metavar="FILE.alm", help="the model the checkpoint belongs to")
+    we.add_argument("--model", help="which model, when the file defines several")
+    we.add_argument("-D", "--set", dest="params", action="append", default=[], metavar="NAME=VALUE")
     return p
 
 
@@ -192,7 +214,7 @@ def cmd_compile(args) -> int:
         raise UsageError(f"the folder {out.parent} does not exist")
     if args.weights:
         m.load_weights(args.weights)
-    proto = m.compile_training_step() if args.train else m.compile(seed=args.seed)
+    proto = m.compile_training_step() if args.train else m.compile(seed=args.seed, fold=not args.no_fold)
     atomic_write(out, proto.SerializeToString())
     s = m.summary()
     buffers = f" and {s.buffers:,} buffers" if s.buffers else ""
@@ -320,6 +342,47 @@ def cmd_train(args) -> int:
     return EXIT_OK
 
 
+def cmd_weights(args) -> int:
+    from .files import atomic_write
+    from .train import check_weights, read_checkpoint
+    from .weights import DESCRIBE, export_weights, import_weights, npz_bytes, resolve_scheme, write_checkpoint
+
+    if args.weights_command is None:
+        raise UsageError("weights needs a subcommand: import or export")
+    out = Path(args.output)
+    if out.is_dir() or not (out.parent.exists() if str(out.parent) else True):
+        raise UsageError(f"{out} is a directory; give a file name with -o" if out.is_dir()
+                         else f"the folder {out.parent} does not exist")
+    if args.weights_command == "import":
+        m = load_model(args)
+        weights, report = import_weights(m, args.weights, args.names, args.seed)
+        print(report.text())
+        if not report.match.loaded:
+            raise FileError(args.weights, f"no array matches a parameter of {m.name} by name and shape "
+                                          f"({DESCRIBE[report.scheme]}; see --names)")
+        if args.strict and not report.exact:
+            raise FileError(args.weights, f"does not match {m.name} exactly (--strict); nothing written")
+        write_checkpoint(out, m, weights)
+        print(f"wrote checkpoint: {out}")
+        return EXIT_OK
+    weights, _, meta = read_checkpoint(args.checkpoint)
+    graph = None
+    if args.alm:
+        args.file, args.allow_outside_imports = args.alm, False
+        m = load_model(args)
+        if meta.get("model") != m.name:
+            raise FileError(args.checkpoint, f"saved from model {meta.get('model')}, not {m.name}")
+        check_weights(args.checkpoint, m.graph, weights, m.initial_weights())
+        graph = m.graph
+    elif args.names not in ("almc", "auto"):
+        raise UsageError(f"--names {args.names} needs the model the checkpoint belongs to: --alm FILE.alm")
+    scheme = resolve_scheme(graph, args.names) if graph is not None else "almc"
+    arrays = export_weights(weights, graph, scheme)
+    atomic_write(out, npz_bytes(arrays))
+    print(f"wrote {out}: {len(arrays)} arrays under {DESCRIBE[scheme]}")
+    return EXIT_OK
+
+
 def cmd_ops(args) -> int:
     from .ops.registry import ops_markdown
 
@@ -327,7 +390,7 @@ def cmd_ops(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"ops": cmd_ops, "train": cmd_train, "diff-modes": cmd_diff_modes, "check": cmd_check, "summary": cmd_summary, "compile": cmd_compile, "run": cmd_run, "graph": cmd_graph}
+COMMANDS = {"ops": cmd_ops, "train": cmd_train, "diff-modes": cmd_diff_modes, "check": cmd_check, "summary": cmd_summary, "compile": cmd_compile, "run": cmd_run, "graph": cmd_graph, "weights": cmd_weights}
 
 
 def _terminate(signum, frame):

@@ -202,3 +202,25 @@ def test_a_closed_pipe_is_not_an_error(tmp_path):
     r = subprocess.run(f"{sys.executable} -m almc.cli summary {LENET} | head -c 10", shell=True,
                        capture_output=True, text=True, timeout=60)
     assert r.stdout == "model LeNe" and "error" not in r.stderr
+
+
+def test_batch_norm_folds_into_the_conv_before_it_and_computes_the_same():
+    import collections
+
+    m = almc.load(ROOT / "models" / "resnet18.alm", size=32, classes=10)
+    rng = np.random.default_rng(0)
+    w = m.initial_weights()
+    for k in w:  # non-trivial statistics and affine parameters
+        if ".batchnorm." in k or k.split(".")[-1] in ("running_mean", "running_var") or "/conv2." in k:
+            w[k] = (np.abs(rng.standard_normal(w[k].shape)) + 0.5 if k.endswith("var")
+                    else rng.standard_normal(w[k].shape) * 0.3).astype(np.float32)
+    m.weights = w
+    folded, plain = m.compile(), m.compile(fold=False)
+    ops = collections.Counter(n.op_type for n in folded.graph.node)
+    assert "BatchNormalization" not in ops and ops["Conv"] == 20
+    assert collections.Counter(n.op_type for n in plain.graph.node)["BatchNormalization"] == 20
+    x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    from almc.runtime import run
+
+    a, b = run(folded, {"image": x}, "cpu")[0]["logits"], run(plain, {"image": x}, "cpu")[0]["logits"]
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())

@@ -1,0 +1,45 @@
+"""Inference-only rewrites applied before export: batch norm folded into the
+convolution (or dense layer) before it.
+
+At inference a batch norm is an affine map per channel, y = s (x - mean) + beta
+with s = gamma / sqrt(var + eps), so it folds into the preceding layer's weights
+and bias: W' = s W (per output channel), b' = s (b - mean) + beta. The exported
+model then has one Conv / Gemm where it had two nodes, and computes the same
+values up to rounding. Training graphs are never folded.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from .graph import Graph
+from .ops.registry import Attrs
+
+FOLDABLE = ("conv", "dense")
+
+
+def fold_batchnorm(graph: Graph, weights: dict[str, np.ndarray]) -> tuple[Graph, dict[str, np.ndarray]]:
+    g = graph.copy()
+    w = dict(weights)
+    for bn in graph.nodes():
+        if bn.op != "batchnorm":
+            continue
+        prev = g.node(bn.inputs[0])
+        if prev.op not in FOLDABLE or len(g.consumers(prev.id)) != 1 or prev.id in g.outputs.values():
+            continue
+        if prev.op == "dense" and bn.type.rank != 2:
+            continue
+        gamma, beta = w[f"{bn.id}.weight"], w[f"{bn.id}.bias"]
+        mean, var = w[f"{bn.id}.running_mean"], w[f"{bn.id}.running_var"]
+        scale = (gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + bn.attrs.eps))
+        kernel = w[f"{prev.id}.weight"].astype(np.float64)
+        bias = w[f"{prev.id}.bias"].astype(np.float64) if prev.attrs.bias else np.zeros(len(scale))
+        w[f"{prev.id}.weight"] = (kernel * scale.reshape(-1, *([1] * (kernel.ndim - 1)))).astype(np.float32)
+        w[f"{prev.id}.bias"] = ((bias - mean) * scale + beta).astype(np.float32)
+        g.nx.nodes[prev.id]["node"] = replace(prev, attrs=Attrs({**prev.attrs, "bias": True}))
+        g.redirect(bn.id, prev.id)
+        g.nx.remove_node(bn.id)
+        for k in ("weight", "bias", "running_mean", "running_var"):
+            w.pop(f"{bn.id}.{k}", None)
+    return g, w
