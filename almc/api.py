@@ -55,7 +55,16 @@ class Model:
     def compile(self, seed: int | None = None, check_runtime: bool = True, fold: bool = True):
         """Lower to an onnx.ModelProto (trained weights if there are any, else initialised from the seed).
         `fold` folds each batch norm into the conv or dense layer before it (inference computes the same)."""
-        from .lower import OPSET, check as onnx_check, lower
+        return self._compiled(seed, check_runtime, fold)[0]
+
+    def export(self, path: str | os.PathLike, seed: int | None = None, fold: bool = True) -> Path:
+        return atomic_write(path, self._compiled(seed, True, fold)[1])
+
+    def _compiled(self, seed, check_runtime, fold):
+        """(ModelProto, its bytes): serialised once, and the checker reads those bytes."""
+        import onnx
+
+        from .lower import OPSET, lower
         from .support import ensure_supported
 
         seed = self.seed if seed is None else seed
@@ -65,13 +74,11 @@ class Model:
 
             graph, weights = fold_batchnorm(graph, weights)
         model = lower(graph, weights, seed)
-        onnx_check(model)
+        data = model.SerializeToString()
+        onnx.checker.check_model(data, full_check=True)
         if check_runtime:
             ensure_supported(model, OPSET)
-        return model
-
-    def export(self, path: str | os.PathLike, seed: int | None = None) -> Path:
-        return atomic_write(path, self.compile(seed).SerializeToString())
+        return model, data
 
     def train(self, data: str | None = None, **options) -> dict:
         """Train with the model's training section; returns the metrics. Options are those of

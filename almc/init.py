@@ -64,13 +64,13 @@ def draw(init: str, shape, fan_in: int, fan_out: int, rng: np.random.Generator) 
     if init == "he":
         return (rng.standard_normal(shape, dtype=np.float32) * np.float32(np.sqrt(2.0 / fan_in)))
     if init == "glorot":
-        lim = np.sqrt(6.0 / (fan_in + fan_out))
-        return rng.uniform(-lim, lim, shape).astype(np.float32)
+        lim = np.float32(np.sqrt(6.0 / (fan_in + fan_out)))
+        return (rng.random(shape, dtype=np.float32) * 2 - 1) * lim
     if init == "normal":
         return rng.standard_normal(shape, dtype=np.float32) * np.float32(0.01)
     if init == "uniform_fan_in":  # PyTorch's default for Linear / Conv / RNN
-        lim = 1.0 / np.sqrt(fan_in)
-        return rng.uniform(-lim, lim, shape).astype(np.float32)
+        lim = np.float32(1.0 / np.sqrt(fan_in))
+        return (rng.random(shape, dtype=np.float32) * 2 - 1) * lim
     raise ValueError(f"unknown initialiser {init}")
 
 
