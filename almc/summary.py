@@ -13,6 +13,7 @@ along any path is kept; dense and global pooling see the whole input ("all").
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from math import prod
 
@@ -92,9 +93,9 @@ def receptive_fields(graph: Graph) -> dict[str, tuple[list, list] | None]:
         j = [max((x[1][a] for x in ins if a < len(x[1])), default=1) for a in range(n)]
         if win:
             for a, w in enumerate(win[:n]):
-                if w.transposed:
+                if w.transposed:  # an output reads ceil(span / stride) inputs, each j apart
+                    r[a] = r[a] + (math.ceil(((w.kernel - 1) * w.dilation + 1) / w.stride) - 1) * j[a]
                     j[a] = j[a] / w.stride
-                    r[a] = r[a] + (w.kernel - 1) * w.dilation * j[a]
                 else:
                     r[a] = r[a] + (w.kernel - 1) * w.dilation * j[a]
                     j[a] = j[a] * w.stride

@@ -224,3 +224,11 @@ def test_batch_norm_folds_into_the_conv_before_it_and_computes_the_same():
 
     a, b = run(folded, {"image": x}, "cpu")[0]["logits"], run(plain, {"image": x}, "cpu")[0]["logits"]
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
+
+
+def test_receptive_field_of_an_up_convolution():
+    """A 2x2 stride-2 up-convolution: each output reads one input pixel; the jump halves."""
+    s = almc.load("model Up { input x: f32[N, 1, 8, 8]\n output y = conv_transpose(x, 1, 2, stride = 2) }").summary()
+    assert s.rows[-1].receptive_field == [1, 1] and s.rows[-1].jump == [0.5, 0.5]
+    s = almc.load("model Up { input x: f32[N, 1, 8, 8]\n output y = conv_transpose(x, 1, 3, stride = 1) }").summary()
+    assert s.rows[-1].receptive_field == [3, 3] and s.rows[-1].jump == [1, 1]
