@@ -386,24 +386,19 @@ def _scalar(types, a):
     return TensorType("f32", ())
 
 
-def _l2_lower(g, ins, p, a, types, out):
-    parts = [g.node("ReduceSumSquare", [x], keepdims=0) for x in ins]
-    total = parts[0]
-    for i, part in enumerate(parts[1:]):
-        total = g.node("Add", [total, part], out=g.out if i == len(parts) - 2 else None)
-    return total if len(parts) > 1 else g.node("Identity", [total], out=g.out)
-
-
-def _l1_lower(g, ins, p, a, types, out):
-    parts = [g.node("ReduceL1", [x], keepdims=0) for x in ins]
-    total = parts[0]
-    for i, part in enumerate(parts[1:]):
-        total = g.node("Add", [total, part], out=g.out if i == len(parts) - 2 else None)
-    return total if len(parts) > 1 else g.node("Identity", [total], out=g.out)
+def _sum_of(reduce_op):
+    """Lower l2 / l1: one reduction per tensor, added up."""
+    def lower(g, ins, p, a, types, out):
+        parts = [g.node(reduce_op, [x], keepdims=0) for x in ins]
+        total = parts[0]
+        for i, part in enumerate(parts[1:]):
+            total = g.node("Add", [total, part], out=g.out if i == len(parts) - 2 else None)
+        return total if len(parts) > 1 else g.node("Identity", [total], out=g.out)
+    return lower
 
 
 register(Op(
-    name="l2", inputs=("xs",), variadic=True, shape=_scalar, lower=_l2_lower, category="loss",
+    name="l2", inputs=("xs",), variadic=True, shape=_scalar, lower=_sum_of("ReduceSumSquare"), category="loss",
     reference=lambda xs, p, a: np.asarray(sum((x.astype(np.float64) ** 2).sum() for x in xs)),
     grad=lambda d, n, gy: ([d.op("mul", [x, d.op("mul", [gy, d.const(2.0)])]) for x in n.inputs], {}),
     doc="Sum of squares of every element of its tensors: l2(weights) is ||w||^2 over the layer weights "
@@ -412,7 +407,7 @@ register(Op(
 ))
 
 register(Op(
-    name="l1", inputs=("xs",), variadic=True, shape=_scalar, lower=_l1_lower, category="loss",
+    name="l1", inputs=("xs",), variadic=True, shape=_scalar, lower=_sum_of("ReduceL1"), category="loss",
     reference=lambda xs, p, a: np.asarray(sum(np.abs(x.astype(np.float64)).sum() for x in xs)),
     grad=lambda d, n, gy: ([d.op("mul", [d.op("sign", [x]), gy]) for x in n.inputs], {}),
     doc="Sum of absolute values of every element of its tensors (lasso); its gradient is sign(w).",
