@@ -78,6 +78,35 @@ def load1() -> float:
     return os.getloadavg()[0]
 
 
+def cpu_snapshot() -> dict:
+    """Machine-wide busy and steal CPU seconds (/proc/stat) and this process tree's own CPU seconds
+    (itself and its finished children): between two snapshots, busy minus own is what other
+    processes used."""
+    hz = os.sysconf("SC_CLK_TCK")
+    snap = {"wall": time.monotonic()}
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+        user, nice, system, idle, iowait, irq, softirq, steal = v + [0] * (8 - len(v))
+        snap.update(busy=(user + nice + system + irq + softirq) / hz, steal=steal / hz)
+    except (OSError, ValueError):
+        pass
+    t = os.times()
+    snap["mine"] = t.user + t.system + t.children_user + t.children_system
+    return snap
+
+
+def others_share(a: dict, b: dict) -> dict | None:
+    """Share of the machine's CPUs used by other processes (and stolen by the hypervisor) between a and b."""
+    if "busy" not in a or "busy" not in b:
+        return None
+    cap = (b["wall"] - a["wall"]) * (os.cpu_count() or 1)
+    if cap <= 0:
+        return None
+    return {"others": max(0.0, (b["busy"] - a["busy"]) - (b["mine"] - a["mine"])) / cap,
+            "steal": (b["steal"] - a["steal"]) / cap, "mine": (b["mine"] - a["mine"]) / cap}
+
+
 # -- environment -------------------------------------------------------------------
 
 def version(dist: str) -> str | None:
@@ -377,6 +406,11 @@ def render(res: dict) -> str:
     loads = env["loads"]
     w(f"| load average (1 min) | before the run {env['load_start'][0]:.2f}; per section: "
       + ", ".join(f"{k} {v[0]:.2f}→{v[1]:.2f}" for k, v in loads.items()) + f"; after {env['load_end'][0]:.2f} |")
+    if env.get("cpu"):
+        w("| CPU used by other processes | " + ", ".join(
+            f"{k} {100 * v['others']:.1f}%" + (f" (+{100 * v['steal']:.1f}% steal)" if v["steal"] >= 0.001 else "")
+            for k, v in env["cpu"].items() if v) + " of the machine's CPUs (/proc/stat busy time minus this "
+          "run's own processes; the load averages above include this run itself) |")
     if env.get("waited_s"):
         w(f"| waited for a quiet machine | {env['waited_s']:.0f} s (asked load < {env['wait_load']}) |")
     w("")
@@ -446,7 +480,9 @@ def render(res: dict) -> str:
           "and statistics randomised, set into almc through `Model.weights` and copied into the PyTorch module by "
           "parameter order (shapes checked). Every output is checked against PyTorch eager on a random batch of 2 "
           "before timing (tolerance 1e-4 x max(1, max |output|)). Latency: one call at batch 1; throughput: one call "
-          "at batch B. Inputs are random normal; in each round every contender runs a short block of calls.\n")
+          "at batch B. Inputs are random normal. In each round every contender, in a rotating order, runs a block of "
+          "calls after a 50 ms pause (onnxruntime's idle worker threads spin for 20-30 ms after a run; without the "
+          "pause the next contender ran at half speed on 2 cores) and, for calls under 50 ms, one untimed call.\n")
         for arch, e in inf["archs"].items():
             w(f"### {arch}\n")
             w("| ONNX file | nodes | opset | initialisers | size | nodes after ORT_ENABLE_ALL | op histogram (Counter of op_type) |")
@@ -470,7 +506,7 @@ def render(res: dict) -> str:
                     continue
                 st = {k: stats(v) for k, v in e[key]["times"].items()}
                 batch = e[key]["batch"]
-                w(f"**{title}** ({e[key]['block']} timed call(s) per block"
+                w(f"**{title}** ({e[key].get('rounds', '?')} rounds of {e[key]['block']} timed call(s)"
                   f"{', after one untimed call' if e[key].get('untimed_first') else ''})\n")
                 w("| contender | median | min | max | examples/s | almc / this |\n|---|---:|---:|---:|---:|---:|")
                 ref = st.get("onnx:almc")
@@ -653,7 +689,7 @@ def main() -> None:
         res["prepared"] = prepare(wd, archs, train_models)
 
         def section(name, fn):
-            before = os.getloadavg()
+            before, snap = os.getloadavg(), cpu_snapshot()
             log(f"section: {name}")
             try:
                 res[name] = fn()
@@ -661,6 +697,9 @@ def main() -> None:
                 res["errors"][name] = str(e)
                 log(f"  {name} failed: {str(e)[-800:]}")
             env["loads"][name] = (before[0], os.getloadavg()[0])
+            env.setdefault("cpu", {})[name] = others_share(snap, cpu_snapshot())
+            if env["cpu"][name]:
+                log(f"  other processes used {100 * env['cpu'][name]['others']:.1f}% of the CPUs during {name}")
 
         if "compile" in sections and dev == "cpu":
             section("compile_process", lambda: compile_process(wd, archs, cfg["compile_proc_reps"], dyn_py, dyn_err))

@@ -333,22 +333,23 @@ def infer(args) -> None:
                     entry["errors"][k] = error_text(e)
             if not once:
                 continue
-            # a block: one untimed call (the switch from the other runtime: caches, waking its threads),
-            # then back-to-back timed calls of one contender, ~20 ms of them, at most 20
+            # a block: a pause of 50 ms (onnxruntime's idle worker threads spin for 20-30 ms after a run and
+            # would halve the next contender's speed on 2 cores), one untimed call for short calls (waking
+            # the threads, caches), then back-to-back timed calls of one contender, ~0.1 s of them, at most 20
             probe = once["onnx:almc" if "onnx:almc" in once else "eager"]
             one = []
             for _ in range(5):
                 t0 = time.perf_counter()
                 probe()
                 one.append(time.perf_counter() - t0)
-            block = max(1, min(20, int(0.02 / max(min(one), 1e-6))))
-            untimed = min(one) < 0.01  # the switch matters for short calls only
+            block = max(1, min(20, int(0.1 / max(min(one), 1e-6))))
+            untimed = min(one) < 0.05  # the switch matters for short calls only
             times = {k: [] for k in once}
             names = list(once)
-            rounds = max(1, reps // block) if block > 1 else reps
+            rounds = max(min(6, reps), -(-reps // block))  # at least 6 rounds of alternation
             for r in range(rounds):
                 for name in rotated(names, r):
-                    time.sleep(0.005)  # let the other runtime's spinning worker threads go idle
+                    time.sleep(0.05)  # let the other runtime's spinning worker threads go idle
                     f = once[name]
                     if untimed:
                         f()
@@ -356,7 +357,7 @@ def infer(args) -> None:
                         t = time.perf_counter()
                         f()
                         times[name].append(time.perf_counter() - t)
-            entry[key] = {"batch": batch, "block": block, "untimed_first": untimed, "times": times}
+            entry[key] = {"batch": batch, "block": block, "rounds": rounds, "untimed_first": untimed, "times": times}
             print(f"infer {arch} batch {batch}: " + ", ".join(f"{k} {np.median(v) * 1e3:.2f}ms" for k, v in times.items()),
                   flush=True)
         result["archs"][arch] = entry
