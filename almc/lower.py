@@ -82,12 +82,25 @@ def lower(graph: Graph, weights: dict[str, np.ndarray] | None = None, seed: int 
         tensor[node.id] = name
         if name == node.id and node.id not in out_nodes:
             infos.append(value_info(name, node.type))
+    # An output whose tensor some node computes takes that tensor's name instead of an Identity
+    # copy (a training step returns every gradient: copies would double its memory traffic).
+    produced = {o for n in nodes for o in n.output}
+    taken = set(graph.outputs)
+    rename: dict[str, str] = {}
     outputs = []
     for oname, nid in graph.outputs.items():
-        if tensor[nid] != oname:
-            nodes.append(helper.make_node("Identity", [tensor[nid]], [oname], name=f"{oname}/output",
+        t = tensor[nid]
+        if t != oname and t in produced and t not in rename and t not in taken:
+            rename[t] = oname
+        elif t != oname:
+            nodes.append(helper.make_node("Identity", [rename.get(t, t)], [oname], name=f"{oname}/output",
                                           doc_string=graph.node(nid).doc))
         outputs.append(value_info(oname, graph.node(nid).type))
+    if rename:
+        for n in nodes:
+            n.input[:] = [rename.get(i, i) for i in n.input]
+            n.output[:] = [rename.get(o, o) for o in n.output]
+        infos = [v for v in infos if v.name not in rename]
     inputs = [value_info(i, graph.node(i).type) for i in graph.inputs if i in live] + param_inputs
     g = helper.make_graph(nodes, graph.name, inputs, outputs, initializer=inits, value_info=infos)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="almc",
