@@ -61,11 +61,8 @@ class Model:
         return atomic_write(path, self._compiled(seed, True, fold)[1])
 
     def _compiled(self, seed, check_runtime, fold):
-        """(ModelProto, its bytes): serialised once, and the checker reads those bytes."""
-        import onnx
-
-        from .lower import OPSET, lower
-        from .support import ensure_supported
+        """(ModelProto, its bytes) of the inference model."""
+        from .lower import lower
 
         seed = self.seed if seed is None else seed
         graph, weights = self.graph, self.weights if self.weights is not None else self.initial_weights(seed)
@@ -74,11 +71,7 @@ class Model:
 
             graph, weights = fold_batchnorm(graph, weights)
         model = lower(graph, weights, seed)
-        data = model.SerializeToString()
-        onnx.checker.check_model(data, full_check=True)
-        if check_runtime:
-            ensure_supported(model, OPSET)
-        return model, data
+        return model, _checked(model, check_runtime)
 
     def train(self, data: str | None = None, **options) -> dict:
         """Train with the model's training section; returns the metrics. Options are those of
@@ -102,15 +95,16 @@ class Model:
 
     def compile_training_step(self):
         """The training step as an onnx.ModelProto (see docs/training.md)."""
-        from .lower import OPSET, check as onnx_check, lower
+        return self._compiled_step()[0]
+
+    def _compiled_step(self):
+        """(ModelProto, its bytes) of the training step."""
+        from .lower import lower
         from .optim import training_step
-        from .support import ensure_supported
 
         step, _ = training_step(self.graph)
         model = lower(step, params_as_inputs=True)
-        onnx_check(model)
-        ensure_supported(model, OPSET)
-        return model
+        return model, _checked(model, True)
 
     def run(self, inputs, device: str = "auto") -> dict[str, np.ndarray]:
         """Run in onnxruntime. `inputs`: one array (single-input models) or a dict by input name."""
@@ -140,6 +134,20 @@ class Model:
         if extra:
             raise UsageError(f"{self.name} has no input '{sorted(extra)[0]}'")
         return feeds
+
+
+def _checked(model, check_runtime: bool) -> bytes:
+    """Serialise once; the full ONNX checker reads those bytes, then onnxruntime's op support is checked."""
+    import onnx
+
+    from .lower import OPSET
+    from .support import ensure_supported
+
+    data = model.SerializeToString()
+    onnx.checker.check_model(data, full_check=True)
+    if check_runtime:
+        ensure_supported(model, OPSET)
+    return data
 
 
 def check_input(name: str, x: np.ndarray, t) -> np.ndarray:

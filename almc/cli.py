@@ -214,12 +214,8 @@ def cmd_compile(args) -> int:
         raise UsageError(f"the folder {out.parent} does not exist")
     if args.weights:
         m.load_weights(args.weights)
-    if args.train:
-        proto = m.compile_training_step()
-        atomic_write(out, proto.SerializeToString())
-    else:
-        proto, data = m._compiled(args.seed, True, not args.no_fold)
-        atomic_write(out, data)
+    proto, data = m._compiled_step() if args.train else m._compiled(args.seed, True, not args.no_fold)
+    atomic_write(out, data)
     s = m.summary()
     buffers = f" and {s.buffers:,} buffers" if s.buffers else ""
     print(f"wrote {out}: {len(proto.graph.node)} ONNX nodes, {s.total_params:,} parameters{buffers}, opset "

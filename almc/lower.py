@@ -109,11 +109,3 @@ def lower(graph: Graph, weights: dict[str, np.ndarray] | None = None, seed: int 
     helper.set_model_props(model, {"almc.version": __version__, "almc.source_sha256": source_hash(graph),
                                    "almc.model": graph.name, "almc.seed": str(seed)})
     return model
-
-
-def check(model: onnx.ModelProto) -> None:
-    onnx.checker.check_model(model, full_check=True)
-
-
-def used_param_names(graph: Graph) -> list[str]:
-    return [name for _, name, _ in param_specs(graph)]

@@ -107,6 +107,7 @@ def train(model, opts: TrainOptions) -> dict:
     """Train `model` (an api.Model) in place; returns the metrics."""
     import onnxruntime as ort
 
+    from .data import batches
     from .init import initialize
     from .lower import lower
     from .optim import training_step
@@ -156,8 +157,6 @@ def train(model, opts: TrainOptions) -> dict:
             rng = np.random.default_rng([opts.seed, epoch])
             losses, correct, seen = [], 0, 0
             bar = _progress(opts.progress, steps_per_epoch, epoch, spec.epochs)
-            from .data import batches
-
             for xb, yb in batches(x_tr, y_tr, spec.batch, rng):
                 binding.clear_binding_inputs()
                 binding.clear_binding_outputs()

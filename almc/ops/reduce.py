@@ -38,14 +38,12 @@ def _lower_reduce(onnx_op):
     return lower
 
 
-def _mean_grad(d, node, gy):
-    axes = _axes(d.g.node(node.inputs[0]).type, node.attrs.axis)
-    return [d.op("expand_as", [gy, node.inputs[0]], {"axes": axes, "mean": True})], {}
-
-
-def _sum_grad(d, node, gy):
-    axes = _axes(d.g.node(node.inputs[0]).type, node.attrs.axis)
-    return [d.op("expand_as", [gy, node.inputs[0]], {"axes": axes})], {}
+def _reduce_grad(mean: bool):
+    """The gradient of sum (or mean) broadcasts back over the reduced axes (divided by their size)."""
+    def grad(d, node, gy):
+        axes = _axes(d.g.node(node.inputs[0]).type, node.attrs.axis)
+        return [d.op("expand_as", [gy, node.inputs[0]], {"axes": axes, "mean": mean})], {}
+    return grad
 
 
 register(Op(
@@ -53,7 +51,7 @@ register(Op(
     shape=lambda types, a: _reduced(types[0], _axes(types[0], a.axis)),
     lower=_lower_reduce("ReduceMean"),
     reference=lambda xs, p, a: np.asarray(xs[0].mean(axis=None if a.axis is None else a.axis)),
-    grad=_mean_grad, category="reduction",
+    grad=_reduce_grad(mean=True), category="reduction",
     doc="Mean over the given axes, or over every axis (a scalar); mean(loss) averages a batch of losses.",
     examples=(((("f32", (4, 3)),), {}), ((("f32", (2, 3, 4)),), dict(axis=(1, 2))), ((("f32", (5,)),), dict(axis=0))),
 ))
@@ -63,7 +61,7 @@ register(Op(
     shape=lambda types, a: _reduced(types[0], _axes(types[0], a.axis)),
     lower=_lower_reduce("ReduceSum"),
     reference=lambda xs, p, a: np.asarray(xs[0].sum(axis=None if a.axis is None else a.axis)),
-    grad=_sum_grad, category="reduction",
+    grad=_reduce_grad(mean=False), category="reduction",
     doc="Sum over the given axes, or over every axis (a scalar).",
     examples=(((("f32", (4, 3)),), {}), ((("f32", (2, 3, 4)),), dict(axis=-1))),
 ))
