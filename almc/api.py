@@ -93,16 +93,17 @@ class Model:
         self.weights = {k: v.astype(np.float32) for k, v in weights.items()}
         self._session = None
 
-    def compile_training_step(self):
-        """The training step as an onnx.ModelProto (see docs/training.md)."""
-        return self._compiled_step()[0]
+    def compile_training_step(self, gradients: bool = True):
+        """The training step as an onnx.ModelProto (see docs/training.md); `gradients=False`
+        leaves out the grad.P outputs (what `almc train` runs)."""
+        return self._compiled_step(gradients)[0]
 
-    def _compiled_step(self):
+    def _compiled_step(self, gradients: bool = True):
         """(ModelProto, its bytes) of the training step."""
         from .lower import lower
         from .optim import training_step
 
-        step, _ = training_step(self.graph)
+        step, _ = training_step(self.graph, gradients)
         model = lower(step, params_as_inputs=True)
         return model, _checked(model, True)
 

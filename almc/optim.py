@@ -9,8 +9,10 @@ ordinary graph nodes. The resulting graph lowers to one standard ONNX model:
              buffer under its inference name, the optimiser state
              (`momentum.P` for SGD with momentum, `adam_m.P` and `adam_v.P` for Adam)
     outputs: `loss`, `lr`, `output.O` (the model's first output on this batch),
-             `grad.P` per trainable parameter, `next.P` and `next.S` for every
-             updated parameter and state tensor
+             `grad.P` per trainable parameter (unless `gradients=False`: `almc
+             train` leaves them out, so onnxruntime need not keep every gradient
+             to the end of the step), `next.P` and `next.S` for every updated
+             parameter and state tensor
 
 docs/training.md documents the interface; `almc train` drives it.
 """
@@ -90,7 +92,7 @@ def lr_scale_of(graph: Graph, owner: str) -> float:
     return scales[best] if best is not None else 1.0
 
 
-def training_step(graph: Graph) -> tuple[Graph, StepSignature]:
+def training_step(graph: Graph, gradients: bool = True) -> tuple[Graph, StepSignature]:
     spec = graph.train
     if spec is None or not spec.loss:
         raise AlmError(Diagnostic(f"model {graph.name} has no training section", graph.span,
@@ -133,7 +135,7 @@ def training_step(graph: Graph) -> tuple[Graph, StepSignature]:
             new = d.op("add", [d.op("mul", [old, d.const(1 - m)]), d.op("mul", [batch, d.const(m)])])
             outputs[f"next.{bn}.{local}"] = new
             sig.updates[f"{bn}.{local}"] = f"next.{bn}.{local}"
-    g.outputs = outputs
+    g.outputs = {k: v for k, v in outputs.items() if gradients or not k.startswith("grad.")}
     return g, sig
 
 

@@ -116,7 +116,7 @@ def train(model, opts: TrainOptions) -> dict:
     graph = model.graph
     spec = _spec_with(graph, opts)
     graph_t = replace(graph, train=spec)
-    step_graph, sig = training_step(graph_t)
+    step_graph, sig = training_step(graph_t, gradients=False)
     ds, (x_tr, x_va, x_te), (y_tr, y_va, y_te) = prepare_data(graph, spec, opts)
     if len(x_tr) == 0:
         raise UsageError("the training split is empty")

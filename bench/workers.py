@@ -442,7 +442,7 @@ class AlmcStep:
         self.np = np
         m = almc_model(cfg)
         t0 = time.perf_counter()
-        proto = m.compile_training_step()
+        proto = m.compile_training_step(gradients=False)
         self.compile_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         self.sess = ort_session(proto.SerializeToString(), device, threads, profile)

@@ -8,7 +8,9 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ..errors import ShapeError
 from ..types import TensorType
-from .common import np_pad, onnx_pads, per_axis, positive, resolve_pads, window_out
+from . import conv_forms as forms
+from .common import np_pad, per_axis, positive, resolve_pads, window_out
+from .conv_forms import ConvGeo
 from .registry import Attr, Op, Param, Window, register
 
 
@@ -64,9 +66,8 @@ def conv_params(types, a):
 
 def conv_lower(g, ins, p, a, types, out):
     n, kernel, stride, dilation, pads = conv_geometry(types[0], a)
-    args = [ins[0], p["weight"]] + ([p["bias"]] if a.bias else [])
-    return g.node("Conv", args, out=g.out, kernel_shape=list(kernel), strides=list(stride),
-                  dilations=list(dilation), pads=onnx_pads(pads), group=a.groups)
+    geo = ConvGeo(kernel, stride, dilation, tuple(pads), a.groups, tuple(types[0].dims[2:]), tuple(out.dims[2:]))
+    return forms.forward(g, ins[0], p["weight"], p["bias"] if a.bias else None, forms.choose(geo), a.channels, types[0].dims[1], g.out)
 
 
 def conv_nd(x, w, stride, dilation, pads, groups):
@@ -144,20 +145,13 @@ def _grad_input_shape(types, a):
     return g.with_dims((g.dims[0], w.dims[1] * a.groups, *a.size))
 
 
-def _output_padding(types, a):
-    g = types[0]
-    out = []
-    for i, size in enumerate(a.size):
-        o = g.dims[2 + i]
-        produced = (o - 1) * a.stride[i] - a.pads[i][0] - a.pads[i][1] + a.dilation[i] * (a.kernel[i] - 1) + 1
-        out.append(size - produced)
-    return out
+def _geo(a, size, out) -> ConvGeo:
+    return ConvGeo(tuple(a.kernel), tuple(a.stride), tuple(a.dilation), tuple(a.pads), a.groups, tuple(size), tuple(out))
 
 
 def _grad_input_lower(g, ins, p, a, types, out):
-    return g.node("ConvTranspose", ins, out=g.out, kernel_shape=list(a.kernel), strides=list(a.stride),
-                  dilations=list(a.dilation), pads=onnx_pads(a.pads), group=a.groups,
-                  output_padding=_output_padding(types, a))
+    form = forms.choose(_geo(a, a.size, types[0].dims[2:]))
+    return forms.grad_input(g, ins[0], ins[1], form, types[0].dims[1], out.dims[1], g.out)
 
 
 def _grad_input_reference(xs, p, a):
@@ -195,6 +189,13 @@ register(Op(
          {"symbolic_batch": False}),
         ((("f32", (2, 5, 4)), ("f32", (5, 3, 4))),
          dict(kernel=(4,), stride=(3,), pads=((1, 2),), dilation=(1,), size=(11,)), {"symbolic_batch": False}),
+        ((("f32", (2, 6, 1, 1)), ("f32", (6, 4, 3, 3))),
+         dict(kernel=(3, 3), stride=(2, 2), pads=((1, 1), (1, 1)), dilation=(1, 1), size=(2, 2))),
+        ((("f32", (2, 6, 1, 1)), ("f32", (6, 4, 1, 1))),
+         dict(kernel=(1, 1), stride=(2, 2), pads=((0, 0), (0, 0)), dilation=(1, 1), size=(2, 2))),
+        ((("f32", (2, 4, 1, 3)), ("f32", (4, 2, 3, 3))),
+         dict(kernel=(3, 3), stride=(1, 1), pads=((1, 1), (1, 1)), dilation=(1, 1), groups=2, size=(1, 3)),
+         {"symbolic_batch": False}),
     ),
 ))
 
@@ -205,27 +206,9 @@ def _grad_weight_shape(types, a):
 
 
 def _grad_weight_lower(g, ins, p, a, types, out):
-    gy, x = ins
-    rank = types[1].rank
-    perm = [1, 0, *range(2, rank)]
-    n = rank - 2
-    C, M = types[1].dims[1], types[0].dims[1]
-    cg, mg = C // a.groups, M // a.groups
-    parts = []
-    for grp in range(a.groups):
-        xs, gs = x, gy
-        if a.groups > 1:
-            xs = g.node("Slice", [x, g.const(f"xs{grp}", [grp * cg], np.int64), g.const(f"xe{grp}", [(grp + 1) * cg], np.int64),
-                                  g.const(f"ax{grp}", [1], np.int64)])
-            gs = g.node("Slice", [gy, g.const(f"gs{grp}", [grp * mg], np.int64), g.const(f"ge{grp}", [(grp + 1) * mg], np.int64),
-                                  g.const(f"gx{grp}", [1], np.int64)])
-        # [C, N, H, W] convolved by [M, N, OH, OW] gives [C, M, KH', KW'] with KH' >= KH
-        wt = g.node("Conv", [g.node("Transpose", [xs], perm=perm), g.node("Transpose", [gs], perm=perm)],
-                    strides=list(a.dilation), dilations=list(a.stride), pads=onnx_pads(a.pads))
-        wt = g.node("Slice", [wt, g.const(f"k0_{grp}", [0] * n, np.int64), g.const(f"k1_{grp}", list(a.kernel), np.int64),
-                              g.const(f"ka_{grp}", list(range(2, rank)), np.int64)])
-        parts.append(g.node("Transpose", [wt], perm=perm, out=g.out if a.groups == 1 else None))
-    return parts[0] if a.groups == 1 else g.node("Concat", parts, axis=0, out=g.out)
+    gt, xt = types
+    form = forms.choose(_geo(a, xt.dims[2:], gt.dims[2:]))
+    return forms.grad_weight(g, ins[0], ins[1], form, xt.rank, xt.dims[1], gt.dims[1], g.out)
 
 
 def _grad_weight_reference(xs, p, a):
@@ -257,6 +240,22 @@ register(Op(
          dict(kernel=(3, 2), stride=(1, 1), pads=((2, 2), (1, 0)), dilation=(2, 2), groups=2), {"symbolic_batch": False}),
         ((("f32", (2, 5, 4)), ("f32", (2, 3, 11))),
          dict(kernel=(4,), stride=(3,), pads=((1, 2),), dilation=(1,)), {"symbolic_batch": False}),
+        ((("f32", (2, 6, 1, 1)), ("f32", (2, 4, 2, 2))),
+         dict(kernel=(3, 3), stride=(2, 2), pads=((1, 1), (1, 1)), dilation=(1, 1))),
+        ((("f32", (2, 6, 1, 1)), ("f32", (2, 4, 2, 2))),
+         dict(kernel=(1, 1), stride=(2, 2), pads=((0, 0), (0, 0)), dilation=(1, 1))),
+        ((("f32", (2, 4, 1, 3)), ("f32", (2, 4, 1, 3))),
+         dict(kernel=(3, 3), stride=(1, 1), pads=((1, 1), (1, 1)), dilation=(1, 1), groups=2), {"symbolic_batch": False}),
+        # 16 input channels and up: one Gemm per kernel tap (conv_forms)
+        ((("f32", (2, 5, 3, 3)), ("f32", (2, 16, 6, 6))),
+         dict(kernel=(3, 3), stride=(2, 2), pads=((1, 1), (1, 1)), dilation=(1, 1))),
+        ((("f32", (2, 4, 8, 6)), ("f32", (2, 16, 8, 7))),
+         dict(kernel=(3, 2), stride=(1, 1), pads=((2, 2), (1, 0)), dilation=(2, 2)), {"symbolic_batch": False}),
+        ((("f32", (2, 3, 4)), ("f32", (2, 16, 11))),
+         dict(kernel=(4,), stride=(3,), pads=((1, 2),), dilation=(1,))),
+        ((("f32", (1, 3, 2, 3, 3)), ("f32", (1, 16, 4, 5, 5))),
+         dict(kernel=(3, 3, 3), stride=(2, 2, 2), pads=((1, 1), (1, 1), (1, 1)), dilation=(1, 1, 1)),
+         {"symbolic_batch": False}),
     ),
 ))
 
@@ -278,5 +277,10 @@ register(Op(
         ((("f32", (2, 4, 8, 8)),), dict(channels=6, kernel=(3, 2), pad="same", dilation=2, groups=2)),
         ((("f32", (2, 3, 11)),), dict(channels=5, kernel=4, stride=3, pad=((1, 2),), bias=False)),
         ((("f32", (1, 2, 5, 6, 6)),), dict(channels=3, kernel=3, pad=1)),
+        # small maps (conv_forms): taps that meet only padding dropped; one output position = Gemm
+        ((("f32", (2, 8, 1, 1)),), dict(channels=6, kernel=3, pad=1)),
+        ((("f32", (2, 4, 2, 2)),), dict(channels=5, kernel=3, stride=2, pad=1)),
+        ((("f32", (2, 4, 2, 2)),), dict(channels=6, kernel=1, stride=2, bias=False)),
+        ((("f32", (2, 4, 1, 3)),), dict(channels=4, kernel=3, pad=1, groups=2)),
     ),
 ))

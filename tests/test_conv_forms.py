@@ -1,0 +1,70 @@
+"""almc/ops/conv_forms.py: which formulation a convolution gets from its sizes, and a whole
+training step that uses them (ResNet-18 on 32x32 images, whose last stage runs on 1x1 and 2x2
+maps) against the numpy reference executor. test_ops and test_grads check each form op by op
+through the conv examples that exercise them."""
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import almc
+from almc.lower import lower
+from almc.ops.conv_forms import ConvGeo, choose
+from almc.optim import training_step
+from almc.reference import execute
+from almc.runtime import run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def geo(kernel, stride, pad, size, out, groups=1, dilation=1):
+    n = len(size)
+    return ConvGeo((kernel,) * n, (stride,) * n, (dilation,) * n, ((pad, pad),) * n, groups, size, out)
+
+
+@pytest.mark.parametrize("g,matmul,taps,kernel,pads", [
+    # 3x3, pad 1 on a 1x1 map: only the centre tap meets the input; one output = a Gemm
+    (geo(3, 1, 1, (1, 1), (1, 1)), True, ((1, 2), (1, 2)), (1, 1), ((0, 0), (0, 0))),
+    # 3x3, stride 2, pad 1 on 2x2: the window's last two taps per axis cover the map
+    (geo(3, 2, 1, (2, 2), (1, 1)), True, ((1, 3), (1, 3)), (2, 2), ((0, 0), (0, 0))),
+    # 1x1, stride 2 on 2x2: one output that reads x[:, :, 0, 0]
+    (geo(1, 2, 0, (2, 2), (1, 1)), True, ((0, 1), (0, 1)), (1, 1), ((0, 0), (0, 0))),
+    # a 1x3 map: the rows' outer taps meet only padding; grouped, so a Conv with a 1x3 kernel
+    (geo(3, 1, 1, (1, 3), (1, 3), groups=2), False, ((1, 2), (0, 3)), (1, 3), ((0, 0), (1, 1))),
+    # 2x2 map, 3x3 pad 1: every tap meets the input at some output: unchanged
+    (geo(3, 1, 1, (2, 2), (2, 2)), False, ((0, 3), (0, 3)), (3, 3), ((1, 1), (1, 1))),
+    # symbolic sizes: unchanged
+    (geo(3, 1, 1, ("H", "W"), ("H", "W")), False, ((0, 3), (0, 3)), (3, 3), ((1, 1), (1, 1))),
+])
+def test_the_form_follows_the_sizes(g, matmul, taps, kernel, pads):
+    f = choose(g)
+    assert (f.matmul, f.taps, f.geo.kernel, f.geo.pads) == (matmul, taps, kernel, pads)
+
+
+def test_resnet18_training_step_on_32x32_matches_the_numpy_reference():
+    src = (ROOT / "models" / "resnet18.alm").read_text() + """
+train ResNet18 { input label: i64[N]
+  minimize mean(cross_entropy(logits, label))
+  optimizer sgd(lr = 0.1, momentum = 0.9) }"""
+    m = almc.load(src, classes=10, size=32)
+    step, sig = training_step(m.graph)
+    model = lower(step, params_as_inputs=True)
+    ops = collections.Counter(n.op_type for n in model.graph.node)
+    # layer3 (1x1 maps): 4 convs forward, 4 input and 4 weight gradients are Gemms; 20 - 4 Conv forward
+    assert ops["Gemm"] >= 12 and ops["ConvTranspose"] < 19
+    rng = np.random.default_rng(0)
+    w = m.initial_weights()
+    feeds = {k: v for k, v in w.items() if k in {i.name for i in model.graph.input}}
+    feeds |= {k: (rng.standard_normal(s) * 0.01).astype(np.float32) for k, s in sig.state.items()}
+    feeds |= {"image": rng.standard_normal((8, 3, 32, 32)).astype(np.float32), "label": np.arange(8) % 10,
+              "epoch": np.array(0.5, np.float32)}
+    got = run(model, feeds, "cpu")[0]
+    ref = execute(step, w, {k: v for k, v in feeds.items() if k not in w})
+    for name in step.outputs:
+        if name.startswith(("grad.", "next.", "loss")):
+            a, b = got[name], ref[name]
+            scale = max(1.0, float(np.abs(b).max()))
+            assert np.abs(a - b).max() <= 2e-4 * scale, name
