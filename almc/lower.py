@@ -57,6 +57,7 @@ def lower(graph: Graph, weights: dict[str, np.ndarray] | None = None, seed: int 
         weights = initialize(graph, seed)
     live = live_nodes(graph)
     nodes, inits, infos = [], [], []
+    constants: dict = {}
     tensor: dict[str, str] = {}
     out_nodes = set(graph.outputs.values())
     needed = {full for n in live for _, full, _ in node_params(graph, graph.node(n))}
@@ -77,7 +78,7 @@ def lower(graph: Graph, weights: dict[str, np.ndarray] | None = None, seed: int 
         op = lookup(node.op)
         types = [graph.node(i).type for i in node.inputs]
         pnames = {local: full for local, full, _ in node_params(graph, node)}
-        g = Emitter(nodes, inits, node.id, node.doc)
+        g = Emitter(nodes, inits, node.id, node.doc, constants)
         name = op.lower(g, [tensor[i] for i in node.inputs], pnames, node.attrs, types, node.type)
         tensor[node.id] = name
         if name == node.id and node.id not in out_nodes:

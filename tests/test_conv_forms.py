@@ -25,23 +25,34 @@ def geo(kernel, stride, pad, size, out, groups=1, dilation=1):
     return ConvGeo((kernel,) * n, (stride,) * n, (dilation,) * n, ((pad, pad),) * n, groups, size, out)
 
 
-@pytest.mark.parametrize("g,matmul,taps,kernel,pads", [
+@pytest.mark.parametrize("g,matmul,taps,kernel,pads,dense", [
     # 3x3, pad 1 on a 1x1 map: only the centre tap meets the input; one output = a Gemm
-    (geo(3, 1, 1, (1, 1), (1, 1)), True, ((1, 2), (1, 2)), (1, 1), ((0, 0), (0, 0))),
+    (geo(3, 1, 1, (1, 1), (1, 1)), True, ((1, 2), (1, 2)), (1, 1), ((0, 0), (0, 0)), False),
     # 3x3, stride 2, pad 1 on 2x2: the window's last two taps per axis cover the map
-    (geo(3, 2, 1, (2, 2), (1, 1)), True, ((1, 3), (1, 3)), (2, 2), ((0, 0), (0, 0))),
+    (geo(3, 2, 1, (2, 2), (1, 1)), True, ((1, 3), (1, 3)), (2, 2), ((0, 0), (0, 0)), False),
     # 1x1, stride 2 on 2x2: one output that reads x[:, :, 0, 0]
-    (geo(1, 2, 0, (2, 2), (1, 1)), True, ((0, 1), (0, 1)), (1, 1), ((0, 0), (0, 0))),
+    (geo(1, 2, 0, (2, 2), (1, 1)), True, ((0, 1), (0, 1)), (1, 1), ((0, 0), (0, 0)), False),
     # a 1x3 map: the rows' outer taps meet only padding; grouped, so a Conv with a 1x3 kernel
-    (geo(3, 1, 1, (1, 3), (1, 3), groups=2), False, ((1, 2), (0, 3)), (1, 3), ((0, 0), (1, 1))),
-    # 2x2 map, 3x3 pad 1: every tap meets the input at some output: unchanged
-    (geo(3, 1, 1, (2, 2), (2, 2)), False, ((0, 3), (0, 3)), (3, 3), ((1, 1), (1, 1))),
+    (geo(3, 1, 1, (1, 3), (1, 3), groups=2), False, ((1, 2), (0, 3)), (1, 3), ((0, 0), (1, 1)), False),
+    # 2x2 map, 3x3 pad 1: each of the 4 x 4 pairs of positions is linked by one tap: one dense matrix
+    (geo(3, 1, 1, (2, 2), (2, 2)), False, ((0, 3), (0, 3)), (3, 3), ((1, 1), (1, 1)), True),
+    # 4x4 map: the dense matrix would be 256 / 100 zeros-heavy: a Conv
+    (geo(3, 1, 1, (4, 4), (4, 4)), False, ((0, 3), (0, 3)), (3, 3), ((1, 1), (1, 1)), False),
     # symbolic sizes: unchanged
-    (geo(3, 1, 1, ("H", "W"), ("H", "W")), False, ((0, 3), (0, 3)), (3, 3), ((1, 1), (1, 1))),
+    (geo(3, 1, 1, ("H", "W"), ("H", "W")), False, ((0, 3), (0, 3)), (3, 3), ((1, 1), (1, 1)), False),
 ])
-def test_the_form_follows_the_sizes(g, matmul, taps, kernel, pads):
+def test_the_form_follows_the_sizes(g, matmul, taps, kernel, pads, dense):
     f = choose(g)
-    assert (f.matmul, f.taps, f.geo.kernel, f.geo.pads) == (matmul, taps, kernel, pads)
+    assert (f.matmul, f.taps, f.geo.kernel, f.geo.pads, f.dense) == (matmul, taps, kernel, pads, dense)
+
+
+def test_the_dense_matrix_links_each_pair_of_positions_by_its_tap():
+    from almc.ops.conv_forms import _dense_matrix
+
+    m = _dense_matrix(geo(3, 1, 1, (2, 2), (2, 2)))  # [9 taps, 4 out positions * 4 in positions]
+    assert m.shape == (9, 16) and m.sum() == 16 and (m.sum(axis=0) == 1).all()
+    # output (0, 0) reads input (0, 0) through the centre tap (1, 1) and input (1, 1) through tap (2, 2)
+    assert m[4, 0 * 4 + 0] == 1 and m[8, 0 * 4 + 3] == 1
 
 
 def test_resnet18_training_step_on_32x32_matches_the_numpy_reference():

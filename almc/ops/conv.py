@@ -196,6 +196,10 @@ register(Op(
         ((("f32", (2, 4, 1, 3)), ("f32", (4, 2, 3, 3))),
          dict(kernel=(3, 3), stride=(1, 1), pads=((1, 1), (1, 1)), dilation=(1, 1), groups=2, size=(1, 3)),
          {"symbolic_batch": False}),
+        ((("f32", (2, 6, 2, 2)), ("f32", (6, 5, 3, 3))),
+         dict(kernel=(3, 3), stride=(1, 1), pads=((1, 1), (1, 1)), dilation=(1, 1), size=(2, 2))),
+        ((("f32", (2, 4, 3)), ("f32", (4, 3, 3))),
+         dict(kernel=(3,), stride=(1,), pads=((1, 1),), dilation=(1,), size=(3,))),
     ),
 ))
 
@@ -246,6 +250,10 @@ register(Op(
          dict(kernel=(1, 1), stride=(2, 2), pads=((0, 0), (0, 0)), dilation=(1, 1))),
         ((("f32", (2, 4, 1, 3)), ("f32", (2, 4, 1, 3))),
          dict(kernel=(3, 3), stride=(1, 1), pads=((1, 1), (1, 1)), dilation=(1, 1), groups=2), {"symbolic_batch": False}),
+        ((("f32", (2, 6, 2, 2)), ("f32", (2, 5, 2, 2))),
+         dict(kernel=(3, 3), stride=(1, 1), pads=((1, 1), (1, 1)), dilation=(1, 1))),
+        ((("f32", (2, 4, 3)), ("f32", (2, 3, 3))),
+         dict(kernel=(3,), stride=(1,), pads=((1, 1),), dilation=(1,))),
         # 16 input channels and up: one Gemm per kernel tap (conv_forms)
         ((("f32", (2, 5, 3, 3)), ("f32", (2, 16, 6, 6))),
          dict(kernel=(3, 3), stride=(2, 2), pads=((1, 1), (1, 1)), dilation=(1, 1))),
@@ -282,5 +290,7 @@ register(Op(
         ((("f32", (2, 4, 2, 2)),), dict(channels=5, kernel=3, stride=2, pad=1)),
         ((("f32", (2, 4, 2, 2)),), dict(channels=6, kernel=1, stride=2, bias=False)),
         ((("f32", (2, 4, 1, 3)),), dict(channels=4, kernel=3, pad=1, groups=2)),
+        ((("f32", (2, 5, 2, 2)),), dict(channels=6, kernel=3, pad=1)),
+        ((("f32", (2, 3, 3)),), dict(channels=4, kernel=3, pad=1, bias=False)),
     ),
 ))

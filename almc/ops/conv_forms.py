@@ -49,6 +49,7 @@ class Form:
     taps: tuple[tuple[int, int], ...]
     matmul: bool
     full_kernel: tuple[int, ...]
+    dense: bool = False
 
     @property
     def pruned(self) -> bool:
@@ -82,10 +83,54 @@ def choose(geo: ConvGeo) -> Form:
     if matmul:
         new = replace(geo, kernel=tuple(kernel), pads=tuple((0, 0) for _ in range(n)), dilation=(1,) * n)
         return Form(new, tuple(taps), True, geo.kernel)
+    if geo.groups == 1 and _dense_pays(geo):
+        return Form(geo, tuple((0, k) for k in geo.kernel), False, geo.kernel, dense=True)
     dropped = any(a > 0 or b < k for (a, b), k in zip(taps, geo.kernel))
     if dropped and all(pb >= 0 and pe >= 0 for pb, pe in pads):
         return Form(replace(geo, kernel=tuple(kernel), pads=tuple(pads)), tuple(taps), False, geo.kernel)
     return Form(geo, tuple((0, k) for k in geo.kernel), False, geo.kernel)
+
+
+# A convolution over maps hardly larger than its kernel is written as one matrix
+# [out positions * M, in positions * C] built from the weight, when that matrix's zeros (pairs
+# of positions no tap connects) add at most this share to the multiply-adds. ResNet-18's third
+# stage on 32x32 images (2x2 maps, 3x3 kernels) has none: each of the 16 pairs is a tap.
+DENSE_MAX_WASTE = 1.5
+
+
+def _pairs(size: int, k: int, s: int, d: int, pb: int, out: int) -> list[tuple[int, int, int]]:
+    """(output position, tap, input position) along one axis, for every tap that meets the input."""
+    return [(o, t, o * s - pb + t * d) for o in range(out) for t in range(k) if 0 <= o * s - pb + t * d < size]
+
+
+def _dense_pays(geo: ConvGeo) -> bool:
+    n = len(geo.kernel)
+    links = np.prod([len(_pairs(geo.size[i], geo.kernel[i], geo.stride[i], geo.dilation[i], geo.pads[i][0], geo.out[i]))
+                     for i in range(n)])
+    return int(np.prod(geo.out)) > 1 and np.prod(geo.out) * np.prod(geo.size) <= DENSE_MAX_WASTE * links
+
+
+def _dense_matrix(geo: ConvGeo) -> np.ndarray:
+    """0/1 [taps, out positions * in positions]: which tap links each pair of positions."""
+    n = len(geo.kernel)
+    P, Q = int(np.prod(geo.out)), int(np.prod(geo.size))
+    m = np.zeros((int(np.prod(geo.kernel)), P * Q), np.float32)
+    per_axis = [_pairs(geo.size[i], geo.kernel[i], geo.stride[i], geo.dilation[i], geo.pads[i][0], geo.out[i])
+                for i in range(n)]
+    for combo in np.ndindex(*(len(a) for a in per_axis)):
+        o, t, q = zip(*(per_axis[i][combo[i]] for i in range(n)))
+        p_flat, q_flat = np.ravel_multi_index(o, geo.out), np.ravel_multi_index(q, geo.size)
+        m[np.ravel_multi_index(t, geo.kernel), p_flat * Q + q_flat] = 1.0
+    return m
+
+
+def _dense_weight(g, w, geo: ConvGeo, M: int, C: int):
+    """The convolution as a matrix [M * out positions, C * in positions] (exact: each entry is one
+    weight times 1 plus zeros)."""
+    P, Q, K = int(np.prod(geo.out)), int(np.prod(geo.size)), int(np.prod(geo.kernel))
+    wb = g.node("MatMul", [g.node("Reshape", [w, _i64(g, "w_taps", [M * C, K])]), g.const("links", _dense_matrix(geo))])
+    wb = g.node("Transpose", [g.node("Reshape", [wb, _i64(g, "w_mcpq", [M, C, P, Q])])], perm=[0, 2, 1, 3])
+    return g.node("Reshape", [wb, _i64(g, "w_dense", [M * P, C * Q])])
 
 
 def _i64(g, suffix, values):
@@ -134,6 +179,12 @@ def _window_of(g, x, form: Form):
 def forward(g, x, w, bias, form: Form, channels: int, channels_in: int, out):
     geo = form.geo
     lead = [channels, channels_in // geo.groups]
+    if form.dense:
+        y = g.node("Gemm", [g.node("Flatten", [x], axis=1), _dense_weight(g, w, geo, channels, channels_in)], transB=1)
+        y = g.node("Reshape", [y, _i64(g, "y_shape", [0, channels, *geo.out])], out=None if bias else out)
+        if not bias:
+            return y
+        return g.node("Add", [y, g.node("Reshape", [bias, _i64(g, "b_shape", [channels] + [1] * len(geo.out))])], out=out)
     if form.matmul:
         xf = g.node("Flatten", [_window_of(g, x, form)], axis=1)
         wf = _taps_of(g, w, form, lead, [channels, -1])
@@ -157,6 +208,9 @@ def output_padding(geo: ConvGeo) -> list[int]:
 def grad_input(g, gy, w, form: Form, channels_out: int, channels_in: int, out):
     geo = form.geo
     lead = [channels_out, channels_in // geo.groups]
+    if form.dense:
+        dx = g.node("Gemm", [g.node("Flatten", [gy], axis=1), _dense_weight(g, w, geo, channels_out, channels_in)])
+        return g.node("Reshape", [dx, _i64(g, "x_shape", [0, channels_in, *geo.size])], out=out)
     if form.matmul:
         gf = g.node("Flatten", [gy], axis=1)
         wf = _taps_of(g, w, form, lead, [channels_out, -1])
@@ -175,6 +229,14 @@ def grad_input(g, gy, w, form: Form, channels_out: int, channels_in: int, out):
 def grad_weight(g, gy, x, form: Form, rank: int, channels_in: int, channels_out: int, out):
     geo = form.geo
     lead = [channels_out, channels_in // geo.groups]
+    if form.dense:
+        P, Q = int(np.prod(geo.out)), int(np.prod(geo.size))
+        dwb = g.node("Gemm", [g.node("Flatten", [gy], axis=1), g.node("Flatten", [x], axis=1)], transA=1)
+        dwb = g.node("Transpose", [g.node("Reshape", [dwb, _i64(g, "g_mpcq", [channels_out, P, channels_in, Q])])],
+                     perm=[0, 2, 1, 3])
+        dw = g.node("MatMul", [g.node("Reshape", [dwb, _i64(g, "g_pairs", [channels_out * channels_in, P * Q])]),
+                               g.const("links_t", _dense_matrix(geo).T.copy())])
+        return g.node("Reshape", [dw, _i64(g, "w_shape", [*lead, *geo.kernel])], out=out)
     if form.matmul:
         gf = g.node("Flatten", [gy], axis=1)
         xf = g.node("Flatten", [_window_of(g, x, form)], axis=1)

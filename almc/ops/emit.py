@@ -4,6 +4,11 @@
 appends an ONNX node and returns its output name; `g.const(...)` adds a constant
 initializer; `g.out` is the name the node's result should carry. Every ONNX node
 gets a name derived from the graph node and the source position in doc_string.
+
+Constants are shared: a value already emitted for an earlier node is reused under its first
+name. Besides a smaller file, this lets onnxruntime's common-subexpression elimination merge
+the same computation written by two lowerings (batch norm's statistics, recomputed by its
+forward, its gradient and its running-statistics update, read the same `axes` and `eps`).
 """
 from __future__ import annotations
 
@@ -12,13 +17,13 @@ from onnx import helper, numpy_helper
 
 
 class Emitter:
-    def __init__(self, nodes: list, initializers: list, node_id: str, doc: str = "", training: bool = False):
+    def __init__(self, nodes: list, initializers: list, node_id: str, doc: str = "", constants: dict | None = None):
         self.nodes = nodes
         self.initializers = initializers
         self.id = node_id
         self.out = node_id
         self.doc = doc
-        self.training = training
+        self.constants = {} if constants is None else constants  # (dtype, shape, bytes) -> name
         self._count = 0
         self._nodes_emitted = 0
 
@@ -36,6 +41,9 @@ class Emitter:
         return outs[0]
 
     def const(self, suffix: str, value, dtype=np.float32) -> str:
-        name = f"{self.id}.{suffix}"
-        self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
-        return name
+        arr = np.asarray(value, dtype=dtype)
+        key = (arr.dtype.str, arr.shape, arr.tobytes())
+        if key not in self.constants:
+            self.constants[key] = f"{self.id}.{suffix}"
+            self.initializers.append(numpy_helper.from_array(arr, self.constants[key]))
+        return self.constants[key]

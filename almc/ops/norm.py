@@ -179,17 +179,20 @@ def _stat_shape(opname):
     return shape
 
 
+# Batch statistics are always written as _batch_moments writes them, in batch norm's forward,
+# its gradients and the running-statistics update alike: with the constants shared (emit.py),
+# onnxruntime's common-subexpression elimination then computes them once per step.
+
 def _batch_mean_lower(g, ins, p, a, types, out):
-    return g.node("ReduceMean", [ins[0], g.const("axes", list(channel_axes(types[0].rank)), np.int64)],
-                  keepdims=0, out=g.out)
+    _, mean, _, _ = _batch_moments(g, ins[0], types[0].rank)
+    return g.node("Reshape", [mean, g.const("vector", [-1], np.int64)], out=g.out)
 
 
 def _batch_var_lower(g, ins, p, a, types, out):
-    axes = g.const("axes", list(channel_axes(types[0].rank)), np.int64)
-    centred = g.node("Sub", [ins[0], g.node("ReduceMean", [ins[0], axes], keepdims=1)])
+    axes, _, _, var = _batch_moments(g, ins[0], types[0].rank)
     if not a.unbiased:
-        return g.node("ReduceMean", [g.node("Mul", [centred, centred]), axes], keepdims=0, out=g.out)
-    biased = g.node("ReduceMean", [g.node("Mul", [centred, centred]), axes], keepdims=0)
+        return g.node("Reshape", [var, g.const("vector", [-1], np.int64)], out=g.out)
+    biased = g.node("Reshape", [var, g.const("vector", [-1], np.int64)])
     # n = elements per channel, counted at run time (the batch is symbolic): n / (n - 1)
     count = g.node("Cast", [g.node("ReduceProd", [g.node("Gather", [g.node("Shape", [ins[0]]), axes])],
                                    keepdims=0)], to=1)
@@ -224,11 +227,17 @@ register(Op(
 ))
 
 
+def _batch_moments(g, x: str, rank: int):
+    """(axes, mean, x - mean, biased variance), the statistics kept as [1, C, 1, ...]."""
+    axes = g.const("axes", list(channel_axes(rank)), np.int64)
+    mean = g.node("ReduceMean", [x, axes], keepdims=1)
+    centred = g.node("Sub", [x, mean])
+    return axes, mean, centred, g.node("ReduceMean", [g.node("Mul", [centred, centred]), axes], keepdims=1)
+
+
 def _batch_stats_onnx(g, x: str, rank: int, eps: float):
     """(axes, x - mean, sqrt(var + eps)) with the batch statistics, kept as [1, C, 1, ...]."""
-    axes = g.const("axes", list(channel_axes(rank)), np.int64)
-    centred = g.node("Sub", [x, g.node("ReduceMean", [x, axes], keepdims=1)])
-    var = g.node("ReduceMean", [g.node("Mul", [centred, centred]), axes], keepdims=1)
+    axes, _, centred, var = _batch_moments(g, x, rank)
     return axes, centred, g.node("Sqrt", [g.node("Add", [var, g.const("eps", eps)])])
 
 
@@ -265,7 +274,7 @@ def bn_train_grad(d, n, gy):
     x = n.inputs[0]
     eps = {"eps": n.attrs.eps}
     gx = d.op("batchnorm_train_grad", [gy, x, d.param("weight")], eps) if d.wants(x) else None
-    gw = d.op("batchnorm_grad_weight", [gy, x, d.op("batch_mean", [x]), d.op("batch_var", [x])], eps)
+    gw = d.op("batchnorm_train_grad_weight", [gy, x], eps)
     gb = d.op("sum", [gy], {"axis": channel_axes(d.type(x).rank)})
     return [gx], {"weight": gw, "bias": gb}
 
@@ -278,6 +287,29 @@ register(Op(
         "variance over every axis but 1. It has no parameters of its own: it is made with owner = the "
         "inference batchnorm node and reads that node's weight and bias (tested in tests/test_batchnorm_train.py).",
     examples=(),
+))
+
+
+def _bn_train_grad_weight_lower(g, ins, p, a, types, out):
+    gy, x = ins
+    axes, centred, std = _batch_stats_onnx(g, x, types[1].rank, a.eps)
+    xhat = g.node("Div", [centred, std])
+    return g.node("ReduceSum", [g.node("Mul", [gy, xhat]), axes], keepdims=0, out=g.out)
+
+
+register(Op(
+    name="batchnorm_train_grad_weight", inputs=("g", "x"), attrs=(Attr("eps", "float", 1e-5),),
+    shape=lambda types, a: types[1].with_dims((channels_of(types[1], "batchnorm_train_grad_weight"),)),
+    lower=_bn_train_grad_weight_lower,
+    reference=lambda xs, p, a: (xs[0] * _batch_xhat(xs[1], a.eps)).sum(axis=channel_axes(xs[1].ndim)),
+    category="gradient",
+    doc="Gradient of training-mode batchnorm with respect to its weight: sum(g * xhat), xhat normalised "
+        "with the batch statistics.",
+    examples=(
+        ((("f32", (4, 3)), ("f32", (4, 3))), {}),
+        ((("f32", (2, 3, 4, 4)), ("f32", (2, 3, 4, 4))), dict(eps=0.1)),
+        ((("f32", (2, 3, 3, 2, 2)), ("f32", (2, 3, 3, 2, 2))), {}),
+    ),
 ))
 
 
