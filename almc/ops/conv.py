@@ -200,6 +200,15 @@ register(Op(
          dict(kernel=(3, 3), stride=(1, 1), pads=((1, 1), (1, 1)), dilation=(1, 1), size=(2, 2))),
         ((("f32", (2, 4, 3)), ("f32", (4, 3, 3))),
          dict(kernel=(3,), stride=(1,), pads=((1, 1),), dilation=(1,), size=(3,))),
+        # stride 1, 32 channels and more on 64 positions or more: a Conv with the weight flipped
+        ((("f32", (2, 32, 8, 8)), ("f32", (32, 3, 3, 3))),
+         dict(kernel=(3, 3), stride=(1, 1), pads=((1, 1), (1, 1)), dilation=(1, 1), size=(8, 8))),
+        ((("f32", (1, 32, 9, 9)), ("f32", (32, 2, 3, 2))),
+         dict(kernel=(3, 2), stride=(1, 1), pads=((2, 1), (0, 1)), dilation=(2, 1), size=(10, 9)),
+         {"symbolic_batch": False}),
+        ((("f32", (1, 32, 4, 4, 4)), ("f32", (32, 2, 3, 3, 3))),
+         dict(kernel=(3, 3, 3), stride=(1, 1, 1), pads=((1, 1), (1, 1), (1, 1)), dilation=(1, 1, 1), size=(4, 4, 4)),
+         {"symbolic_batch": False}),
     ),
 ))
 
