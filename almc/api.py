@@ -55,14 +55,24 @@ class Model:
     def compile(self, seed: int | None = None, check_runtime: bool = True, fold: bool = True):
         """Lower to an onnx.ModelProto (trained weights if there are any, else initialised from the seed).
         `fold` folds each batch norm into the conv or dense layer before it (inference computes the same)."""
-        return self._compiled(seed, check_runtime, fold)[0]
+        from .onnxfile import attach
+
+        return attach(*self._lowered(seed, check_runtime, fold))
 
     def export(self, path: str | os.PathLike, seed: int | None = None, fold: bool = True) -> Path:
-        return atomic_write(path, self._compiled(seed, True, fold)[1])
+        return self._export(path, seed, fold)[0]
 
-    def _compiled(self, seed, check_runtime, fold):
-        """(ModelProto, its bytes) of the inference model."""
-        from .lower import lower
+    def _export(self, path, seed, fold):
+        """(path, the model without its weights' data): the weights go to the file from their arrays."""
+        from .onnxfile import chunks
+
+        skeleton, params = self._lowered(seed, True, fold)
+        return atomic_write(path, chunks(skeleton, params)), skeleton
+
+    def _lowered(self, seed, check_runtime, fold):
+        """(model without the parameters' data, [(name, array)]) of the inference model, checked."""
+        from .lower import lower_split
+        from .onnxfile import checkable
 
         seed = self.seed if seed is None else seed
         graph, weights = self.graph, self.weights if self.weights is not None else self.initial_weights(seed)
@@ -70,8 +80,9 @@ class Model:
             from .fold import fold_batchnorm
 
             graph, weights = fold_batchnorm(graph, weights)
-        model = lower(graph, weights, seed)
-        return model, _checked(model, check_runtime)
+        skeleton, params = lower_split(graph, weights, seed)
+        _check(checkable(skeleton, params), check_runtime)
+        return skeleton, params
 
     def train(self, data: str | None = None, **options) -> dict:
         """Train with the model's training section; returns the metrics. Options are those of
@@ -105,7 +116,9 @@ class Model:
 
         step, _ = training_step(self.graph, gradients)
         model = lower(step, params_as_inputs=True)
-        return model, _checked(model, True)
+        data = model.SerializeToString()
+        _check(data, True, model)
+        return model, data
 
     def run(self, inputs, device: str = "auto") -> dict[str, np.ndarray]:
         """Run in onnxruntime. `inputs`: one array (single-input models) or a dict by input name."""
@@ -137,18 +150,16 @@ class Model:
         return feeds
 
 
-def _checked(model, check_runtime: bool) -> bytes:
-    """Serialise once; the full ONNX checker reads those bytes, then onnxruntime's op support is checked."""
+def _check(model, check_runtime: bool, proto=None) -> None:
+    """The full ONNX checker (on a ModelProto or its bytes), then onnxruntime's op support."""
     import onnx
 
     from .lower import OPSET
     from .support import ensure_supported
 
-    data = model.SerializeToString()
-    onnx.checker.check_model(data, full_check=True)
+    onnx.checker.check_model(model, full_check=True)
     if check_runtime:
-        ensure_supported(model, OPSET)
-    return data
+        ensure_supported(proto if proto is not None else model, OPSET)
 
 
 def check_input(name: str, x: np.ndarray, t) -> np.ndarray:

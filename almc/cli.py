@@ -214,8 +214,11 @@ def cmd_compile(args) -> int:
         raise UsageError(f"the folder {out.parent} does not exist")
     if args.weights:
         m.load_weights(args.weights)
-    proto, data = m._compiled_step() if args.train else m._compiled(args.seed, True, not args.no_fold)
-    atomic_write(out, data)
+    if args.train:
+        proto, data = m._compiled_step()
+        atomic_write(out, data)
+    else:
+        _, proto = m._export(out, args.seed, not args.no_fold)
     s = m.summary()
     buffers = f" and {s.buffers:,} buffers" if s.buffers else ""
     print(f"wrote {out}: {len(proto.graph.node)} ONNX nodes, {s.total_params:,} parameters{buffers}, opset "

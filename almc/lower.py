@@ -13,7 +13,7 @@ import hashlib
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from . import __version__
 from .graph import INPUT, Graph, node_params
@@ -53,6 +53,16 @@ def lower(graph: Graph, weights: dict[str, np.ndarray] | None = None, seed: int 
           params_as_inputs: bool = False) -> onnx.ModelProto:
     """The ONNX model of a graph. Parameters become initializers, or graph inputs of the same
     names for a training step (`params_as_inputs`), which takes them as inputs and returns them updated."""
+    from .onnxfile import attach
+
+    skeleton, params = lower_split(graph, weights, seed, params_as_inputs)
+    return attach(skeleton, params) if params else skeleton
+
+
+def lower_split(graph: Graph, weights: dict[str, np.ndarray] | None = None, seed: int = 0,
+                params_as_inputs: bool = False) -> tuple[onnx.ModelProto, list[tuple[str, np.ndarray]]]:
+    """(the model without its parameters' data, [(name, array)] of the parameters, in
+    initializer order): `onnxfile` writes the two without copying the arrays through protobuf."""
     if weights is None and not params_as_inputs:
         weights = initialize(graph, seed)
     live = live_nodes(graph)
@@ -61,14 +71,14 @@ def lower(graph: Graph, weights: dict[str, np.ndarray] | None = None, seed: int 
     tensor: dict[str, str] = {}
     out_nodes = set(graph.outputs.values())
     needed = {full for n in live for _, full, _ in node_params(graph, graph.node(n))}
-    param_inputs = []
+    param_inputs, params = [], []
     for _, full, p in param_specs(graph):
         if full not in needed:
             continue
         if params_as_inputs:
             param_inputs.append(value_info(full, TensorType("f32", p.shape)))
         else:
-            inits.append(numpy_helper.from_array(np.ascontiguousarray(weights[full], np.float32), full))
+            params.append((full, weights[full]))
     for node in graph.nodes():
         if node.id not in live:
             continue
@@ -109,4 +119,4 @@ def lower(graph: Graph, weights: dict[str, np.ndarray] | None = None, seed: int 
                               doc_string=f"{graph.name}, compiled by almc {__version__}")
     helper.set_model_props(model, {"almc.version": __version__, "almc.source_sha256": source_hash(graph),
                                    "almc.model": graph.name, "almc.seed": str(seed)})
-    return model
+    return model, params

@@ -80,6 +80,25 @@ def test_compiling_twice_gives_identical_bytes_and_the_seed_matters():
     assert a == b and a != c
 
 
+@pytest.mark.parametrize("path,params", [(LENET, {}), (ROOT / "models" / "resnet18.alm", {"size": 32, "classes": 10}),
+                                         (ROOT / "models" / "rnn.alm", {})], ids=["lenet", "resnet18", "rnn"])
+def test_the_exported_file_is_byte_for_byte_what_protobuf_serialises(tmp_path, path, params):
+    """almc/onnxfile.py writes the weights from their arrays with hand-written framing: the file
+    must equal protobuf's own serialisation of the whole model, and load back to it."""
+    import onnx
+
+    from almc.onnxfile import attach, chunks
+
+    m = almc.load(path, **params)
+    skeleton, weights = m._lowered(None, False, True)
+    assert weights and len(skeleton.graph.initializer) < len(attach(skeleton, weights).graph.initializer)
+    expected = attach(skeleton, weights).SerializeToString()
+    assert b"".join(bytes(c) for c in chunks(skeleton, weights)) == expected
+    m.export(tmp_path / "m.onnx")
+    assert (tmp_path / "m.onnx").read_bytes() == expected == m.compile().SerializeToString()
+    assert onnx.load(tmp_path / "m.onnx") == m.compile()
+
+
 def test_initialisation_follows_the_activation():
     m = almc.load("""
 model M {
