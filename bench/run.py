@@ -567,9 +567,12 @@ def render(res: dict) -> str:
             extra = (f" almc's `run_with_iobinding` alone (what `almc train` reports as its step): "
                      f"{statistics.median(ro) * 1e3:.2f} ms median." if ro else "")
             if "ok" in v and "loss_rel_diff" in v:
-                w(f"- {model}: {cfg['what']}. Same step checked: two steps (two batches) from the same weights, loss "
-                  f"relative difference {v['loss_rel_diff']:.1e}, worst updated parameter/statistic relative "
-                  f"difference {v['max_param_rel_diff']:.1e} ({'ok' if v['ok'] else 'ABOVE 1e-4'}).{extra}")
+                torch_err = (f"; PyTorch's float32 step against it: {v['torch_loss_rel_diff']:.1e} and "
+                             f"{v['torch_max_param_rel_diff']:.1e}" if "torch_loss_rel_diff" in v else "")
+                w(f"- {model}: {cfg['what']}. Same step checked: two steps (two batches) from the same weights, "
+                  f"against the same two steps of PyTorch in float64: almc's loss relative difference "
+                  f"{v['loss_rel_diff']:.1e}, worst updated parameter/statistic relative difference "
+                  f"{v['max_param_rel_diff']:.1e} ({'ok' if v['ok'] else 'ABOVE 1e-4'}){torch_err}.{extra}")
             else:
                 w(f"- {model}: {cfg['what']}. Step check: {v.get('error', v.get('note', 'not run'))[-300:]}.{extra}")
         w("")
