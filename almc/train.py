@@ -140,10 +140,13 @@ def train(model, opts: TrainOptions) -> dict:
         if ckpt_dir is None:
             raise UsageError("--resume needs --checkpoint DIR")
         weights, state, start_epoch, step, history = load_checkpoint(ckpt_dir / CHECKPOINT, graph, weights, state)
-    # on the CPU an OrtValue made from an array shares its memory: keep the arrays alive
+    # on the CPU an OrtValue made from an array shares its memory: keep the arrays alive until the
+    # first step's outputs replace them (then only those never updated), and no other copy
     host = {k: np.ascontiguousarray(v, np.float32) for k, v in {**weights, **state}.items() if k in step_inputs}
     values = {k: ort.OrtValue.ortvalue_from_numpy(v, dev, 0) for k, v in host.items()}
     frozen_values = {k: v for k, v in weights.items() if k not in values}
+    param_names = list(weights)
+    del weights, state
 
     x_name, y_name = graph.inputs[0], spec.labels[0]
     steps_per_epoch = math.ceil(len(x_tr) / spec.batch)
@@ -186,6 +189,8 @@ def train(model, opts: TrainOptions) -> dict:
                                           "Lower the learning rate, or check the data")
                 for name, out in sig.updates.items():
                     values[name] = outs[out]
+                if len(host) > len(values) - len(sig.updates):
+                    host = {k: v for k, v in host.items() if k not in sig.updates}
                 losses.append(loss * len(xb))
                 if classify:
                     correct += predictions_correct(outs[f"output.{first_out}"].numpy(), yb)
@@ -196,7 +201,7 @@ def train(model, opts: TrainOptions) -> dict:
                     bar.update(1)
                     bar.set_postfix(loss=f"{sum(losses) / seen:.4f}", **({"acc": f"{correct / seen:.4f}"} if classify else {}),
                                     ex_s=f"{seen / (time.perf_counter() - t0):,.0f}")
-            current = _current(values, frozen_values, weights)
+            current = _current(values, frozen_values, param_names)
             val_acc = evaluate(eval_sess, current, x_name, x_va, y_va, first_out) if classify and len(x_va) else None
             record = {"epoch": epoch + 1, "train_loss": sum(losses) / seen,
                       "train_accuracy": correct / seen if classify else None,
@@ -215,7 +220,7 @@ def train(model, opts: TrainOptions) -> dict:
             msg += f". Resume from the last epoch with: --checkpoint {ckpt_dir} --resume"
         raise TrainingStopped(msg) from None
     wall = time.perf_counter() - t_start
-    final = _current(values, frozen_values, weights)
+    final = _current(values, frozen_values, param_names)
     model.weights = final
     test_acc = evaluate(eval_sess, final, x_name, x_te, y_te, first_out) if classify and len(x_te) else None
     metrics = {"model": graph.name, "data": ds.describe(), "provider": provider, "optimizer": spec.optimizer,
@@ -229,9 +234,9 @@ def train(model, opts: TrainOptions) -> dict:
     return metrics
 
 
-def _current(values, frozen_values, weights) -> dict[str, np.ndarray]:
+def _current(values, frozen_values, names) -> dict[str, np.ndarray]:
     out = dict(frozen_values)
-    for k in weights:
+    for k in names:
         if k in values:
             out[k] = np.array(values[k].numpy())  # a copy that outlives the OrtValue
     return out

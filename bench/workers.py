@@ -496,6 +496,8 @@ class AlmcStep:
         outs = dict(zip(self.outputs, b.get_outputs()))
         for name, out in self.updates.items():
             self.values[name] = outs[out]
+        if len(self.host) > len(self.values) - len(self.updates):  # as almc/train.py: the initial arrays go
+            self.host = {k: v for k, v in self.host.items() if k not in self.updates}
         self.last = outs
         return float(outs["loss"].numpy())
 
