@@ -265,8 +265,11 @@ WRITE_BYTECODE = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBY
 
 
 def compile_process(wd: Path, archs: list[str], reps: int, dynamo_py: str | None, dynamo_err: str | None) -> dict:
-    almc_exe = shutil.which("almc")
-    almc_cmd = [almc_exe] if almc_exe else [sys.executable, "-c", "import sys; from almc.cli import main; sys.exit(main())"]
+    # the console script beside this interpreter (a venv's bin/almc), not a PATH lookup, which may
+    # find a version manager's shim (pyenv's costs 0.1 s of bash before Python starts)
+    almc_exe = Path(sys.executable).parent / "almc"
+    almc_cmd = [str(almc_exe)] if almc_exe.exists() else [sys.executable, "-c",
+                                                          "import sys; from almc.cli import main; sys.exit(main())"]
     exporter = str(BENCH / "export_torch.py")
     out = {"archs": {}, "commands": {}, "load_before": os.getloadavg()}
     base = {"python -c pass": [sys.executable, "-c", "pass"],
@@ -306,7 +309,7 @@ def pretty(cmd: list[str], wd: Path) -> str:
         c = str(c)
         if c == sys.executable:
             c = "python"
-        elif c == shutil.which("almc"):
+        elif c in (shutil.which("almc"), str(Path(sys.executable).parent / "almc")):
             c = "almc"
         elif c.startswith(str(wd)):
             c = "$TMP" + c[len(str(wd)):]
