@@ -164,6 +164,22 @@ def test_api_raises_alm_error_with_every_diagnostic():
         (3, "undefined name 'q'"), (4, "undefined name 'r'")]
 
 
+def test_a_written_file_has_the_usual_permissions_and_no_temporary_is_left(tmp_path):
+    import os
+    import stat
+
+    from almc.files import atomic_write
+
+    umask = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "a.bin", [b"ab", memoryview(b"cd")])
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "a.bin").read_bytes() == b"abcd"
+    assert stat.S_IMODE((tmp_path / "a.bin").stat().st_mode) == 0o644
+    assert [f.name for f in tmp_path.iterdir()] == ["a.bin"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_an_interrupted_compile_leaves_no_partial_file_and_keeps_the_old_one(tmp_path, sig):
