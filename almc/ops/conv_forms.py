@@ -1,20 +1,23 @@
-"""How a convolution and its two gradients are written in ONNX ops, chosen from the shapes.
+"""How a convolution and its two gradients are written in ONNX ops, chosen from the sizes.
 
-Both rewrites below are exact (they compute the same numbers) and are decided at compile time,
-where every spatial size is known:
+Every choice is exact (the same sums, only in another order or with zeros left out) and is made
+at compile time, where every spatial size is known. It matters in a training step: there the
+weights are inputs, so onnxruntime cannot use its NCHWc kernels (they need constant weights),
+and its plain Conv / ConvTranspose run one example at a time, a matrix-vector product per
+example on a 1x1 map, bound by reading the weight once per example. In order of preference:
 
-- Kernel taps that only ever meet padding are dropped: the weight is sliced to the taps that
-  meet the input, and the weight gradient is padded back with zeros. On small feature maps this
-  removes most of the work: the last stage of a ResNet on 32x32 images sees 1x1 maps through
-  3x3 kernels, where 8 of the 9 taps multiply zeros.
-- A convolution whose output has one position per axis and whose remaining window lies inside
-  the input is a matrix product. Forward, input gradient and weight gradient then become one
-  Gemm each over the whole batch, instead of Conv / ConvTranspose, which onnxruntime's CPU
-  kernels run one example at a time (a matrix-vector product per example on a 1x1 map, bound by
-  reading the weight once per example).
+- matmul: one output position whose window lies inside the input (after the next rule): forward,
+  input gradient and weight gradient are one Gemm each over the whole batch;
+- dense: maps hardly larger than the kernel (2x2 under 3x3): the convolution is one matrix
+  [M x out positions, C x in positions] built from the weight, and all three passes are Gemms;
+- kernel taps that only ever meet padding are dropped (3x3 on a 1x1 map keeps its centre): the
+  weight is restricted to the kept taps and the weight gradient put back with zeros;
+- otherwise Conv forward; the input gradient a ConvTranspose, or a Conv with the weight flipped
+  (stride 1, many channels, larger maps); the weight gradient a Conv over transposed operands,
+  or one Gemm per kernel tap from 16 input channels.
 
-Everything else keeps the standard formulation: Conv forward, ConvTranspose for the input
-gradient, and a Conv over transposed operands for the weight gradient.
+`python bench/conv_forms.py` times each formulation per layer; the thresholds below come from
+it (docs/performance.md has the table).
 """
 from __future__ import annotations
 
