@@ -21,6 +21,23 @@ class GradReport:
     worst_rel_error: float
 
 
+def central_differences(loss_graph, weights: dict, feeds: dict, array: np.ndarray, idx, eps: float) -> np.ndarray:
+    """(loss(x + eps) - loss(x - eps)) / (2 eps) for each flat index in `idx` of `array`, one of the
+    arrays in `weights` or `feeds`, nudged in place and restored; the loss is `loss_graph`'s
+    output "loss" run by the numpy reference executor."""
+    flat = array.reshape(-1)  # a view: nudging it nudges the array the executor reads
+    out = []
+    for j in idx:
+        old = flat[j]
+        flat[j] = old + eps
+        up = float(execute(loss_graph, weights, feeds)["loss"])
+        flat[j] = old - eps
+        down = float(execute(loss_graph, weights, feeds)["loss"])
+        flat[j] = old
+        out.append((up - down) / (2 * eps))
+    return np.array(out)
+
+
 def random_batch(graph, labels, batch: int, rng) -> dict[str, np.ndarray]:
     feeds = {}
     classes = 2
@@ -58,18 +75,11 @@ def gradient_check(graph, batch: int = 2, seed: int = 0, samples: int = 5, eps: 
     got = execute(dg, weights, feeds)
     reports = []
     for name in trainable:
-        flat = weights[name].reshape(-1)
-        idx = rng.choice(flat.size, size=min(samples, flat.size), replace=False)
+        size = weights[name].size
+        idx = rng.choice(size, size=min(samples, size), replace=False)
         worst = 0.0
-        for j in idx:
-            old = flat[j]
-            flat[j] = old + eps
-            up = float(execute(loss_graph, weights, feeds)["loss"])
-            flat[j] = old - eps
-            down = float(execute(loss_graph, weights, feeds)["loss"])
-            flat[j] = old
-            fd = (up - down) / (2 * eps)
-            sym = float(got[name].reshape(-1)[j])
+        for fd, sym in zip(central_differences(loss_graph, weights, feeds, weights[name], idx, eps),
+                           got[name].reshape(-1)[idx]):
             worst = max(worst, abs(fd - sym) / max(abs(fd), abs(sym), 1e-4))
         reports.append(GradReport(name, tuple(weights[name].shape), len(idx), worst))
     return reports

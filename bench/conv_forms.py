@@ -77,13 +77,13 @@ def main() -> None:
                     "input grad": {"ConvTranspose": lambda g: g.node("ConvTranspose", ["gy", "w"], kernel_shape=[k, k],
                                                                      strides=[s, s], pads=[p] * 4,
                                                                      output_padding=F.output_padding(geo))},
-                    "weight grad": {"Conv, operands transposed": lambda g: F._grad_weight_conv(g, "gy", "x", geo, 4, C, M, None),
-                                    "Gemm per tap": lambda g: F._grad_weight_per_tap(g, "gy", "x", geo, 4, C, M, None)}}
+                    "weight grad": {"Conv, operands transposed": lambda g: F._grad_weight_conv(g, "gy", "x", geo, C, M, None),
+                                    "Gemm per tap": lambda g: F._grad_weight_per_tap(g, "gy", "x", geo, C, M, None)}}
         if form.matmul or form.dense or form.pruned:
             name = "Gemm" if form.matmul else "dense matrix" if form.dense else "taps dropped"
             variants["forward"][name] = lambda g, f=form: F.forward(g, "x", "w", None, f, M, C, None)
             variants["input grad"][name] = lambda g, f=form: F.grad_input(g, "gy", "w", f, M, C, None)
-            variants["weight grad"][name] = lambda g, f=form: F.grad_weight(g, "gy", "x", f, 4, C, M, None)
+            variants["weight grad"][name] = lambda g, f=form: F.grad_weight(g, "gy", "x", f, C, M, None)
         if s == 1:
             variants["input grad"]["Conv, weight flipped"] = lambda g: F._grad_input_flipped(g, "gy", "w", geo, [M, C], None)
         feeds = {"forward": {"x": x, "w": w}, "input grad": {"gy": gy, "w": w}, "weight grad": {"gy": gy, "x": x}}

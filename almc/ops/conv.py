@@ -221,7 +221,7 @@ def _grad_weight_shape(types, a):
 def _grad_weight_lower(g, ins, p, a, types, out):
     gt, xt = types
     form = forms.choose(_geo(a, xt.dims[2:], gt.dims[2:]))
-    return forms.grad_weight(g, ins[0], ins[1], form, xt.rank, xt.dims[1], gt.dims[1], g.out)
+    return forms.grad_weight(g, ins[0], ins[1], form, xt.dims[1], gt.dims[1], g.out)
 
 
 def _grad_weight_reference(xs, p, a):

@@ -59,9 +59,14 @@ class Form:
         return any(a > 0 or b < k for (a, b), k in zip(self.taps, self.full_kernel))
 
 
+def _pairs(size: int, k: int, s: int, d: int, pb: int, out: int) -> list[tuple[int, int, int]]:
+    """(output position, tap, input position) along one axis, for every tap that meets the input."""
+    return [(o, t, o * s - pb + t * d) for o in range(out) for t in range(k) if 0 <= o * s - pb + t * d < size]
+
+
 def _live(size: int, k: int, s: int, d: int, pb: int, out: int) -> tuple[int, int]:
     """The hull [a, b) of the kernel taps that meet the input at some output position."""
-    live = [t for t in range(k) if any(0 <= o * s - pb + t * d < size for o in range(out))]
+    live = sorted({t for _, t, _ in _pairs(size, k, s, d, pb, out)})
     return (live[0], live[-1] + 1) if live else (0, k)
 
 
@@ -99,11 +104,6 @@ def choose(geo: ConvGeo) -> Form:
 # of positions no tap connects) add at most this share to the multiply-adds. ResNet-18's third
 # stage on 32x32 images (2x2 maps, 3x3 kernels) has none: each of the 16 pairs is a tap.
 DENSE_MAX_WASTE = 1.5
-
-
-def _pairs(size: int, k: int, s: int, d: int, pb: int, out: int) -> list[tuple[int, int, int]]:
-    """(output position, tap, input position) along one axis, for every tap that meets the input."""
-    return [(o, t, o * s - pb + t * d) for o in range(out) for t in range(k) if 0 <= o * s - pb + t * d < size]
 
 
 def _dense_pays(geo: ConvGeo) -> bool:
@@ -268,7 +268,7 @@ def _grad_input_flipped(g, gy, w, geo: ConvGeo, lead: list[int], out):
                   pads=onnx_pads(pads))
 
 
-def grad_weight(g, gy, x, form: Form, rank: int, channels_in: int, channels_out: int, out):
+def grad_weight(g, gy, x, form: Form, channels_in: int, channels_out: int, out):
     geo = form.geo
     lead = [channels_out, channels_in // geo.groups]
     if form.dense:
@@ -282,7 +282,7 @@ def grad_weight(g, gy, x, form: Form, rank: int, channels_in: int, channels_out:
             return _place_taps(g, dw, form, lead, out)
         return g.node("Reshape", [dw, _i64(g, "w_shape", [*lead, *geo.kernel])], out=out)
     weight_grad = _grad_weight_per_tap if geo.groups == 1 and channels_in >= MIN_CHANNELS_PER_TAP else _grad_weight_conv
-    dw = weight_grad(g, gy, x, geo, rank, channels_in, channels_out, None if form.pruned else out)
+    dw = weight_grad(g, gy, x, geo, channels_in, channels_out, None if form.pruned else out)
     return _place_taps(g, dw, form, lead, out) if form.pruned else dw
 
 
@@ -292,11 +292,12 @@ def grad_weight(g, gy, x, form: Form, rank: int, channels_in: int, channels_out:
 MIN_CHANNELS_PER_TAP = 16
 
 
-def _grad_weight_per_tap(g, gy, x, geo: ConvGeo, rank: int, C: int, M: int, out):
+def _grad_weight_per_tap(g, gy, x, geo: ConvGeo, C: int, M: int, out):
     """dW[:, :, tap] = gy [M, positions * N] @ x at that tap [positions * N, C], one Gemm per
     kernel tap. With the spatial axes moved in front ([*spatial, N, C]), each tap's strided
     Slice copies whole [N, C] blocks, where a channels-first slice copies a row at a time."""
-    n = rank - 2
+    n = len(geo.kernel)
+    rank = n + 2
     xt = g.node("Transpose", [x], perm=[*range(2, rank), 0, 1])
     if any(b or e for b, e in geo.pads):
         xt = g.node("Pad", [xt, _i64(g, "x_pad", [*(b for b, _ in geo.pads), 0, 0, *(e for _, e in geo.pads), 0, 0])])
@@ -316,11 +317,11 @@ def _grad_weight_per_tap(g, gy, x, geo: ConvGeo, rank: int, C: int, M: int, out)
     return g.node("Reshape", [dw, _i64(g, "w_shape", [M, C, *geo.kernel])], out=out)
 
 
-def _grad_weight_conv(g, gy, x, geo: ConvGeo, rank: int, C: int, M: int, out):
+def _grad_weight_conv(g, gy, x, geo: ConvGeo, C: int, M: int, out):
     """[C, N, H, W] convolved by [M, N, OH, OW] gives [C, M, KH', KW'] with KH' >= KH (the forward
     stride becomes a dilation and the forward dilation a stride); one conv per group."""
-    perm = [1, 0, *range(2, rank)]
-    n = rank - 2
+    n = len(geo.kernel)
+    perm = [1, 0, *range(2, n + 2)]
     cg, mg = C // geo.groups, M // geo.groups
     parts = []
     for grp in range(geo.groups):
