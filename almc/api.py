@@ -116,9 +116,8 @@ class Model:
 
         step, _ = training_step(self.graph, gradients)
         model = lower(step, params_as_inputs=True)
-        data = model.SerializeToString()
-        _check(data, True, model)
-        return model, data
+        _check(model, True)
+        return model, model.SerializeToString()
 
     def run(self, inputs, device: str = "auto") -> dict[str, np.ndarray]:
         """Run in onnxruntime. `inputs`: one array (single-input models) or a dict by input name."""
@@ -150,8 +149,8 @@ class Model:
         return feeds
 
 
-def _check(model, check_runtime: bool, proto=None) -> None:
-    """The full ONNX checker (on a ModelProto or its bytes), then onnxruntime's op support."""
+def _check(model, check_runtime: bool) -> None:
+    """The full ONNX checker, then onnxruntime's op support."""
     import onnx
 
     from .lower import OPSET
@@ -159,7 +158,7 @@ def _check(model, check_runtime: bool, proto=None) -> None:
 
     onnx.checker.check_model(model, full_check=True)
     if check_runtime:
-        ensure_supported(proto if proto is not None else model, OPSET)
+        ensure_supported(model, OPSET)
 
 
 def check_input(name: str, x: np.ndarray, t) -> np.ndarray:
