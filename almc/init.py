@@ -9,7 +9,9 @@ at scale 1 / shift 0 / mean 0 / variance 1.
 Each parameter draws from its own generator seeded by (seed, crc32(name)), so a
 parameter's initial value does not depend on the order or presence of others, and
 the draws can run on several threads (numpy releases the GIL while it fills an
-array): ResNet-50's 25.5M values take 0.16 s on 2 cores instead of 0.25 s.
+array). Normal values come from uniform ones by the Box-Muller transform, in
+vectorised float32: numpy's own float32 normal sampler is not vectorised (9 ns a
+value here, against 3 ns), and ResNet-50 draws 25.5M values.
 """
 from __future__ import annotations
 
@@ -65,9 +67,7 @@ def draw(init: str, shape, fan_in: int, fan_out: int, rng: np.random.Generator) 
     if init == "ones":
         return np.ones(shape, np.float32)
     if init in ("he", "normal"):
-        a = rng.standard_normal(shape, dtype=np.float32)
-        a *= np.float32(np.sqrt(2.0 / fan_in) if init == "he" else 0.01)
-        return a
+        return normal(rng, shape, np.sqrt(2.0 / fan_in) if init == "he" else 0.01)
     if init in ("glorot", "uniform_fan_in"):  # uniform_fan_in: PyTorch's default for Linear / Conv / RNN
         lim = np.float32(np.sqrt(6.0 / (fan_in + fan_out)) if init == "glorot" else 1.0 / np.sqrt(fan_in))
         a = rng.random(shape, dtype=np.float32)
@@ -76,6 +76,27 @@ def draw(init: str, shape, fan_in: int, fan_out: int, rng: np.random.Generator) 
         a *= lim
         return a
     raise ValueError(f"unknown initialiser {init}")
+
+
+def normal(rng: np.random.Generator, shape, std: float) -> np.ndarray:
+    """N(0, std^2) in float32 by Box-Muller: r = sqrt(-2 ln u1), values r cos(2 pi u2) and r sin(2 pi u2).
+    u1 = 1 - uniform lies in (0, 1], so the log is finite; the float32 uniforms (24 bits) cap |value| at
+    5.77 std, a tail of probability 8e-9."""
+    n = int(np.prod(shape))
+    half = (n + 1) // 2
+    u = rng.random(2 * half, dtype=np.float32)
+    radius, angle = u[:half], u[half:]
+    np.subtract(np.float32(1), radius, out=radius)
+    np.log(radius, out=radius)
+    radius *= np.float32(-2 * std * std)
+    np.sqrt(radius, out=radius)
+    angle *= np.float32(2 * np.pi)
+    out = np.empty(2 * half, np.float32)
+    np.cos(angle, out=out[:half])
+    np.sin(angle, out=out[half:])
+    out[:half] *= radius
+    out[half:] *= radius
+    return out[:n].reshape(shape)
 
 
 def initialize(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
