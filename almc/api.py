@@ -75,11 +75,12 @@ class Model:
         from .onnxfile import checkable
 
         seed = self.seed if seed is None else seed
-        graph, weights = self.graph, self.weights if self.weights is not None else self.initial_weights(seed)
+        fresh = self.weights is None
+        graph, weights = self.graph, self.initial_weights(seed) if fresh else self.weights
         if fold:
             from .fold import fold_batchnorm
 
-            graph, weights = fold_batchnorm(graph, weights)
+            graph, weights = fold_batchnorm(graph, weights, overwrite=fresh)
         skeleton, params = lower_split(graph, weights, seed)
         _check(checkable(skeleton, params), check_runtime)
         return skeleton, params

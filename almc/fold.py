@@ -19,7 +19,11 @@ from .ops.registry import Attrs
 FOLDABLE = ("conv", "dense")
 
 
-def fold_batchnorm(graph: Graph, weights: dict[str, np.ndarray]) -> tuple[Graph, dict[str, np.ndarray]]:
+def fold_batchnorm(graph: Graph, weights: dict[str, np.ndarray],
+                   overwrite: bool = False) -> tuple[Graph, dict[str, np.ndarray]]:
+    """The folded graph and weights. `overwrite`: the caller hands over `weights` (freshly drawn
+    ones), so the kernels are scaled in place; a fresh process pays for first touching every new
+    page (ResNet-50: 100 MB, 40 ms against 10 ms in place)."""
     g = graph.copy()
     w = dict(weights)
     for bn in graph.nodes():
@@ -36,7 +40,11 @@ def fold_batchnorm(graph: Graph, weights: dict[str, np.ndarray]) -> tuple[Graph,
         kernel = w[f"{prev.id}.weight"]
         bias = w[f"{prev.id}.bias"].astype(np.float64) if prev.attrs.bias else np.zeros(len(scale))
         # the kernel is the bulk (ResNet-50: 25M values): one float32 product, not a float64 round trip
-        w[f"{prev.id}.weight"] = kernel * scale.astype(np.float32).reshape(-1, *([1] * (kernel.ndim - 1)))
+        scale32 = scale.astype(np.float32).reshape(-1, *([1] * (kernel.ndim - 1)))
+        if overwrite:
+            kernel *= scale32
+        else:
+            w[f"{prev.id}.weight"] = kernel * scale32
         w[f"{prev.id}.bias"] = ((bias - mean) * scale + beta).astype(np.float32)
         g.nx.nodes[prev.id]["node"] = replace(prev, attrs=Attrs({**prev.attrs, "bias": True}))
         g.redirect(bn.id, prev.id)

@@ -119,6 +119,28 @@ model M {
     assert np.abs(w["y.weight"]).max() <= lim
 
 
+@pytest.mark.parametrize("shape", [(1,), (7,), (300, 401), (64, 3, 3, 3)])
+def test_normal_draws_follow_the_normal_distribution(shape):
+    from math import erf, sqrt
+
+    from almc.init import normal
+
+    a = normal(np.random.default_rng(5), shape, 0.5)
+    assert a.shape == shape and a.dtype == np.float32 and a.flags.c_contiguous and np.isfinite(a).all()
+    if a.size < 1000:
+        return
+    x = np.sort(a.ravel().astype(np.float64)) / 0.5
+    # Kolmogorov-Smirnov distance to the standard normal CDF: 1.63 / sqrt(n) is its 1% critical value
+    cdf = 0.5 * (1 + np.vectorize(erf)(x / sqrt(2)))
+    n = len(x)
+    ks = max(np.max(np.arange(1, n + 1) / n - cdf), np.max(cdf - np.arange(n) / n))
+    assert ks < 1.63 / np.sqrt(n)
+    # the two halves (cosine and sine of the same angles) are uncorrelated
+    half = n // 2
+    flat = a.ravel()
+    assert abs(np.corrcoef(flat[:half], flat[half:2 * half])[0, 1]) < 4 / np.sqrt(half)
+
+
 def test_a_parameter_does_not_depend_on_the_others():
     a = almc.load("model M { input x: f32[N, 4]\n h = dense(x, 3)\n output y = dense(h, 2) }").initial_weights(0)
     b = almc.load("model M { input x: f32[N, 4]\n h = dense(x, 3)\n k = dense(x, 5)\n output y = dense(h, 2)\n output z = k }").initial_weights(0)
@@ -235,7 +257,10 @@ def test_batch_norm_folds_into_the_conv_before_it_and_computes_the_same():
             w[k] = (np.abs(rng.standard_normal(w[k].shape)) + 0.5 if k.endswith("var")
                     else rng.standard_normal(w[k].shape) * 0.3).astype(np.float32)
     m.weights = w
+    before = {k: v.copy() for k, v in w.items()}
     folded, plain = m.compile(), m.compile(fold=False)
+    for k, v in before.items():  # the model's own weights are folded into copies, never overwritten
+        np.testing.assert_array_equal(m.weights[k], v)
     ops = collections.Counter(n.op_type for n in folded.graph.node)
     assert "BatchNormalization" not in ops and ops["Conv"] == 20
     assert collections.Counter(n.op_type for n in plain.graph.node)["BatchNormalization"] == 20
@@ -244,6 +269,19 @@ def test_batch_norm_folds_into_the_conv_before_it_and_computes_the_same():
 
     a, b = run(folded, {"image": x}, "cpu")[0]["logits"], run(plain, {"image": x}, "cpu")[0]["logits"]
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
+
+
+def test_fresh_weights_fold_in_place_to_the_same_values():
+    import onnx.numpy_helper
+
+    from almc.fold import fold_batchnorm
+
+    m = almc.load(ROOT / "models" / "resnet18.alm", size=32, classes=10)
+    _, expected = fold_batchnorm(m.graph, m.initial_weights(3))
+    got = {t.name: onnx.numpy_helper.to_array(t) for t in m.compile(seed=3).graph.initializer}
+    assert m.weights is None and set(expected) <= set(got)
+    for k, v in expected.items():
+        np.testing.assert_array_equal(got[k], v, err_msg=k)
 
 
 def test_receptive_field_of_an_up_convolution():
