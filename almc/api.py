@@ -105,18 +105,19 @@ class Model:
         self.weights = {k: v.astype(np.float32) for k, v in weights.items()}
         self._session = None
 
-    def compile_training_step(self, gradients: bool = True):
+    def compile_training_step(self, gradients: bool = True, target: str = "cpu"):
         """The training step as an onnx.ModelProto (see docs/training.md); `gradients=False`
-        leaves out the grad.P outputs (what `almc train` runs)."""
-        return self._compiled_step(gradients)[0]
+        leaves out the grad.P outputs (what `almc train` runs). `target` ("cpu" or "cuda"): the
+        onnxruntime provider it is tuned for; it computes the same and runs on either."""
+        return self._compiled_step(gradients, target)[0]
 
-    def _compiled_step(self, gradients: bool = True):
+    def _compiled_step(self, gradients: bool = True, target: str = "cpu"):
         """(ModelProto, its bytes) of the training step."""
         from .lower import lower
         from .optim import training_step
 
         step, _ = training_step(self.graph, gradients)
-        model = lower(step, params_as_inputs=True)
+        model = lower(step, params_as_inputs=True, target=target)
         _check(model, True)
         return model, model.SerializeToString()
 

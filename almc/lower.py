@@ -50,17 +50,19 @@ def live_nodes(graph: Graph) -> set[str]:
 
 
 def lower(graph: Graph, weights: dict[str, np.ndarray] | None = None, seed: int = 0,
-          params_as_inputs: bool = False) -> onnx.ModelProto:
+          params_as_inputs: bool = False, target: str = "cpu") -> onnx.ModelProto:
     """The ONNX model of a graph. Parameters become initializers, or graph inputs of the same
-    names for a training step (`params_as_inputs`), which takes them as inputs and returns them updated."""
+    names for a training step (`params_as_inputs`), which takes them as inputs and returns them updated.
+    `target` ("cpu" or "cuda"): the provider whose kernels pick between equivalent formulations
+    (ops/conv_forms.py); the model computes the same and runs on either."""
     from .onnxfile import attach
 
-    skeleton, params = lower_split(graph, weights, seed, params_as_inputs)
+    skeleton, params = lower_split(graph, weights, seed, params_as_inputs, target)
     return attach(skeleton, params) if params else skeleton
 
 
 def lower_split(graph: Graph, weights: dict[str, np.ndarray] | None = None, seed: int = 0,
-                params_as_inputs: bool = False) -> tuple[onnx.ModelProto, list[tuple[str, np.ndarray]]]:
+                params_as_inputs: bool = False, target: str = "cpu") -> tuple[onnx.ModelProto, list[tuple[str, np.ndarray]]]:
     """(the model without its parameters' data, [(name, array)] of the parameters, in
     initializer order): `onnxfile` writes the two without copying the arrays through protobuf."""
     if weights is None and not params_as_inputs:
@@ -88,7 +90,7 @@ def lower_split(graph: Graph, weights: dict[str, np.ndarray] | None = None, seed
         op = lookup(node.op)
         types = [graph.node(i).type for i in node.inputs]
         pnames = {local: full for local, full, _ in node_params(graph, node)}
-        g = Emitter(nodes, inits, node.id, node.doc, constants)
+        g = Emitter(nodes, inits, node.id, node.doc, constants, target)
         name = op.lower(g, [tensor[i] for i in node.inputs], pnames, node.attrs, types, node.type)
         tensor[node.id] = name
         if name == node.id and node.id not in out_nodes:

@@ -111,7 +111,7 @@ def train(model, opts: TrainOptions) -> dict:
     from .init import initialize
     from .lower import lower
     from .optim import training_step
-    from .runtime import session
+    from .runtime import providers_for, session
 
     graph = model.graph
     spec = _spec_with(graph, opts)
@@ -122,7 +122,8 @@ def train(model, opts: TrainOptions) -> dict:
         raise UsageError("the training split is empty")
     classify = np.issubdtype(y_tr.dtype, np.integer)  # float targets: a regression, no accuracy
 
-    step_sess = session(lower(step_graph, params_as_inputs=True).SerializeToString(), opts.device)
+    target = "cuda" if providers_for(opts.device)[0] == "CUDAExecutionProvider" else "cpu"
+    step_sess = session(lower(step_graph, params_as_inputs=True, target=target).SerializeToString(), opts.device)
     eval_sess = session(lower(graph, params_as_inputs=True).SerializeToString(), opts.device)
     provider = step_sess.get_providers()[0]
     dev = "cuda" if provider == "CUDAExecutionProvider" else "cpu"

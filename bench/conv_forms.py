@@ -31,6 +31,7 @@ LAYERS = [
     ("ResNet-18 layer2 (2x2)", 32, 256, 256, 2, 3, 1, 1),
     ("ResNet-18 layer3 (1x1)", 32, 512, 512, 1, 3, 1, 1),
     ("56x56, 64 channels", 32, 64, 64, 56, 3, 1, 1),
+    ("56x56 -> 28x28, 64 -> 128 channels", 32, 64, 128, 56, 3, 2, 1),
 ]
 
 
@@ -84,10 +85,11 @@ def main() -> None:
             variants["forward"][name] = lambda g, f=form: F.forward(g, "x", "w", None, f, M, C, None)
             variants["input grad"][name] = lambda g, f=form: F.grad_input(g, "gy", "w", f, M, C, None)
             variants["weight grad"][name] = lambda g, f=form: F.grad_weight(g, "gy", "x", f, C, M, None)
+        variants["input grad"]["MatMul + Col2Im"] = lambda g: F._grad_input_col2im(g, "gy", "w", geo, [M, C], None)
         if s == 1:
             variants["input grad"]["Conv, weight flipped"] = lambda g: F._grad_input_flipped(g, "gy", "w", geo, [M, C], None)
         feeds = {"forward": {"x": x, "w": w}, "input grad": {"gy": gy, "w": w}, "weight grad": {"gy": gy, "x": x}}
-        picks = {"forward": _pick_forward(form), "input grad": _pick_input(form, geo, M),
+        picks = {"forward": _pick_forward(form), "input grad": _pick_input(form, geo, M, C),
                  "weight grad": _pick_weight(form, C)}
         for what, builds in variants.items():
             cells, first = [], None
@@ -105,10 +107,12 @@ def _pick_forward(form):
     return "Gemm" if form.matmul else "dense matrix" if form.dense else "taps dropped" if form.pruned else "Conv"
 
 
-def _pick_input(form, geo, M):
+def _pick_input(form, geo, M, C):
     if form.matmul or form.dense or form.pruned:
         return _pick_forward(form)
-    return "Conv, weight flipped" if F._flip_pays(geo, M) else "ConvTranspose"
+    if F._flip_pays(geo, M):
+        return "Conv, weight flipped"
+    return "MatMul + Col2Im" if F._col2im_pays(geo, C) else "ConvTranspose"
 
 
 def _pick_weight(form, C):

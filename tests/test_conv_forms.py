@@ -79,3 +79,29 @@ train ResNet18 { input label: i64[N]
             a, b = got[name], ref[name]
             scale = max(1.0, float(np.abs(b).max()))
             assert np.abs(a - b).max() <= 2e-4 * scale, name
+
+
+def test_the_input_gradient_is_col2im_on_the_cpu_and_convtranspose_for_cuda():
+    """LeNet's second conv (6 -> 16 channels, 14x14 -> 10x10): on the CPU its input gradient is one
+    MatMul to columns and a Col2Im, which onnxruntime has for the CPU only; a step tuned for CUDA
+    keeps the ConvTranspose. Both compute the same step."""
+    m = almc.load(ROOT / "models" / "lenet.alm")  # with its training section
+    step, sig = training_step(m.graph)
+    models = {t: lower(step, params_as_inputs=True, target=t) for t in ("cpu", "cuda")}
+    ops = {t: collections.Counter(n.op_type for n in p.graph.node) for t, p in models.items()}
+    assert ops["cpu"]["Col2Im"] == 1 and ops["cpu"]["ConvTranspose"] == 0
+    assert ops["cuda"]["Col2Im"] == 0 and ops["cuda"]["ConvTranspose"] == 1
+    assert m.compile_training_step(target="cuda").SerializeToString() == models["cuda"].SerializeToString()
+    rng = np.random.default_rng(1)
+    w = m.initial_weights()
+    feeds = {k: v for k, v in w.items() if k in {i.name for i in models["cpu"].graph.input}}
+    feeds |= {k: (rng.standard_normal(s) * 0.01).astype(np.float32) for k, s in sig.state.items()}
+    feeds |= {"image": rng.standard_normal((5, 1, 32, 32)).astype(np.float32), "label": np.arange(5) % 10,
+              "epoch": np.array(0.5, np.float32)}
+    cpu, cuda = run(models["cpu"], feeds, "cpu")[0], run(models["cuda"], feeds, "cpu")[0]
+    ref = execute(step, w, {k: v for k, v in feeds.items() if k not in w})
+    for name in step.outputs:
+        if name.startswith(("grad.", "next.", "loss")):
+            scale = max(1.0, float(np.abs(ref[name]).max()))
+            assert np.abs(cpu[name] - ref[name]).max() <= 1e-5 * scale, name
+            assert np.abs(cuda[name] - ref[name]).max() <= 1e-5 * scale, name

@@ -180,7 +180,8 @@ def _grad_input_reference(xs, p, a):
 register(Op(
     name="conv_grad_input", inputs=("g", "weight"), attrs=GEO_ATTRS + (Attr("size", "any"),),
     shape=_grad_input_shape, lower=_grad_input_lower, reference=_grad_input_reference, category="gradient",
-    doc="Gradient of conv with respect to its input: a transposed convolution (ONNX ConvTranspose).",
+    doc="Gradient of conv with respect to its input: a transposed convolution (ONNX ConvTranspose, "
+        "or the forms of ops/conv_forms.py).",
     examples=(
         ((("f32", (2, 4, 5, 5)), ("f32", (4, 3, 3, 3))),
          dict(kernel=(3, 3), stride=(2, 2), pads=((1, 1), (1, 1)), dilation=(1, 1), size=(9, 9)), {"symbolic_batch": False}),
@@ -200,6 +201,11 @@ register(Op(
          dict(kernel=(3, 3), stride=(1, 1), pads=((1, 1), (1, 1)), dilation=(1, 1), size=(2, 2))),
         ((("f32", (2, 4, 3)), ("f32", (4, 3, 3))),
          dict(kernel=(3,), stride=(1,), pads=((1, 1),), dilation=(1,), size=(3,))),
+        # columns of more than COL2IM_MAX_COLUMNS values an example: a ConvTranspose (the 2-D
+        # examples above without groups are MatMul + Col2Im)
+        ((("f32", (1, 4, 30, 30)), ("f32", (4, 20, 3, 3))),
+         dict(kernel=(3, 3), stride=(1, 1), pads=((1, 1), (1, 1)), dilation=(1, 1), size=(30, 30)),
+         {"symbolic_batch": False}),
         # stride 1, 32 channels and more on 64 positions or more: a Conv with the weight flipped
         ((("f32", (2, 32, 8, 8)), ("f32", (32, 3, 3, 3))),
          dict(kernel=(3, 3), stride=(1, 1), pads=((1, 1), (1, 1)), dilation=(1, 1), size=(8, 8))),

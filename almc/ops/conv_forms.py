@@ -12,9 +12,10 @@ example on a 1x1 map, bound by reading the weight once per example. In order of 
   [M x out positions, C x in positions] built from the weight, and all three passes are Gemms;
 - kernel taps that only ever meet padding are dropped (3x3 on a 1x1 map keeps its centre): the
   weight is restricted to the kept taps and the weight gradient put back with zeros;
-- otherwise Conv forward; the input gradient a ConvTranspose, or a Conv with the weight flipped
-  (stride 1, many channels, larger maps); the weight gradient a Conv over transposed operands,
-  or one Gemm per kernel tap from 16 input channels.
+- otherwise Conv forward; the input gradient a Conv with the weight flipped (stride 1, many
+  channels, larger maps), or (on the CPU, 2-D, small columns) one MatMul to columns and Col2Im,
+  or a ConvTranspose; the weight gradient a Conv over transposed operands, or one Gemm per
+  kernel tap from 16 input channels.
 
 `python bench/conv_forms.py` times each formulation per layer; the thresholds below come from
 it (docs/performance.md has the table).
@@ -237,6 +238,8 @@ def grad_input(g, gy, w, form: Form, channels_out: int, channels_in: int, out):
     wt = _taps_of(g, w, form, lead, [*lead, *geo.kernel])
     if _flip_pays(geo, channels_out):
         return _grad_input_flipped(g, gy, wt, geo, lead, out)
+    if g.target == "cpu" and _col2im_pays(geo, channels_in):
+        return _grad_input_col2im(g, gy, wt, geo, lead, out)
     return g.node("ConvTranspose", [gy, wt], out=out, kernel_shape=list(geo.kernel), strides=list(geo.stride),
                   dilations=list(geo.dilation), pads=onnx_pads(geo.pads), group=geo.groups,
                   output_padding=output_padding(geo))
@@ -266,6 +269,32 @@ def _grad_input_flipped(g, gy, w, geo: ConvGeo, lead: list[int], out):
     pads = [((k - 1) * d - b, (k - 1) * d - e) for k, d, (b, e) in zip(geo.kernel, geo.dilation, geo.pads)]
     return g.node("Conv", [gy, wf], out=out, kernel_shape=list(geo.kernel), dilations=list(geo.dilation),
                   pads=onnx_pads(pads))
+
+
+# Otherwise the input gradient is the columns w^T @ gy of all examples in one MatMul, put back by
+# Col2Im (onnxruntime has it for the CPU only, in a training step chosen only for the CPU). It
+# beats ConvTranspose, which runs one example at a time, while an example's columns are small:
+# LeNet's 16 -> 6 channels on 10x10, 0.46 against 1.10 ms; 64 channels 16x16, 3.17 against 3.57;
+# and loses on larger ones (64 -> 128 channels 56x56 -> 28x28: 31 against 22 ms).
+COL2IM_MAX_COLUMNS = 160_000  # values of an example's columns, C x taps x output positions
+
+
+def _col2im_pays(geo: ConvGeo, channels_in: int) -> bool:
+    # 2-D only: onnxruntime's N-D Col2Im mishandles pads and strides (onnxruntime issue 18156)
+    return (len(geo.kernel) == 2 and geo.groups == 1 and not any(isinstance(v, str) for v in geo.out)
+            and all(b >= 0 and e >= 0 for b, e in geo.pads)
+            and channels_in * np.prod(geo.kernel) * np.prod(geo.out) <= COL2IM_MAX_COLUMNS)
+
+
+def _grad_input_col2im(g, gy, w, geo: ConvGeo, lead: list[int], out):
+    """The columns [N, C x taps, positions] = w^T [C x taps, M] @ gy [N, M, positions], one
+    batched MatMul; Col2Im adds each column back into the window it came from."""
+    M, C = lead
+    K = int(np.prod(geo.kernel))
+    wt = g.node("Transpose", [g.node("Reshape", [w, _i64(g, "w_rows", [M, C * K])])], perm=[1, 0])
+    cols = g.node("MatMul", [wt, g.node("Reshape", [gy, _i64(g, "g_cols", [0, M, -1])])])
+    return g.node("Col2Im", [cols, _i64(g, "x_size", geo.size), _i64(g, "block", geo.kernel)], out=out,
+                  strides=list(geo.stride), dilations=list(geo.dilation), pads=onnx_pads(geo.pads))
 
 
 def grad_weight(g, gy, x, form: Form, channels_in: int, channels_out: int, out):

@@ -17,8 +17,10 @@ from onnx import helper, numpy_helper
 
 
 class Emitter:
-    def __init__(self, nodes: list, initializers: list, node_id: str, doc: str = "", constants: dict | None = None):
+    def __init__(self, nodes: list, initializers: list, node_id: str, doc: str = "", constants: dict | None = None,
+                 target: str = "cpu"):
         self.nodes = nodes
+        self.target = target  # the execution provider that formulation choices are tuned for
         self.initializers = initializers
         self.id = node_id
         self.out = node_id
