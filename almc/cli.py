@@ -69,6 +69,8 @@ def build_parser() -> Parser:
     co.add_argument("-o", "--output", help="output path (default: FILE's name with .onnx, in the current folder)")
     co.add_argument("--seed", type=int, default=0, help="seed of the parameter initialisation (default 0)")
     co.add_argument("--train", action="store_true", help="write the training step (see docs/training.md)")
+    co.add_argument("--target", choices=("cpu", "cuda"), default="cpu",
+                    help="with --train: the onnxruntime provider the step is tuned for (it runs on either; default cpu)")
     co.add_argument("--weights", metavar="CKPT", help="export with the weights of an almc checkpoint")
     co.add_argument("--no-fold", action="store_true",
                     help="keep batch norm as its own node (by default it is folded into the conv before it)")
@@ -215,7 +217,7 @@ def cmd_compile(args) -> int:
     if args.weights:
         m.load_weights(args.weights)
     if args.train:
-        proto, data = m._compiled_step()
+        proto, data = m._compiled_step(target=args.target)
         atomic_write(out, data)
     else:
         _, proto = m._export(out, args.seed, not args.no_fold)

@@ -456,7 +456,7 @@ class AlmcStep:
         self.np = np
         m = almc_model(cfg)
         t0 = time.perf_counter()
-        proto = m.compile_training_step(gradients=False)
+        proto = m.compile_training_step(gradients=False, target=device)
         self.compile_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         self.sess = ort_session(proto.SerializeToString(), device, threads, profile)

@@ -160,6 +160,12 @@ def test_compile_train_writes_the_documented_step(tmp_path, capsys):
     assert outs[:3] == ["loss", "lr", "output.logits"]
     assert {"grad.c1.conv.weight", "next.c1.conv.weight", "next.momentum.c1.conv.weight"} <= set(outs)
     assert all(n.domain in ("", "ai.onnx") for n in proto.graph.node)  # standard ONNX only
+    # tuned for the CPU: LeNet's second conv takes its input gradient through Col2Im, which
+    # onnxruntime has for the CPU only; --target cuda keeps the ConvTranspose
+    assert [n.op_type for n in proto.graph.node].count("Col2Im") == 1
+    assert main(["compile", str(MODELS / "lenet.alm"), "--train", "--target", "cuda", "-o", str(tmp_path / "c.onnx")]) == 0
+    ops = [n.op_type for n in onnx.load(tmp_path / "c.onnx").graph.node]
+    assert "Col2Im" not in ops and ops.count("ConvTranspose") == 1
 
 
 def test_check_grad_command(capsys):
