@@ -21,8 +21,10 @@ from almc.types import TensorType
 from opcheck import assert_close
 from test_grads import with_loss
 
-SHAPES = [(4, 3), (2, 4, 6), (2, 3, 5, 5), (2, 2, 3, 4, 4)]
-EPS = [1e-5, 1e-3, 0.1, 1e-5]
+# (2, 4, 6) and (3, 4, 2, 2): maps of at most norm.FLAT_MAX_POSITIONS positions, whose per-channel
+# operations run on [N, C x positions] rows (norm.channel_op)
+SHAPES = [(4, 3), (2, 4, 6), (2, 3, 5, 5), (2, 2, 3, 4, 4), (3, 4, 2, 2)]
+EPS = [1e-5, 1e-3, 0.1, 1e-5, 1e-5]
 
 
 def bn_train_graph(shape, eps=1e-5, batch="N") -> Graph:

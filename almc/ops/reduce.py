@@ -76,15 +76,15 @@ def _expand_shape(types, a):
 
 def _expand_lower(g, ins, p, a, types, out):
     src = ins[0]
+    shape = g.node("Shape", [ins[1]])
+    if a.mean:  # divided before it is expanded: fewer values, and no scalar against [N, C, 1, 1]
+        axes = list(a.axes) if types[0].rank else list(range(types[1].rank))
+        count = g.node("Cast", [g.node("ReduceProd", [g.node("Gather", [shape, g.const("axes_i", axes, np.int64)])],
+                                       keepdims=0)], to=1)  # the batch may be symbolic: count at run time
+        src = g.node("Div", [src, count])
     if types[0].rank and a.axes:
         src = g.node("Unsqueeze", [src, g.const("axes", list(a.axes), np.int64)])
-    shape = g.node("Shape", [ins[1]])
-    if not a.mean:
-        return g.node("Expand", [src, shape], out=g.out)
-    axes = list(a.axes) if types[0].rank else list(range(types[1].rank))
-    count = g.node("Cast", [g.node("ReduceProd", [g.node("Gather", [shape, g.const("axes_i", axes, np.int64)])],
-                                   keepdims=0)], to=1)  # the batch may be symbolic: count at run time
-    return g.node("Div", [g.node("Expand", [src, shape]), count], out=g.out)
+    return g.node("Expand", [src, shape], out=g.out)
 
 
 def _expand_reference(xs, p, a):
