@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from dataclasses import replace
 
 import numpy as np
 import onnxruntime as ort
@@ -85,7 +86,9 @@ def main() -> None:
             name = "Gemm" if form.matmul else "dense matrix" if form.dense else "taps dropped"
             variants["forward"][name] = lambda g, f=form: F.forward(g, "x", "w", None, f, M, C, None)
             variants["input grad"][name] = lambda g, f=form: F.grad_input(g, "gy", "w", f, M, C, None)
-            variants["weight grad"][name] = lambda g, f=form: F.grad_weight(g, "gy", "x", f, C, M, None)
+            # the dense weight gradient is timed even where almc keeps the per-tap or Conv form
+            wform = replace(form, dense_weight=True) if form.dense else form
+            variants["weight grad"][name] = lambda g, f=wform: F.grad_weight(g, "gy", "x", f, C, M, None)
         variants["input grad"]["MatMul + Col2Im"] = lambda g: F._grad_input_col2im(g, "gy", "w", geo, [M, C], None)
         if s == 1:
             variants["input grad"]["Conv, weight flipped"] = lambda g: F._grad_input_flipped(g, "gy", "w", geo, [M, C], None)
@@ -117,7 +120,7 @@ def _pick_input(form, geo, M, C):
 
 
 def _pick_weight(form, C):
-    if form.matmul or form.dense or form.pruned:
+    if form.matmul or form.dense_weight or form.pruned:
         return _pick_forward(form)
     return "Gemm per tap" if C >= F.MIN_CHANNELS_PER_TAP else "Conv, operands transposed"
 

@@ -46,6 +46,13 @@ def test_the_form_follows_the_sizes(g, matmul, taps, kernel, pads, dense):
     assert (f.matmul, f.taps, f.geo.kernel, f.geo.pads, f.dense) == (matmul, taps, kernel, pads, dense)
 
 
+def test_the_weight_gradient_goes_dense_only_where_the_matrix_has_few_zeros():
+    assert choose(geo(3, 1, 1, (2, 2), (2, 2))).dense_weight  # 16 pairs, 16 links
+    f = choose(geo(3, 2, 1, (4, 4), (2, 2)))  # 64 pairs, 25 links: dense forward and input gradient
+    assert f.dense and not f.dense_weight
+    assert not choose(geo(3, 2, 1, (8, 8), (4, 4))).dense  # 1024 pairs, 121 links
+
+
 def test_the_dense_matrix_links_each_pair_of_positions_by_its_tap():
     from almc.ops.conv_forms import _dense_matrix
 

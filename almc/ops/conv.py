@@ -199,6 +199,8 @@ register(Op(
          {"symbolic_batch": False}),
         ((("f32", (2, 6, 2, 2)), ("f32", (6, 5, 3, 3))),
          dict(kernel=(3, 3), stride=(1, 1), pads=((1, 1), (1, 1)), dilation=(1, 1), size=(2, 2))),
+        ((("f32", (2, 5, 2, 2)), ("f32", (5, 4, 3, 3))),
+         dict(kernel=(3, 3), stride=(2, 2), pads=((1, 1), (1, 1)), dilation=(1, 1), size=(4, 4))),
         ((("f32", (2, 4, 3)), ("f32", (4, 3, 3))),
          dict(kernel=(3,), stride=(1,), pads=((1, 1),), dilation=(1,), size=(3,))),
         # columns of more than COL2IM_MAX_COLUMNS values an example: a ConvTranspose (the 2-D
@@ -267,6 +269,9 @@ register(Op(
          dict(kernel=(3, 3), stride=(1, 1), pads=((1, 1), (1, 1)), dilation=(1, 1), groups=2), {"symbolic_batch": False}),
         ((("f32", (2, 6, 2, 2)), ("f32", (2, 5, 2, 2))),
          dict(kernel=(3, 3), stride=(1, 1), pads=((1, 1), (1, 1)), dilation=(1, 1))),
+        # 4x4 -> 2x2, stride 2: a dense forward and input gradient, a Conv weight gradient
+        ((("f32", (2, 5, 2, 2)), ("f32", (2, 4, 4, 4))),
+         dict(kernel=(3, 3), stride=(2, 2), pads=((1, 1), (1, 1)), dilation=(1, 1))),
         ((("f32", (2, 4, 3)), ("f32", (2, 3, 3))),
          dict(kernel=(3,), stride=(1,), pads=((1, 1),), dilation=(1,))),
         # 16 input channels and up: one Gemm per kernel tap (conv_forms)
@@ -306,6 +311,7 @@ register(Op(
         ((("f32", (2, 4, 2, 2)),), dict(channels=6, kernel=1, stride=2, bias=False)),
         ((("f32", (2, 4, 1, 3)),), dict(channels=4, kernel=3, pad=1, groups=2)),
         ((("f32", (2, 5, 2, 2)),), dict(channels=6, kernel=3, pad=1)),
+        ((("f32", (2, 4, 4, 4)),), dict(channels=5, kernel=3, stride=2, pad=1)),  # dense, not its weight gradient
         ((("f32", (2, 3, 3)),), dict(channels=4, kernel=3, pad=1, bias=False)),
     ),
 ))

@@ -9,7 +9,8 @@ example on a 1x1 map, bound by reading the weight once per example. In order of 
 - matmul: one output position whose window lies inside the input (after the next rule): forward,
   input gradient and weight gradient are one Gemm each over the whole batch;
 - dense: maps hardly larger than the kernel (2x2 under 3x3): the convolution is one matrix
-  [M x out positions, C x in positions] built from the weight, and all three passes are Gemms;
+  [M x out positions, C x in positions] built from the weight, and all three passes are Gemms
+  (the weight gradient only where the matrix has few zeros);
 - kernel taps that only ever meet padding are dropped (3x3 on a 1x1 map keeps its centre): the
   weight is restricted to the kept taps and the weight gradient put back with zeros;
 - otherwise Conv forward; the input gradient a Conv with the weight flipped (stride 1, many
@@ -53,7 +54,8 @@ class Form:
     taps: tuple[tuple[int, int], ...]
     matmul: bool
     full_kernel: tuple[int, ...]
-    dense: bool = False
+    dense: bool = False  # forward and input gradient through the dense matrix
+    dense_weight: bool = False  # the weight gradient too
 
     @property
     def pruned(self) -> bool:
@@ -92,8 +94,10 @@ def choose(geo: ConvGeo) -> Form:
     if matmul:
         new = replace(geo, kernel=tuple(kernel), pads=tuple((0, 0) for _ in range(n)), dilation=(1,) * n)
         return Form(new, tuple(taps), True, geo.kernel)
-    if geo.groups == 1 and _dense_pays(geo):
-        return Form(geo, tuple((0, k) for k in geo.kernel), False, geo.kernel, dense=True)
+    waste = _dense_waste(geo) if geo.groups == 1 else np.inf
+    if waste <= (DENSE_STRIDED_MAX_WASTE if any(s > 1 for s in geo.stride) else DENSE_MAX_WASTE):
+        return Form(geo, tuple((0, k) for k in geo.kernel), False, geo.kernel, dense=True,
+                    dense_weight=waste <= DENSE_MAX_WASTE)
     dropped = any(a > 0 or b < k for (a, b), k in zip(taps, geo.kernel))
     if dropped and all(pb >= 0 and pe >= 0 for pb, pe in pads):
         return Form(replace(geo, kernel=tuple(kernel), pads=tuple(pads)), tuple(taps), False, geo.kernel)
@@ -104,14 +108,24 @@ def choose(geo: ConvGeo) -> Form:
 # [out positions * M, in positions * C] built from the weight, when that matrix's zeros (pairs
 # of positions no tap connects) add at most this share to the multiply-adds. ResNet-18's third
 # stage on 32x32 images (2x2 maps, 3x3 kernels) has none: each of the 16 pairs is a tap.
+# onnxruntime's strided Conv and ConvTranspose are slow for their work, so a strided convolution
+# goes dense up to twice that share, for its forward and input gradient only: ResNet-18's 4x4 ->
+# 2x2 stride-2 convolution (128 -> 256 channels, 64 pairs for 25 links) takes 0.88 against 1.30
+# ms forward and 1.05 against 2.2 ms for the input gradient, but 1.07 against 0.68 ms for the
+# weight gradient per tap. A stride-1 4x4 map has the same share (256 pairs, 100 links) and loses
+# (1.86 against 1.49 ms forward); 8x8 -> 4x4 with stride 2 (8.5) loses in every pass.
 DENSE_MAX_WASTE = 1.5
+DENSE_STRIDED_MAX_WASTE = 3.0
 
 
-def _dense_pays(geo: ConvGeo) -> bool:
+def _dense_waste(geo: ConvGeo) -> float:
+    """(out positions x in positions) / pairs a tap links: the dense matrix's size over its nonzeros."""
     n = len(geo.kernel)
     links = np.prod([len(_pairs(geo.size[i], geo.kernel[i], geo.stride[i], geo.dilation[i], geo.pads[i][0], geo.out[i]))
                      for i in range(n)])
-    return int(np.prod(geo.out)) > 1 and np.prod(geo.out) * np.prod(geo.size) <= DENSE_MAX_WASTE * links
+    if int(np.prod(geo.out)) <= 1 or links == 0:
+        return np.inf
+    return float(np.prod(geo.out) * np.prod(geo.size) / links)
 
 
 def _dense_matrix(geo: ConvGeo) -> np.ndarray:
@@ -300,7 +314,7 @@ def _grad_input_col2im(g, gy, w, geo: ConvGeo, lead: list[int], out):
 def grad_weight(g, gy, x, form: Form, channels_in: int, channels_out: int, out):
     geo = form.geo
     lead = [channels_out, channels_in // geo.groups]
-    if form.dense:
+    if form.dense_weight:
         dwb = g.node("Gemm", [g.node("Flatten", [gy], axis=1), g.node("Flatten", [x], axis=1)], transA=1)
         return _dense_weight_grad(g, dwb, geo, channels_out, channels_in, out)
     if form.matmul:
