@@ -575,7 +575,9 @@ def render(res: dict) -> str:
                 w(f"- {model}: {cfg['what']}. Same step checked: two steps (two batches) from the same weights, "
                   f"against the same two steps of PyTorch in float64: almc's loss relative difference "
                   f"{v['loss_rel_diff']:.1e}, worst updated parameter/statistic relative difference "
-                  f"{v['max_param_rel_diff']:.1e} ({'ok' if v['ok'] else 'ABOVE 1e-4'}){torch_err}.{extra}")
+                  f"{v['max_param_rel_diff']:.1e} ({'ok' if v['ok'] else 'ABOVE'} against "
+                  f"{v.get('param_bound', 1e-4):.1e}: 1e-4, or PyTorch's float32 step's own difference where that "
+                  f"is larger){torch_err}.{extra}")
             else:
                 w(f"- {model}: {cfg['what']}. Step check: {v.get('error', v.get('note', 'not run'))[-300:]}.{extra}")
         w("")

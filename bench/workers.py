@@ -662,7 +662,12 @@ def train_verify(args) -> None:
                    loss_rel_diff=rel["almc"], torch_loss_rel_diff=rel["torch"],
                    max_param_rel_diff=worst["almc"][0], worst_param=worst["almc"][1],
                    torch_max_param_rel_diff=worst["torch"][0], torch_worst_param=worst["torch"][1])
-        out["ok"] = out["loss_rel_diff"] <= 1e-4 and out["max_param_rel_diff"] <= 1e-4
+        # float32 bounds what either step can reach: where PyTorch's own float32 step is further
+        # than 1e-4 from the exact one (batch norm over channels of near-zero variance divides
+        # float32 rounding by sqrt(eps)), almc's must be no further than PyTorch's
+        bound = max(1e-4, out["torch_max_param_rel_diff"])
+        out["param_bound"] = bound
+        out["ok"] = out["loss_rel_diff"] <= max(1e-4, out["torch_loss_rel_diff"]) and out["max_param_rel_diff"] <= bound
     except Exception as e:
         out.update(ok=False, error=error_text(e), traceback=traceback.format_exc())
     write(wd, f"train_{args.model}_verify", out)
