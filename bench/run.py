@@ -533,7 +533,7 @@ def render(res: dict) -> str:
         w("Each contender runs in its own process (almc: almc + onnxruntime imported; PyTorch: torch + numpy only), "
           "rounds alternating the two. A step is timed whole: almc binds the batch, the parameters and optimiser state "
           "(OrtValues, IOBinding, each step's `next.*` fed back, as almc/train.py does) and runs the ONNX training step "
-          "(forward, loss, backward, SGD update; it also outputs every gradient); PyTorch does zero_grad, forward, "
+          "(forward, loss, backward, SGD update; without its `grad.*` outputs, as `almc train` runs it); PyTorch does zero_grad, forward, "
           "loss, backward, `torch.optim.SGD.step`; both read the loss back. Same initial weights (almc's, seed 0), "
           "same batches (random, 4 batches cycled), same objective, optimiser and learning-rate schedule. "
           "Memory: peak resident set (VmHWM) of the whole process, and of the timed steps alone (VmHWM reset "
