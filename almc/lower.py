@@ -49,6 +49,17 @@ def live_nodes(graph: Graph) -> set[str]:
     return live
 
 
+def names_read(nodes) -> set[str]:
+    """The tensor names the nodes read, in their subgraphs (Scan, Loop, If bodies) too."""
+    read = set()
+    for n in nodes:
+        read.update(n.input)
+        for a in n.attribute:
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else a.graphs):
+                read |= names_read(sub.node)
+    return read
+
+
 def lower(graph: Graph, weights: dict[str, np.ndarray] | None = None, seed: int = 0,
           params_as_inputs: bool = False, target: str = "cpu") -> onnx.ModelProto:
     """The ONNX model of a graph. Parameters become initializers, or graph inputs of the same
@@ -114,6 +125,9 @@ def lower_split(graph: Graph, weights: dict[str, np.ndarray] | None = None, seed
             n.input[:] = [rename.get(i, i) for i in n.input]
             n.output[:] = [rename.get(o, o) for o in n.output]
         infos = [v for v in infos if v.name not in rename]
+    # constants that were reshaped for their consumers (elementwise.full_rank_scalars) may be left unread
+    read = names_read(nodes) | {o.name for o in outputs}
+    inits = [t for t in inits if t.name in read]
     inputs = [value_info(i, graph.node(i).type) for i in graph.inputs if i in live] + param_inputs
     g = helper.make_graph(nodes, graph.name, inputs, outputs, initializer=inits, value_info=infos)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="almc",

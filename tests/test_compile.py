@@ -290,3 +290,16 @@ def test_receptive_field_of_an_up_convolution():
     assert s.rows[-1].receptive_field == [1, 1] and s.rows[-1].jump == [0.5, 0.5]
     s = almc.load("model Up { input x: f32[N, 1, 8, 8]\n output y = conv_transpose(x, 1, 3, stride = 1) }").summary()
     assert s.rows[-1].receptive_field == [3, 3] and s.rows[-1].jump == [1, 1]
+
+
+def test_scalar_constants_become_initializers_of_their_consumers_rank():
+    """x * 0.5 + 1 on [N, 4, 1, 1]: onnxruntime broadcasts a rank-0 scalar over size-1 axes one
+    element at a time, so each number is a [1, 1, 1, 1] initializer; no Constant or Reshape node."""
+    from almc.runtime import run
+
+    m = almc.load("model M { input x: f32[N, 4, 1, 1]\n output y = x * 0.5 + 1 }")
+    proto = m.compile()
+    assert [n.op_type for n in proto.graph.node] == ["Mul", "Add"]
+    assert sorted(tuple(t.dims) for t in proto.graph.initializer) == [(1, 1, 1, 1)] * 2
+    x = np.random.default_rng(0).standard_normal((3, 4, 1, 1)).astype(np.float32)
+    np.testing.assert_array_equal(run(proto, {"x": x}, "cpu")[0]["y"], x * np.float32(0.5) + np.float32(1))

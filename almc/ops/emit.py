@@ -25,7 +25,7 @@ class Emitter:
         self.id = node_id
         self.out = node_id
         self.doc = doc
-        self.constants = {} if constants is None else constants  # (dtype, shape, bytes) -> name
+        self.constants = {} if constants is None else constants  # (dtype, shape, bytes) -> name -> array
         self._count = 0
         self._nodes_emitted = 0
 
@@ -43,9 +43,17 @@ class Emitter:
         return outs[0]
 
     def const(self, suffix: str, value, dtype=np.float32) -> str:
+        """An initializer holding `value`; equal constants share one (onnxruntime's common-
+        subexpression elimination then sees their consumers as equal)."""
         arr = np.asarray(value, dtype=dtype)
         key = (arr.dtype.str, arr.shape, arr.tobytes())
         if key not in self.constants:
-            self.constants[key] = f"{self.id}.{suffix}"
-            self.initializers.append(numpy_helper.from_array(arr, self.constants[key]))
+            name = f"{self.id}.{suffix}"
+            self.constants[key] = name
+            self.constants[name] = arr  # and back, for value_of
+            self.initializers.append(numpy_helper.from_array(arr, name))
         return self.constants[key]
+
+    def value_of(self, tensor: str):
+        """The array of a tensor made by `const`, or None."""
+        return self.constants.get(tensor)
