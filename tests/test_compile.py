@@ -245,6 +245,23 @@ def test_a_closed_pipe_is_not_an_error(tmp_path):
     assert r.stdout == "model LeNe" and "error" not in r.stderr
 
 
+def test_the_console_script_flushes_everything_and_keeps_the_exit_code(tmp_path, capsys):
+    """`almc` (cli.entry) ends the process with os._exit after main(): the whole output must be
+    out by then (ResNet-50's summary: 20 KB, past the pipe's buffering) and the code kept."""
+    import subprocess
+    import sys
+
+    resnet50 = ROOT / "models" / "resnet50.alm"
+    assert main(["summary", str(resnet50)]) == 0
+    expected = capsys.readouterr().out
+    r = subprocess.run([sys.executable, "-m", "almc.cli", "summary", str(resnet50)], capture_output=True,
+                       text=True, timeout=60)
+    assert (r.returncode, r.stdout, r.stderr) == (0, expected, "") and len(expected) > 8192
+    r = subprocess.run([sys.executable, "-m", "almc.cli", "compile", str(tmp_path / "none.alm")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.startswith("almc: error: no such file") and r.stdout == ""
+
+
 def test_batch_norm_folds_into_the_conv_before_it_and_computes_the_same():
     import collections
 
