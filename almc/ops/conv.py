@@ -203,6 +203,13 @@ register(Op(
          dict(kernel=(3, 3), stride=(2, 2), pads=((1, 1), (1, 1)), dilation=(1, 1), size=(4, 4))),
         ((("f32", (2, 4, 3)), ("f32", (4, 3, 3))),
          dict(kernel=(3,), stride=(1,), pads=((1, 1),), dilation=(1,), size=(3,))),
+        # MatMul + Col2Im with dilation, asymmetric pads and stride
+        ((("f32", (2, 3, 7, 6)), ("f32", (3, 4, 3, 2))),
+         dict(kernel=(3, 2), stride=(1, 1), pads=((2, 1), (0, 1)), dilation=(2, 1), size=(8, 6)),
+         {"symbolic_batch": False}),
+        ((("f32", (2, 3, 3, 3)), ("f32", (3, 2, 3, 3))),
+         dict(kernel=(3, 3), stride=(2, 3), pads=((1, 0), (2, 1)), dilation=(1, 2), size=(6, 9)),
+         {"symbolic_batch": False}),
         # columns of more than COL2IM_MAX_COLUMNS values an example: a ConvTranspose (the 2-D
         # examples above without groups are MatMul + Col2Im)
         ((("f32", (1, 4, 30, 30)), ("f32", (4, 20, 3, 3))),
