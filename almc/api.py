@@ -109,17 +109,13 @@ class Model:
         """The training step as an onnx.ModelProto (see docs/training.md); `gradients=False`
         leaves out the grad.P outputs (what `almc train` runs). `target` ("cpu" or "cuda"): the
         onnxruntime provider it is tuned for; it computes the same and runs on either."""
-        return self._compiled_step(gradients, target)[0]
-
-    def _compiled_step(self, gradients: bool = True, target: str = "cpu"):
-        """(ModelProto, its bytes) of the training step."""
         from .lower import lower
         from .optim import training_step
 
         step, _ = training_step(self.graph, gradients)
         model = lower(step, params_as_inputs=True, target=target)
         _check(model, True)
-        return model, model.SerializeToString()
+        return model
 
     def run(self, inputs, device: str = "auto") -> dict[str, np.ndarray]:
         """Run in onnxruntime. `inputs`: one array (single-input models) or a dict by input name."""

@@ -217,8 +217,8 @@ def cmd_compile(args) -> int:
     if args.weights:
         m.load_weights(args.weights)
     if args.train:
-        proto, data = m._compiled_step(target=args.target)
-        atomic_write(out, data)
+        proto = m.compile_training_step(target=args.target)
+        atomic_write(out, proto.SerializeToString())
     else:
         _, proto = m._export(out, args.seed, not args.no_fold)
     s = m.summary()

@@ -13,9 +13,8 @@ along any path is kept; dense and global pooling see the whole input ("all").
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
-from math import prod
+from math import ceil, prod
 
 import numpy as np
 
@@ -94,7 +93,7 @@ def receptive_fields(graph: Graph) -> dict[str, tuple[list, list] | None]:
         if win:
             for a, w in enumerate(win[:n]):
                 if w.transposed:  # an output reads ceil(span / stride) inputs, each j apart
-                    r[a] = r[a] + (math.ceil(((w.kernel - 1) * w.dilation + 1) / w.stride) - 1) * j[a]
+                    r[a] = r[a] + (ceil(((w.kernel - 1) * w.dilation + 1) / w.stride) - 1) * j[a]
                     j[a] = j[a] / w.stride
                 else:
                     r[a] = r[a] + (w.kernel - 1) * w.dilation * j[a]
