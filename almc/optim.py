@@ -20,9 +20,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .autodiff import Diff, differentiate
+import networkx as nx
+
+from .autodiff import PARAMETER, Diff, differentiate
 from .errors import AlmError, Diagnostic
-from .graph import INPUT, Graph, Node
+from .graph import INPUT, Graph, Node, node_params
 from .init import param_specs
 from .objective import in_layers
 from dataclasses import replace
@@ -107,6 +109,8 @@ def training_step(graph: Graph, gradients: bool = True) -> tuple[Graph, StepSign
     g.inputs = [i for i in g.inputs if i not in mode.dropout] + list(mode.dropout)
     for lab in spec.labels:
         g.inputs.append(lab)
+    # before the update adds readers of its own
+    late = _unordered_reads(g, grads, trainable, [spec.loss, *graph.outputs.values(), *grads.values()])
     d = Diff(g, prefix="update/")
     d.cur = g.node(spec.loss)
     epoch = g.add(Node("epoch", INPUT, type=SCALAR, span=g.node(spec.loss).span, layer="epoch")).id
@@ -123,6 +127,8 @@ def training_step(graph: Graph, gradients: bool = True) -> tuple[Graph, StepSign
         gr = grads.get(full)
         outputs[f"grad.{full}"] = gr if gr is not None else d.op("mul", [w, d.const(0.0)])
         rate = lr if lr_scale_of(g, owner) == 1.0 else d.op("mul", [lr, d.const(lr_scale_of(g, owner))])
+        if late[full]:  # the update may overwrite w in place: see _unordered_reads
+            rate = d.op("after", [rate, *late[full]])
         new_w = _update(d, g, sig, spec, full, w, outputs[f"grad.{full}"], rate, step, outputs)
         outputs[f"next.{full}"] = new_w
         sig.updates[full] = f"next.{full}"
@@ -137,6 +143,47 @@ def training_step(graph: Graph, gradients: bool = True) -> tuple[Graph, StepSign
             sig.updates[f"{bn}.{local}"] = f"next.{bn}.{local}"
     g.outputs = {k: v for k, v in outputs.items() if gradients or not k.startswith("grad.")}
     return g, sig
+
+
+def _unordered_reads(g: Graph, grads: dict[str, str], trainable: list[str], computed: list[str]) -> dict[str, list[str]]:
+    """Parameter -> the nodes that read it (of those the step computes: `computed` and their
+    ancestors) but that its update would not wait for.
+
+    `almc train` binds every `next.P` to P's own buffer, so that a step holds one copy of the
+    parameters and optimiser state, not two; the update must then come after every read of P. It
+    waits for P's gradient, and so for the gradient's ancestors (the forward reads it needs), and
+    its own read is elementwise (each element is read before it is written). A conv's input
+    gradient also reads the weight, and so does a regulariser's term of the loss; neither is an
+    ancestor of the gradient. The update's learning rate goes through `after` those. Optimiser
+    state and running statistics are read by their update alone (tests/test_inplace.py checks it
+    all on the ONNX graph)."""
+    order = list(nx.topological_sort(g.nx))
+    index = {n: i for i, n in enumerate(order)}
+    ancestors: dict[str, int] = {}  # a bit per node, by topological index
+    for n in order:
+        bits = 0
+        for p in g.nx.predecessors(n):
+            bits |= ancestors[p] | 1 << index[p]
+        ancestors[n] = bits
+    live = 0
+    for n in computed:
+        live |= ancestors[n] | 1 << index[n]
+    readers: dict[str, list[str]] = {}
+    for n in order:
+        if not live >> index[n] & 1:  # an inference node that the training form replaced
+            continue
+        node = g.node(n)
+        if node.op == PARAMETER:
+            readers.setdefault(f"{node.owner}.{node.attrs.name}", []).extend(g.nx.successors(n))
+        else:
+            for _, full, _ in node_params(g, node):
+                readers.setdefault(full, []).append(n)
+    late = {}
+    for full in trainable:
+        gr = grads.get(full)
+        waited = ancestors[gr] | 1 << index[gr] if gr is not None else 0
+        late[full] = [r for r in readers.get(full, []) if not waited >> index[r] & 1]
+    return late
 
 
 def _state(g: Graph, sig: StepSignature, name: str, like: str) -> str:

@@ -1,9 +1,10 @@
 """Training: run the ONNX training step in onnxruntime, epoch after epoch.
 
 Parameters and optimiser state live in onnxruntime as device-resident OrtValues
-and are bound to the step with IOBinding: each step's `next.*` outputs become
-the next step's inputs without a copy to the host. Only the batch goes in and
-the loss comes out. Each epoch ends with a validation pass (the inference graph,
+and are bound to the step with IOBinding, inputs and `next.*` outputs alike:
+each step writes the next values into the same buffers, with no copy to the
+host and no second copy on the device. Only the batch goes in and the loss
+comes out. Each epoch ends with a validation pass (the inference graph,
 weights as inputs) and an atomic checkpoint; the run ends with the test
 accuracy and, if asked, the trained inference model.
 
@@ -105,8 +106,6 @@ def predictions_correct(scores: np.ndarray, y: np.ndarray) -> int:
 
 def train(model, opts: TrainOptions) -> dict:
     """Train `model` (an api.Model) in place; returns the metrics."""
-    import onnxruntime as ort
-
     from .data import batches
     from .init import initialize
     from .lower import lower
@@ -141,10 +140,11 @@ def train(model, opts: TrainOptions) -> dict:
         if ckpt_dir is None:
             raise UsageError("--resume needs --checkpoint DIR")
         weights, state, start_epoch, step, history = load_checkpoint(ckpt_dir / CHECKPOINT, graph, weights, state)
-    # on the CPU an OrtValue made from an array shares its memory: keep the arrays alive until the
-    # first step's outputs replace them (then only those never updated), and no other copy
-    host = {k: np.ascontiguousarray(v, np.float32) for k, v in {**weights, **state}.items() if k in step_inputs}
-    values = {k: ort.OrtValue.ortvalue_from_numpy(v, dev, 0) for k, v in host.items()}
+    # Parameters and optimiser state live in OrtValues of their own, on the device, and each step
+    # writes its next.* outputs into them in place: no second copy (the step orders every update
+    # behind the reads of what it overwrites: optim._backward_reads).
+    values = {k: device_value(v, dev) for k, v in {**weights, **state}.items() if k in step_inputs}
+    inplace = {out: values[name] for name, out in sig.updates.items()}
     frozen_values = {k: v for k, v in weights.items() if k not in values}
     param_names = list(weights)
     del weights, state
@@ -177,7 +177,10 @@ def train(model, opts: TrainOptions) -> dict:
                 for k, v in values.items():
                     binding.bind_ortvalue_input(k, v)
                 for name in step_outputs:
-                    binding.bind_output(name, dev)
+                    if name in inplace:
+                        binding.bind_ortvalue_output(name, inplace[name])
+                    else:
+                        binding.bind_output(name, dev)
                 t_step = time.perf_counter()
                 step_sess.run_with_iobinding(binding)
                 step_times.append(time.perf_counter() - t_step)
@@ -188,10 +191,6 @@ def train(model, opts: TrainOptions) -> dict:
                     kept = f"; the last good checkpoint is {ckpt_dir / CHECKPOINT}" if ckpt_dir and epoch > start_epoch else ""
                     raise TrainingStopped(f"the loss became {loss} at {where}; training stopped{kept}. "
                                           "Lower the learning rate, or check the data")
-                for name, out in sig.updates.items():
-                    values[name] = outs[out]
-                if len(host) > len(values) - len(sig.updates):
-                    host = {k: v for k, v in host.items() if k not in sig.updates}
                 losses.append(loss * len(xb))
                 if classify:
                     correct += predictions_correct(outs[f"output.{first_out}"].numpy(), yb)
@@ -233,6 +232,18 @@ def train(model, opts: TrainOptions) -> dict:
     if opts.out:
         model.export(opts.out)
     return metrics
+
+
+def device_value(array: np.ndarray, device: str):
+    """An OrtValue on `device` that owns its memory, holding a float32 copy of `array` (one made
+    with ortvalue_from_numpy on the CPU would share the array's memory: writing a step's update
+    into it would change the caller's array)."""
+    import onnxruntime as ort
+
+    array = np.ascontiguousarray(array, np.float32)
+    value = ort.OrtValue.ortvalue_from_shape_and_type(array.shape, np.float32, device, 0)
+    value.update_inplace(array)
+    return value
 
 
 def _current(values, frozen_values, names) -> dict[str, np.ndarray]:

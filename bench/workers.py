@@ -446,12 +446,13 @@ def almc_model(cfg):
 
 class AlmcStep:
     """almc's training step fed as almc/train.py feeds it: parameters and optimiser state as
-    OrtValues bound with IOBinding, each step's next.* outputs bound as the next step's inputs,
-    the batch bound from the host, the loss read back every step."""
+    OrtValues bound with IOBinding, each step's next.* outputs bound to the same OrtValues (the
+    step writes them in place), the batch bound from the host, the loss read back every step."""
 
     def __init__(self, cfg, weights, device: str, threads: int, profile: str | None = None):
         import numpy as np
-        import onnxruntime as ort
+
+        from almc.train import device_value
 
         self.np = np
         m = almc_model(cfg)
@@ -465,7 +466,6 @@ class AlmcStep:
         self.x_name, self.y_name = m.graph.inputs[0], m.graph.train.labels[0]
         self.inputs = {i.name: i for i in self.sess.get_inputs()}
         self.outputs = [o.name for o in self.sess.get_outputs()]
-        self.updates = {o[5:]: o for o in self.outputs if o.startswith("next.")}
         state = {}
         for name, i in self.inputs.items():
             if name in weights or name in (self.x_name, self.y_name, "epoch", "step"):
@@ -473,8 +473,8 @@ class AlmcStep:
             if name.startswith("dropout_mask."):
                 raise RuntimeError("the benchmark models have no dropout")
             state[name] = np.zeros([int(d) for d in i.shape], np.float32)  # optimiser state starts at zero
-        self.host = {k: np.ascontiguousarray(v, np.float32) for k, v in {**weights, **state}.items() if k in self.inputs}
-        self.values = {k: ort.OrtValue.ortvalue_from_numpy(v, device, 0) for k, v in self.host.items()}
+        self.values = {k: device_value(v, device) for k, v in {**weights, **state}.items() if k in self.inputs}
+        self.inplace = {o: self.values[o[5:]] for o in self.outputs if o.startswith("next.")}
         self.binding = self.sess.io_binding()
         self.run_s = 0.0
         self.nodes = len(proto.graph.node)
@@ -495,15 +495,14 @@ class AlmcStep:
         for name, v in self.values.items():
             b.bind_ortvalue_input(name, v)
         for name in self.outputs:
-            b.bind_output(name, self.dev)
+            if name in self.inplace:
+                b.bind_ortvalue_output(name, self.inplace[name])
+            else:
+                b.bind_output(name, self.dev)
         t = time.perf_counter()
         self.sess.run_with_iobinding(b)
         self.run_s = time.perf_counter() - t
         outs = dict(zip(self.outputs, b.get_outputs()))
-        for name, out in self.updates.items():
-            self.values[name] = outs[out]
-        if len(self.host) > len(self.values) - len(self.updates):  # as almc/train.py: the initial arrays go
-            self.host = {k: v for k, v in self.host.items() if k not in self.updates}
         self.last = outs
         return float(outs["loss"].numpy())
 

@@ -1,9 +1,11 @@
-"""Ops of the optimiser step: the learning-rate schedule, sqrt, and Adam's bias correction."""
+"""Ops of the optimiser step: the learning-rate schedule, sqrt, Adam's bias correction, and `after`,
+which orders an update behind the reads of the tensor it overwrites."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
+from onnx import TensorProto
 
 from ..types import TensorType
 from .registry import Attr, Op, register
@@ -72,4 +74,25 @@ register(Op(
     reference=lambda xs, p, a: np.asarray(1 - a.beta ** (float(np.asarray(xs[0])) + 1), np.float32),
     category="gradient", doc="Adam's bias correction 1 - beta^(step + 1), step counted from 0.",
     examples=(((("f32", ()),), dict(beta=0.9)),),
+))
+
+
+def _after_lower(g, ins, p, a, types, out):
+    """x, by a Where over one element of each dependency: onnxruntime runs it only once every
+    dependency is computed, and no rewrite can drop the read (the element is not a constant)."""
+    x = ins[0]
+    for k, dep in enumerate(ins[1:]):
+        first = g.node("Gather", [g.node("Reshape", [dep, g.const("flat", [-1], np.int64)]),
+                                  g.const("first", 0, np.int64)])
+        x = g.node("Where", [g.node("Cast", [first], to=TensorProto.BOOL), x, x],
+                   out=g.out if k == len(ins) - 2 else None)
+    return x if len(ins) > 1 else g.node("Identity", [x], out=g.out)
+
+
+register(Op(
+    name="after", inputs=("x", "deps"), variadic=True, shape=lambda types, a: types[0], lower=_after_lower,
+    reference=lambda xs, p, a: xs[0], category="gradient",
+    doc="x itself, computed only after every dependency: a training step orders each parameter's update "
+        "behind the backward pass's reads of that parameter, so that the update may overwrite it in place.",
+    examples=(((("f32", ()), ("f32", (2, 3))), {}), ((("f32", (4,)), ("f32", (3, 2, 2)), ("f32", (5,))), {})),
 ))
