@@ -62,7 +62,12 @@ def _register_cpu_arena() -> bool:
 
 
 def lean_memory(opts) -> None:
-    """Session options that use the shared CPU arena (see _register_cpu_arena)."""
+    """Session options that use the shared CPU arena (see _register_cpu_arena), without
+    onnxruntime's memory pattern: after the first run it lays out every intermediate in one block
+    of its own, while the arena keeps the first run's chunks, so the intermediates' memory is held
+    twice. Without it: a ResNet-18 training step's peak resident memory 346 -> 277 MiB, ResNet-50
+    inference at batch 8 532-571 -> 472-478 MiB, at the same speed (bench/README.md)."""
+    opts.enable_mem_pattern = False
     if _register_cpu_arena():
         opts.add_session_config_entry("session.use_env_allocators", "1")
 
