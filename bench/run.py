@@ -532,7 +532,7 @@ def render(res: dict) -> str:
         w(f"## 3. Training step ({res['device']})\n")
         w("Each contender runs in its own process (almc: almc + onnxruntime imported; PyTorch: torch + numpy only), "
           "rounds alternating the two. A step is timed whole: almc binds the batch, the parameters and optimiser state "
-          "(OrtValues, IOBinding, each step's `next.*` fed back, as almc/train.py does) and runs the ONNX training step "
+          "(OrtValues, IOBinding, each step writing its `next.*` into the same OrtValues, as almc/train.py does) and runs the ONNX training step "
           "(forward, loss, backward, SGD update; without its `grad.*` outputs, as `almc train` runs it); PyTorch does zero_grad, forward, "
           "loss, backward, `torch.optim.SGD.step`; both read the loss back. Same initial weights (almc's, seed 0), "
           "same batches (random, 4 batches cycled), same objective, optimiser and learning-rate schedule. "
