@@ -109,8 +109,9 @@ def training_step(graph: Graph, gradients: bool = True) -> tuple[Graph, StepSign
     g.inputs = [i for i in g.inputs if i not in mode.dropout] + list(mode.dropout)
     for lab in spec.labels:
         g.inputs.append(lab)
+    first = next(iter(graph.outputs))  # the model's first output, for the running training accuracy
     # before the update adds readers of its own
-    late = _unordered_reads(g, grads, trainable, [spec.loss, *graph.outputs.values(), *grads.values()])
+    late = _unordered_reads(g, grads, trainable, [spec.loss, graph.outputs[first], *grads.values()])
     d = Diff(g, prefix="update/")
     d.cur = g.node(spec.loss)
     epoch = g.add(Node("epoch", INPUT, type=SCALAR, span=g.node(spec.loss).span, layer="epoch")).id
@@ -118,7 +119,6 @@ def training_step(graph: Graph, gradients: bool = True) -> tuple[Graph, StepSign
     lr = d.op("lr_schedule", [epoch], {"kind": spec.schedule, "lr": spec.opt["lr"], "epochs": float(spec.epochs),
                                        **{k: v for k, v in spec.sched.items()}}, name="lr")
     outputs = {"loss": spec.loss, "lr": lr}
-    first = next(iter(graph.outputs))  # the model's first output, for the running training accuracy
     outputs[f"output.{first}"] = graph.outputs[first]
     for full in trainable:
         owner, local = full.rsplit(".", 1)

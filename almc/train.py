@@ -142,7 +142,7 @@ def train(model, opts: TrainOptions) -> dict:
         weights, state, start_epoch, step, history = load_checkpoint(ckpt_dir / CHECKPOINT, graph, weights, state)
     # Parameters and optimiser state live in OrtValues of their own, on the device, and each step
     # writes its next.* outputs into them in place: no second copy (the step orders every update
-    # behind the reads of what it overwrites: optim._backward_reads).
+    # behind the reads of what it overwrites: optim._unordered_reads).
     values = {k: device_value(v, dev) for k, v in {**weights, **state}.items() if k in step_inputs}
     inplace = {out: values[name] for name, out in sig.updates.items()}
     frozen_values = {k: v for k, v in weights.items() if k not in values}

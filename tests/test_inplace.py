@@ -1,5 +1,5 @@
 """The training step may write every `next.X` into X's own buffer (almc train binds them so):
-each update is ordered behind every read of what it overwrites (optim._backward_reads, the
+each update is ordered behind every read of what it overwrites (optim._unordered_reads, the
 `after` op). Checked two ways for every model with a training section, ResNet-18 and each
 optimiser: in the ONNX graph (every node that reads X, directly, through a view or inside a
 Scan or Loop body, is an ancestor of the node that writes next.X), and by running three steps
@@ -34,6 +34,7 @@ model MLP {
     h = dense(x, 16) |> batchnorm |> relu |> dropout(0.25)
     a = dense(h, 8) |> tanh
     output logits = dense(a, 4)
+    output aux = dense(h, 3)
 }
 train MLP {
     input label: i64[N]
@@ -158,6 +159,14 @@ def test_every_read_of_an_updated_tensor_comes_before_its_update(make):
     proto = lower(g, params_as_inputs=True)
     assert not unordered_reads(proto)
     assert {f"next.{k}" for k in sig.updates} <= {o.name for o in proto.graph.output}
+
+
+def test_an_output_the_step_does_not_return_is_not_computed_to_order_an_update():
+    m = almc.load(MLP.replace("OPT", OPTIMIZERS[1]))
+    g, _ = training_step(m.graph, gradients=False)
+    proto = lower(g, params_as_inputs=True)
+    assert not [n.name for n in proto.graph.node if n.name.startswith("aux")]
+    assert "next.aux.weight" in {o.name for o in proto.graph.output}
 
 
 def test_the_check_finds_a_read_after_the_update():

@@ -93,6 +93,7 @@ register(Op(
     name="after", inputs=("x", "deps"), variadic=True, shape=lambda types, a: types[0], lower=_after_lower,
     reference=lambda xs, p, a: xs[0], category="gradient",
     doc="x itself, computed only after every dependency: a training step orders each parameter's update "
-        "behind the backward pass's reads of that parameter, so that the update may overwrite it in place.",
+        "behind the reads of that parameter it would not otherwise wait for (a conv's input gradient reads "
+        "its weight), so that the update may overwrite the parameter in place.",
     examples=(((("f32", ()), ("f32", (2, 3))), {}), ((("f32", (4,)), ("f32", (3, 2, 2)), ("f32", (5,))), {})),
 ))
