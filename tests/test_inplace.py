@@ -191,3 +191,13 @@ def test_steps_in_place_compute_the_same_bits(make):
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_device_values_own_their_memory():
+    """almc train writes each step into these values: they must not be views of the arrays
+    they were made from (an OrtValue made with ortvalue_from_numpy on the CPU is one)."""
+    a = np.arange(6, dtype=np.float64).reshape(2, 3)
+    v = device_value(a, "cpu")
+    a[:] = -1
+    np.testing.assert_array_equal(v.numpy(), np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert v.numpy().dtype == np.float32
