@@ -19,7 +19,7 @@ from . import __version__
 from .graph import INPUT, Graph, node_params
 from .init import initialize, param_specs
 from .ops.emit import Emitter
-from .ops.registry import lookup
+from .ops.registry import lookup, rewrites
 from .types import DTYPES, TensorType
 
 OPSET = 21  # one pinned ONNX opset; onnxruntime >= 1.20 implements every op we emit at it
@@ -125,6 +125,8 @@ def lower_split(graph: Graph, weights: dict[str, np.ndarray] | None = None, seed
             n.input[:] = [rename.get(i, i) for i in n.input]
             n.output[:] = [rename.get(o, o) for o in n.output]
         infos = [v for v in infos if v.name not in rename]
+    for rewrite in rewrites():
+        rewrite(nodes)
     # constants that were reshaped for their consumers (elementwise.full_rank_scalars) may be left unread
     read = names_read(nodes) | {o.name for o in outputs}
     inits = [t for t in inits if t.name in read]

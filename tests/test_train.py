@@ -220,3 +220,21 @@ def test_fine_tuning_replaces_the_head_and_reports_what_was_loaded(tmp_path, cap
     np.testing.assert_array_equal(tuned["c1.conv.weight"], pre["c1.conv.weight"])  # frozen
     assert not np.array_equal(tuned["c5.dense.weight"], pre["c5.dense.weight"])  # tuned at a tenth of the rate
     assert tuned["logits.weight"].shape == (2, 84)
+
+
+def test_a_max_pool_runs_once_in_a_training_step(tmp_path):
+    """The gradient recomputes each max pool with its indices; the forward pool asks for the
+    indices too, so that onnxruntime merges the two (ops/pool.py: share_pool_indices). An
+    inference model's pools do not compute indices."""
+    import onnxruntime as ort
+
+    m = almc.load(str(MODELS / "lenet.alm"))
+    step = m.compile_training_step(gradients=False)
+    assert sum(n.op_type == "MaxPool" for n in step.graph.node) == 4
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    ort.InferenceSession(step.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    pools = [n for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node if n.op_type == "MaxPool"]
+    assert [len(n.output) for n in pools] == [2, 2]
+    assert [len(n.output) for n in m.compile().graph.node if n.op_type == "MaxPool"] == [1, 1]

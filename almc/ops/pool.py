@@ -8,7 +8,7 @@ from onnx import TensorProto, helper
 from ..errors import ShapeError
 from ..types import TensorType
 from .common import onnx_pads, per_axis, positive, resolve_pads, window_out
-from .registry import Attr, Op, Window, register
+from .registry import REWRITES, Attr, Op, Window, register
 
 
 def pool_geometry(x: TensorType, a, opname):
@@ -116,6 +116,24 @@ def _maxpool_grad_lower(g, ins, p, a, types, out):
     scattered = g.node("ScatterElements", [zeros, g.node("Reshape", [idx, flat]), g.node("Reshape", [gy, flat])],
                        axis=0, reduction="add")
     return g.node("Reshape", [scattered, shape], out=g.out)
+
+
+def share_pool_indices(nodes: list) -> None:
+    """A max pool's gradient recomputes the pool with its indices (above). onnxruntime's
+    common-subexpression elimination merges two equal MaxPools only when both produce the
+    indices, so the forward pool of such a pair produces them too, unread: the pool then runs
+    once, with its indices, in the forward pass (LeNet's step, alternating in one process: median
+    4.88 against 4.92 ms, faster in 8 rounds of 10)."""
+    def key(n):
+        return n.input[0], tuple(sorted((a.name, tuple(a.ints) or a.i) for a in n.attribute))
+
+    with_indices = {key(n) for n in nodes if n.op_type == "MaxPool" and len(n.output) == 2}
+    for n in nodes:
+        if n.op_type == "MaxPool" and len(n.output) == 1 and key(n) in with_indices:
+            n.output.append(f"{n.output[0]}.indices")
+
+
+REWRITES.append(share_pool_indices)
 
 
 def _maxpool_grad_reference(xs, p, a):

@@ -101,12 +101,20 @@ class Op:
 
 
 OPS: dict[str, Op] = {}
+# Rewrites of a lowered model's node list that an op family needs across nodes (ops/pool.py:
+# a pool and its gradient's recomputation of it, made mergeable); lower() runs each in turn.
+REWRITES: list[Callable[[list], None]] = []
 
 
 def register(op: Op) -> Op:
     assert op.name not in OPS, f"op {op.name} registered twice"
     OPS[op.name] = op
     return op
+
+
+def rewrites() -> list[Callable[[list], None]]:
+    _load_all()
+    return REWRITES
 
 
 def lookup(name: str) -> Op | None:
