@@ -122,7 +122,8 @@ def train(model, opts: TrainOptions) -> dict:
     classify = np.issubdtype(y_tr.dtype, np.integer)  # float targets: a regression, no accuracy
 
     target = "cuda" if providers_for(opts.device)[0] == "CUDAExecutionProvider" else "cpu"
-    step_sess = session(lower(step_graph, params_as_inputs=True, target=target).SerializeToString(), opts.device)
+    step_sess = session(lower(step_graph, params_as_inputs=True, target=target).SerializeToString(), opts.device,
+                        memory_pattern=False)
     eval_sess = session(lower(graph, params_as_inputs=True).SerializeToString(), opts.device)
     provider = step_sess.get_providers()[0]
     dev = "cuda" if provider == "CUDAExecutionProvider" else "cpu"

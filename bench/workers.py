@@ -76,8 +76,9 @@ def error_text(e: BaseException) -> str:
 
 # -- ONNX Runtime ------------------------------------------------------------------
 
-def ort_session(model, device: str, threads: int = 2, profile: str | None = None):
-    """The benchmark's sessions: ORT_ENABLE_ALL, 2 intra-op threads on the CPU, for every contender."""
+def ort_session(model, device: str, threads: int = 2, profile: str | None = None, memory_pattern: bool = True):
+    """The benchmark's sessions: ORT_ENABLE_ALL, 2 intra-op threads on the CPU, for every contender;
+    a training step without the memory pattern, as almc/train.py runs it (almc/runtime.py: session)."""
     import onnxruntime as ort
 
     ort.set_default_logger_severity(3)
@@ -95,6 +96,7 @@ def ort_session(model, device: str, threads: int = 2, profile: str | None = None
         lean_memory(opts)
     except ImportError:
         pass
+    opts.enable_mem_pattern = memory_pattern
     if device == "cuda":
         if hasattr(ort, "preload_dlls"):  # CUDA and cuDNN from the nvidia-* wheels, if that is where they are
             try:
@@ -460,7 +462,7 @@ class AlmcStep:
         proto = m.compile_training_step(gradients=False, target=device)
         self.compile_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        self.sess = ort_session(proto.SerializeToString(), device, threads, profile)
+        self.sess = ort_session(proto.SerializeToString(), device, threads, profile, memory_pattern=False)
         self.session_s = time.perf_counter() - t0
         self.dev = device
         self.x_name, self.y_name = m.graph.inputs[0], m.graph.train.labels[0]

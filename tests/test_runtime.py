@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -66,3 +67,21 @@ def test_an_op_onnxruntime_lacks_is_a_located_error(tmp_path, monkeypatch):
     d = e.value.diagnostics[0]
     assert d.message == f"onnxruntime {support.ort_version()} cannot run ONNX op Relu at opset 21"
     assert (d.span.file, d.span.line, d.span.col) == ("<string>", 3, 6)
+
+
+def test_training_steps_run_without_the_memory_pattern(monkeypatch):
+    """Inference sessions keep onnxruntime's memory pattern (faster small calls); the training
+    step's session goes without it, which held every intermediate twice (runtime.session)."""
+    proto = almc.load("model M { input x: f32[N, 3]\n output y = dense(x, 2) }").compile()
+    assert runtime.session(proto, "cpu").get_session_options().enable_mem_pattern
+    assert not runtime.session(proto, "cpu", memory_pattern=False).get_session_options().enable_mem_pattern
+    made = []
+    original = runtime.session
+
+    def spy(model, device="auto", threads=None, memory_pattern=True):
+        made.append(memory_pattern)
+        return original(model, device, threads, memory_pattern)
+
+    monkeypatch.setattr(runtime, "session", spy)
+    almc.load(str(Path(__file__).resolve().parent.parent / "models" / "logistic.alm")).train(epochs=1)
+    assert made[:2] == [False, True]  # the step, then the evaluation model
