@@ -256,10 +256,13 @@ def _batch_moments(g, x: str, t):
     return axes, mean, centred, g.node("ReduceMean", [g.node("Mul", [centred, centred]), axes], keepdims=1)
 
 
-def _batch_stats_onnx(g, x: str, t, eps: float):
-    """(axes, x - mean, sqrt(var + eps)) with the batch statistics, kept as [1, C, 1, ...]."""
+def _batch_xhat_onnx(g, x: str, t, eps: float):
+    """(axes, xhat = (x - mean) / std, std = sqrt(var + eps)) with the batch statistics, std kept
+    as [1, C, 1, ...]. The forward pass and both gradients write it alike, so onnxruntime's
+    common-subexpression elimination computes it once per step."""
     axes, _, centred, var = _batch_moments(g, x, t)
-    return axes, centred, g.node("Sqrt", [g.node("Add", [var, g.const("eps", eps)])])
+    std = g.node("Sqrt", [g.node("Add", [var, g.const("eps", eps)])])
+    return axes, channel_op(g, "Div", centred, std, t), std
 
 
 def _batch_xhat(x, eps):
@@ -279,8 +282,7 @@ def bn_train_shape(types, a):
 
 def bn_train_lower(g, ins, p, a, types, out):
     t = types[0]
-    _, centred, std = _batch_stats_onnx(g, ins[0], t, a.eps)
-    xhat = channel_op(g, "Div", centred, std, t)
+    _, xhat, _ = _batch_xhat_onnx(g, ins[0], t, a.eps)
     scaled = channel_op(g, "Mul", xhat, onnx_per_channel(g, p["weight"], t.rank, "waxes"), t)
     return channel_op(g, "Add", scaled, onnx_per_channel(g, p["bias"], t.rank, "baxes"), t, out=g.out)
 
@@ -313,8 +315,7 @@ register(Op(
 
 def _bn_train_grad_weight_lower(g, ins, p, a, types, out):
     gy, x = ins
-    axes, centred, std = _batch_stats_onnx(g, x, types[1], a.eps)
-    xhat = channel_op(g, "Div", centred, std, types[1])
+    axes, xhat, _ = _batch_xhat_onnx(g, x, types[1], a.eps)
     return g.node("ReduceSum", [g.node("Mul", [gy, xhat]), axes], keepdims=0, out=g.out)
 
 
@@ -346,8 +347,7 @@ def _bn_train_grad_lower(g, ins, p, a, types, out):
     """weight / std * (g - mean(g) - xhat * mean(g * xhat)), means over every axis but 1."""
     gy, x, w = ins
     t = types[1]
-    axes, centred, std = _batch_stats_onnx(g, x, t, a.eps)
-    xhat = channel_op(g, "Div", centred, std, t)
+    axes, xhat, std = _batch_xhat_onnx(g, x, t, a.eps)
     mg = g.node("ReduceMean", [gy, axes], keepdims=1)
     mgx = g.node("ReduceMean", [g.node("Mul", [gy, xhat]), axes], keepdims=1)
     inner = g.node("Sub", [channel_op(g, "Sub", gy, mg, t), channel_op(g, "Mul", xhat, mgx, t)])
