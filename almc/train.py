@@ -175,13 +175,7 @@ def train(model, opts: TrainOptions) -> dict:
                     dims = step_graph.node(mask).type.dims
                     keep = np.random.default_rng([opts.seed, step, k + 1]).random((len(xb), *dims[1:])) >= p
                     binding.bind_cpu_input(mask, (keep / (1 - p)).astype(np.float32))
-                for k, v in values.items():
-                    binding.bind_ortvalue_input(k, v)
-                for name in step_outputs:
-                    if name in inplace:
-                        binding.bind_ortvalue_output(name, inplace[name])
-                    else:
-                        binding.bind_output(name, dev)
+                bind_state(binding, values, inplace, step_outputs, dev)
                 t_step = time.perf_counter()
                 step_sess.run_with_iobinding(binding)
                 step_times.append(time.perf_counter() - t_step)
@@ -245,6 +239,19 @@ def device_value(array: np.ndarray, device: str):
     value = ort.OrtValue.ortvalue_from_shape_and_type(array.shape, np.float32, device, 0)
     value.update_inplace(array)
     return value
+
+
+def bind_state(binding, values: dict, inplace: dict, outputs: list[str], device: str) -> None:
+    """Bind the parameters and optimiser state (`values`, by input name) as the step's inputs,
+    each output in `inplace` to the OrtValue given there (next.X to X's own: the step writes it in
+    place), and the other outputs to fresh buffers on `device`."""
+    for k, v in values.items():
+        binding.bind_ortvalue_input(k, v)
+    for name in outputs:
+        if name in inplace:
+            binding.bind_ortvalue_output(name, inplace[name])
+        else:
+            binding.bind_output(name, device)
 
 
 def _current(values, frozen_values, names) -> dict[str, np.ndarray]:

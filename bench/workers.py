@@ -454,9 +454,9 @@ class AlmcStep:
     def __init__(self, cfg, weights, device: str, threads: int, profile: str | None = None):
         import numpy as np
 
-        from almc.train import device_value
+        from almc.train import bind_state, device_value
 
-        self.np = np
+        self.np, self.bind_state = np, bind_state
         m = almc_model(cfg)
         t0 = time.perf_counter()
         proto = m.compile_training_step(gradients=False, target=device)
@@ -494,13 +494,7 @@ class AlmcStep:
             b.bind_cpu_input("epoch", np.array(epoch, np.float32))
         if "step" in self.inputs:
             b.bind_cpu_input("step", np.array(k, np.float32))
-        for name, v in self.values.items():
-            b.bind_ortvalue_input(name, v)
-        for name in self.outputs:
-            if name in self.inplace:
-                b.bind_ortvalue_output(name, self.inplace[name])
-            else:
-                b.bind_output(name, self.dev)
+        self.bind_state(b, self.values, self.inplace, self.outputs, self.dev)
         t = time.perf_counter()
         self.sess.run_with_iobinding(b)
         self.run_s = time.perf_counter() - t

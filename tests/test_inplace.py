@@ -17,7 +17,7 @@ import almc
 from almc.lower import lower
 from almc.optim import training_step
 from almc.runtime import session
-from almc.train import device_value
+from almc.train import bind_state, device_value
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAINED = ["gru", "lenet", "linear_svm", "logistic", "lstm", "mlp", "perceptron", "ridge", "rnn"]
@@ -125,13 +125,8 @@ def run_steps(m, in_place: bool, steps: int = 3) -> dict[str, np.ndarray]:
                         "step": np.array(k, np.float32)}.items():
             if name in {i.name for i in proto.graph.input}:
                 binding.bind_cpu_input(name, np.ascontiguousarray(x))
-        for name, v in values.items():
-            binding.bind_ortvalue_input(name, v)
-        for name in outputs:
-            if in_place and name.startswith("next."):
-                binding.bind_ortvalue_output(name, values[name[len("next."):]])
-            else:
-                binding.bind_output(name, "cpu")
+        inplace = {out: values[name] for name, out in sig.updates.items()} if in_place else {}
+        bind_state(binding, values, inplace, outputs, "cpu")
         s.run_with_iobinding(binding)
         got = dict(zip(outputs, binding.get_outputs()))
         assert np.isfinite(got["loss"].numpy())
