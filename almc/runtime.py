@@ -92,6 +92,10 @@ def session(model, device: str = "auto", threads: int | None = None, memory_patt
         model = model.SerializeToString()
     if isinstance(model, os.PathLike):
         model = str(model)
+    # Strict float32 on CUDA, as on the CPU: onnxruntime's CUDA provider would otherwise let cuBLAS
+    # and cuDNN round matmul and conv inputs to TF32 (10 mantissa bits), and the numbers would drift
+    # from every float32 reference by ~1e-3.
+    providers = [(p, {"use_tf32": "0"}) if p == "CUDAExecutionProvider" else p for p in providers]
     return ort.InferenceSession(model, sess_options=opts, providers=providers)
 
 

@@ -31,6 +31,19 @@ def test_cuda_is_asked_for_only_when_it_can_load(monkeypatch):
     assert runtime.providers_for("auto") == expected
 
 
+def test_cuda_sessions_ask_for_strict_float32(monkeypatch):
+    """TF32 off: on a GPU almc's numbers stay within float32 rounding of the CPU's."""
+    seen = {}
+
+    def fake_session(model, sess_options, providers):
+        seen["providers"] = providers
+        return "session"
+    monkeypatch.setattr(runtime, "providers_for", lambda device: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", fake_session)
+    assert runtime.session(b"model", "cuda") == "session"
+    assert seen["providers"] == [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
+
+
 def test_running_prints_no_provider_noise(tmp_path):
     (tmp_path / "m.alm").write_text(SRC)
     np.save(tmp_path / "x.npy", np.ones((2, 1, 8, 8), np.float32))
