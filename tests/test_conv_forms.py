@@ -62,17 +62,24 @@ def test_the_dense_matrix_links_each_pair_of_positions_by_its_tap():
     assert m[4, 0 * 4 + 0] == 1 and m[8, 0 * 4 + 3] == 1
 
 
-def test_resnet18_training_step_on_32x32_matches_the_numpy_reference():
+@pytest.mark.parametrize("target", ["cpu", "cuda"])
+def test_resnet18_training_step_on_32x32_matches_the_numpy_reference(target):
     src = (ROOT / "models" / "resnet18.alm").read_text() + """
 train ResNet18 { input label: i64[N]
   minimize mean(cross_entropy(logits, label))
   optimizer sgd(lr = 0.1, momentum = 0.9) }"""
     m = almc.load(src, classes=10, size=32)
     step, sig = training_step(m.graph)
-    model = lower(step, params_as_inputs=True)
+    model = lower(step, params_as_inputs=True, target=target)
     ops = collections.Counter(n.op_type for n in model.graph.node)
-    # layer3 (1x1 maps): 4 convs forward, 4 input and 4 weight gradients are Gemms; 20 - 4 Conv forward
-    assert ops["Gemm"] >= 12 and ops["ConvTranspose"] < 19
+    if target == "cpu":
+        # layer3 (1x1 maps): 4 convs forward, 4 input and 4 weight gradients are Gemms; 20 - 4 Conv forward
+        assert ops["Gemm"] >= 12 and ops["ConvTranspose"] < 19
+    else:
+        # one cuDNN kernel per pass: 20 Conv forward, 20 weight gradients as Conv, 19 input gradients
+        # (none for the image) as ConvTranspose; the fc layer's Gemms; no broadcasting rewritten as rows
+        assert (ops["Conv"], ops["ConvTranspose"], ops["Gemm"], ops["Col2Im"]) == (40, 19, 3, 0)
+        assert ops["Expand"] <= 2 and len(model.graph.node) < 1900
     rng = np.random.default_rng(0)
     w = m.initial_weights()
     feeds = {k: v for k, v in w.items() if k in {i.name for i in model.graph.input}}

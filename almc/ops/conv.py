@@ -67,7 +67,7 @@ def conv_params(types, a):
 def conv_lower(g, ins, p, a, types, out):
     n, kernel, stride, dilation, pads = conv_geometry(types[0], a)
     geo = ConvGeo(kernel, stride, dilation, tuple(pads), a.groups, tuple(types[0].dims[2:]), tuple(out.dims[2:]))
-    return forms.forward(g, ins[0], p["weight"], p["bias"] if a.bias else None, forms.choose(geo), a.channels, types[0].dims[1], g.out)
+    return forms.forward(g, ins[0], p["weight"], p["bias"] if a.bias else None, forms.choose(geo, g.target), a.channels, types[0].dims[1], g.out)
 
 
 def conv_nd(x, w, stride, dilation, pads, groups):
@@ -150,7 +150,7 @@ def _geo(a, size, out) -> ConvGeo:
 
 
 def _grad_input_lower(g, ins, p, a, types, out):
-    form = forms.choose(_geo(a, a.size, types[0].dims[2:]))
+    form = forms.choose(_geo(a, a.size, types[0].dims[2:]), g.target)
     return forms.grad_input(g, ins[0], ins[1], form, types[0].dims[1], out.dims[1], g.out)
 
 
@@ -235,7 +235,7 @@ def _grad_weight_shape(types, a):
 
 def _grad_weight_lower(g, ins, p, a, types, out):
     gt, xt = types
-    form = forms.choose(_geo(a, xt.dims[2:], gt.dims[2:]))
+    form = forms.choose(_geo(a, xt.dims[2:], gt.dims[2:]), g.target)
     return forms.grad_weight(g, ins[0], ins[1], form, xt.dims[1], gt.dims[1], g.out)
 
 

@@ -18,6 +18,12 @@ example on a 1x1 map, bound by reading the weight once per example. In order of 
   or a ConvTranspose; the weight gradient a Conv over transposed operands, or one Gemm per
   kernel tap from 16 input channels.
 
+All of that is for onnxruntime's CPU kernels. On CUDA (target "cuda") a small step is bound by
+launching kernels, one or more per ONNX node, not by arithmetic: there every convolution is
+Conv forward, ConvTranspose for the input gradient and one Conv over transposed operands for the
+weight gradient, cuDNN's kernels each, the fewest nodes (ResNet-18's step on 3x32x32: see
+docs/performance.md).
+
 `python bench/conv_forms.py` times each formulation per layer; the thresholds below come from
 it (docs/performance.md has the table).
 """
@@ -73,10 +79,11 @@ def _live(size: int, k: int, s: int, d: int, pb: int, out: int) -> tuple[int, in
     return (live[0], live[-1] + 1) if live else (0, k)
 
 
-def choose(geo: ConvGeo) -> Form:
-    """The cheapest exact formulation of a convolution with this geometry (see the module doc)."""
+def choose(geo: ConvGeo, target: str = "cpu") -> Form:
+    """The cheapest exact formulation of a convolution with this geometry on `target`'s
+    onnxruntime provider (see the module doc)."""
     n = len(geo.kernel)
-    if any(isinstance(v, str) for v in geo.size + geo.out):
+    if target != "cpu" or any(isinstance(v, str) for v in geo.size + geo.out):
         return Form(geo, tuple((0, k) for k in geo.kernel), False, geo.kernel)
     taps, kernel, pads, fits = [], [], [], []
     for i in range(n):
@@ -250,7 +257,7 @@ def grad_input(g, gy, w, form: Form, channels_out: int, channels_in: int, out):
             return dx
         return g.node("Pad", [dx, _i64(g, "x_pad", [0, 0] + [0] * len(pad_end) + [0, 0] + pad_end)], out=out)
     wt = _taps_of(g, w, form, lead, [*lead, *geo.kernel])
-    if _flip_pays(geo, channels_out):
+    if g.target == "cpu" and _flip_pays(geo, channels_out):
         return _grad_input_flipped(g, gy, wt, geo, lead, out)
     if g.target == "cpu" and _col2im_pays(geo, channels_in):
         return _grad_input_col2im(g, gy, wt, geo, lead, out)
@@ -324,7 +331,8 @@ def grad_weight(g, gy, x, form: Form, channels_in: int, channels_out: int, out):
         if form.pruned:
             return _place_taps(g, dw, form, lead, out)
         return g.node("Reshape", [dw, _i64(g, "w_shape", [*lead, *geo.kernel])], out=out)
-    weight_grad = _grad_weight_per_tap if geo.groups == 1 and channels_in >= MIN_CHANNELS_PER_TAP else _grad_weight_conv
+    per_tap = g.target == "cpu" and geo.groups == 1 and channels_in >= MIN_CHANNELS_PER_TAP
+    weight_grad = _grad_weight_per_tap if per_tap else _grad_weight_conv
     dw = weight_grad(g, gy, x, geo, channels_in, channels_out, None if form.pruned else out)
     return _place_taps(g, dw, form, lead, out) if form.pruned else dw
 

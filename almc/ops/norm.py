@@ -64,14 +64,15 @@ def per_channel(v: np.ndarray, ndim: int) -> np.ndarray:
 # call per example and channel: on small maps that dominates (Sub([32, 256, 2, 2], [1, 256, 1, 1])
 # takes 65 us, against 4 us for two operands of one shape; 4x4 maps 41 against 7). There the
 # tensor is viewed as [N, C x positions] and the per-channel values repeated into one such row,
-# which broadcasts over whole rows.
+# which broadcasts over whole rows. On CUDA a broadcast costs nothing extra, and the four nodes
+# more would (a step there is bound by launching kernels).
 FLAT_MAX_POSITIONS = 16
 
 
 def channel_op(g, op: str, x: str, v: str, t, out: str | None = None) -> str:
     """ONNX `op`(x, v): x of type t [N, C, ...], v per channel ([1, C, 1, ...] or [C, 1, ...])."""
     positions = t.dims[2:]
-    if t.rank < 3 or not all(isinstance(d, int) for d in positions) or not 1 < np.prod(positions) <= FLAT_MAX_POSITIONS:
+    if g.target != "cpu" or t.rank < 3 or not all(isinstance(d, int) for d in positions) or not 1 < np.prod(positions) <= FLAT_MAX_POSITIONS:
         return g.node(op, [x, v], out=out)
     C, P = t.dims[1], int(np.prod(positions))
     column = g.node("Reshape", [v, g.const("chan_column", [C, 1], np.int64)])
