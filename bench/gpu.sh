@@ -33,14 +33,30 @@ if compgen -G "$WHEELS/*.whl" >/dev/null; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl || exit 1
 fi
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
-
-if ! "$PY" -c "import almc; almc.load('models/lenet.alm')" >/dev/null 2>&1; then
+# almc itself, installed from this checkout (bench/workers.py runs from bench/, and almc's grammar is package data)
+ROOT=$PWD
+if ! (cd /tmp && "$PY" -c "import almc; almc.load('$ROOT/models/lenet.alm')" >/dev/null 2>&1); then
     echo "installing almc from this checkout into $SITE"
-    "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target "$SITE" . || {
-        echo "bench/gpu.sh: almc does not import and could not be installed from this checkout"
-        "$PY" -c "import almc; almc.load('models/lenet.alm')"
-        exit 1
-    }
+    "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target "$SITE" . || exit 1
+    (cd /tmp && "$PY" -c "import almc; almc.load('$ROOT/models/lenet.alm')") || {
+        echo "bench/gpu.sh: almc does not import (its dependencies: lark, networkx, onnx, numpy, tqdm)"; exit 1; }
+fi
+
+# onnxruntime-gpu dlopens CUDA, cuBLAS and cuDNN by name: put the nvidia-* wheels' libraries (those a
+# CUDA build of PyTorch brings) on the loader's path, for processes that do not import torch first
+NVLIBS=$("$PY" - <<'EOF'
+import glob, os
+try:
+    import nvidia
+except ImportError:
+    raise SystemExit
+print(":".join(sorted({os.path.dirname(p) for base in nvidia.__path__
+                       for p in glob.glob(os.path.join(base, "**", "lib*.so*"), recursive=True)})))
+EOF
+)
+if [ -n "$NVLIBS" ]; then
+    export LD_LIBRARY_PATH="$NVLIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    echo "CUDA libraries (nvidia-* wheels): $NVLIBS"
 fi
 
 # Can onnxruntime run on the GPU here? (a one-node model on the CUDA provider)

@@ -143,9 +143,17 @@ def machine() -> dict:
 
 def versions(dynamo_py: str | None) -> dict:
     v = {"python": platform.python_version(), "almc": version("almc"), "onnx": version("onnx"),
-         "onnxruntime": version("onnxruntime") or version("onnxruntime-gpu"),
-         "onnxruntime_dist": "onnxruntime" if version("onnxruntime") else "onnxruntime-gpu",
          "torch": version("torch"), "numpy": version("numpy")}
+    try:  # what this interpreter imports (two distributions may be installed; the path decides)
+        import onnxruntime
+        from onnxruntime.capi import build_and_package_info as info
+
+        v["onnxruntime"] = onnxruntime.__version__
+        v["onnxruntime_dist"] = getattr(info, "package_name", "onnxruntime")
+        if getattr(info, "cuda_version", None):
+            v["onnxruntime_cuda"] = info.cuda_version
+    except ImportError:
+        v["onnxruntime"], v["onnxruntime_dist"] = None, None
     if dynamo_py:
         r = subprocess.run([dynamo_py, "-c", "import onnxscript, onnx_ir; print(onnxscript.__version__, onnx_ir.__version__)"],
                            capture_output=True, text=True)
@@ -322,14 +330,11 @@ def pretty(cmd: list[str], wd: Path) -> str:
 def training(wd: Path, models: list[str], cfg: dict, device: str) -> dict:
     out = {}
     for model in models:
-        if device == "cpu":
-            try:
-                worker("train-verify", wd, "--model", model)
-                verify = read(wd, f"train_{model}_verify")
-            except Exception as e:
-                verify = {"ok": False, "error": str(e)[-500:]}
-        else:
-            verify = {"note": "checked on the CPU run"}
+        try:
+            worker("train-verify", wd, "--model", model, "--device", device)
+            verify = read(wd, f"train_{model}_verify")
+        except Exception as e:
+            verify = {"ok": False, "error": str(e)[-500:]}
         runs = {"almc": [], "torch": []}
         errors = {}
         load_before = os.getloadavg()
@@ -394,13 +399,16 @@ def render(res: dict) -> str:
     w(f"Produced by `{res['command']}` on {res['date']} in {res['wall_s'] / 60:.1f} min "
       f"({'quick' if res['quick'] else 'full'} run, device {res['device']}). Regenerate with the same command; "
       "bench/README.md says what each number is.\n")
+    if res.get("partial"):
+        w("**Partial results: the run stopped before it finished; the sections below are those it completed.**\n")
     w("| | |\n|---|---|")
     w(f"| CPU | {mach.get('cpu')} ({mach.get('simd', '')}) |")
     w(f"| cores | {mach.get('logical_cpus')} logical, {mach.get('affinity_cpus')} usable by this process; "
       f"{mach.get('memory_gib')} GiB memory |")
     w(f"| platform | {mach.get('platform')} |")
     w(f"| versions | python {ver.get('python')}, almc {ver.get('almc')} (git {ver.get('git_head')}), onnx {ver.get('onnx')}, "
-      f"onnxruntime {ver.get('onnxruntime')} ({ver.get('onnxruntime_dist')} wheel), torch {ver.get('torch')}, "
+      f"onnxruntime {ver.get('onnxruntime')} ({ver.get('onnxruntime_dist')} wheel"
+      f"{', CUDA ' + ver['onnxruntime_cuda'] if ver.get('onnxruntime_cuda') else ''}), torch {ver.get('torch')}, "
       f"numpy {ver.get('numpy')}, onnxscript {ver.get('onnxscript', 'not installed')}"
       f"{', onnx-ir ' + ver['onnx_ir'] if ver.get('onnx_ir') else ''} |")
     if res["device"] == "cpu":
@@ -413,7 +421,7 @@ def render(res: dict) -> str:
             w(f"| GPU | {mach['gpu']} |")
     loads = env["loads"]
     w(f"| load average (1 min) | before the run {env['load_start'][0]:.2f}; per section: "
-      + ", ".join(f"{k} {v[0]:.2f}→{v[1]:.2f}" for k, v in loads.items()) + f"; after {env['load_end'][0]:.2f} |")
+      + ", ".join(f"{k} {v[0]:.2f}→{v[1]:.2f}" for k, v in loads.items()) + (f"; after {env['load_end'][0]:.2f} |" if "load_end" in env else " |"))
     if env.get("cpu"):
         w("| CPU used by other processes | " + ", ".join(
             f"{k} {100 * v['others']:.1f}%" + (f" (+{100 * v['steal']:.1f}% steal)" if v["steal"] >= 0.001 else "")
@@ -573,11 +581,11 @@ def render(res: dict) -> str:
                 torch_err = (f"; PyTorch's float32 step against it: {v['torch_loss_rel_diff']:.1e} and "
                              f"{v['torch_max_param_rel_diff']:.1e}" if "torch_loss_rel_diff" in v else "")
                 w(f"- {model}: {cfg['what']}. Same step checked: two steps (two batches) from the same weights, "
-                  f"against the same two steps of PyTorch in float64: almc's loss relative difference "
+                  f"against the same two steps of PyTorch in float64 on the CPU{' (almc and PyTorch float32 on ' + v['device'] + ')' if v.get('device', 'cpu') != 'cpu' else ''}: almc's loss relative difference "
                   f"{v['loss_rel_diff']:.1e}, worst updated parameter/statistic relative difference "
                   f"{v['max_param_rel_diff']:.1e} ({'ok' if v['ok'] else 'ABOVE'} against "
-                  f"{v.get('param_bound', 1e-4):.1e}: 1e-4, or PyTorch's float32 step's own difference where that "
-                  f"is larger){torch_err}.{extra}")
+                  f"{v.get('param_bound', 1e-4):.1e}: 1e-4, or 1.01x PyTorch's float32 step's own difference where "
+                  f"that is larger){torch_err}.{extra}")
             else:
                 w(f"- {model}: {cfg['what']}. Step check: {v.get('error', v.get('note', 'not run'))[-300:]}.{extra}")
         w("")
@@ -703,6 +711,7 @@ def main() -> None:
         res["prepared"] = prepare(wd, archs, train_models)
 
         def section(name, fn):
+            save(res, args.out, suffix, t_start, final=False)  # what is done so far survives a killed run
             before, snap = os.getloadavg(), cpu_snapshot()
             log(f"section: {name}")
             try:
@@ -749,15 +758,22 @@ def main() -> None:
         else:
             log(f"work files kept in {wd}")
     env["load_end"] = os.getloadavg()
+    save(res, args.out, suffix, t_start, final=True)
+    for k, v in res["headline"]:
+        print(f"  {v:>6}  {k}")
+
+
+def save(res: dict, out_dir: str, suffix: str, t_start: float, final: bool) -> None:
+    """Write results.json and RESULTS.md; before the run ends (final=False) quietly, as `"partial": true`."""
     res["wall_s"] = time.perf_counter() - t_start
     res["headline"] = headline(res)
-    out = Path(args.out)
+    res["partial"] = not final
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"results{suffix}.json").write_text(json.dumps(res, indent=1, default=float) + "\n")
     (out / f"RESULTS{suffix.upper()}.md").write_text(render(res))
-    log(f"wrote {out / f'RESULTS{suffix.upper()}.md'} and {out / f'results{suffix}.json'} in {res['wall_s'] / 60:.1f} min")
-    for k, v in res["headline"]:
-        print(f"  {v:>6}  {k}")
+    if final:
+        log(f"wrote {out / f'RESULTS{suffix.upper()}.md'} and {out / f'results{suffix}.json'} in {res['wall_s'] / 60:.1f} min")
 
 
 if __name__ == "__main__":
