@@ -581,11 +581,11 @@ def render(res: dict) -> str:
                 torch_err = (f"; PyTorch's float32 step against it: {v['torch_loss_rel_diff']:.1e} and "
                              f"{v['torch_max_param_rel_diff']:.1e}" if "torch_loss_rel_diff" in v else "")
                 w(f"- {model}: {cfg['what']}. Same step checked: two steps (two batches) from the same weights, "
-                  f"against the same two steps of PyTorch in float64 on the CPU{' (almc and PyTorch float32 on ' + v['device'] + ')' if v.get('device', 'cpu') != 'cpu' else ''}: almc's loss relative difference "
+                  f"against the same two steps of PyTorch in float64{' on the CPU (almc and PyTorch float32 on ' + v['device'] + ')' if v.get('device', 'cpu') != 'cpu' else ''}: almc's loss relative difference "
                   f"{v['loss_rel_diff']:.1e}, worst updated parameter/statistic relative difference "
                   f"{v['max_param_rel_diff']:.1e} ({'ok' if v['ok'] else 'ABOVE'} against "
-                  f"{v.get('param_bound', 1e-4):.1e}: 1e-4, or 1.01x PyTorch's float32 step's own difference where "
-                  f"that is larger){torch_err}.{extra}")
+                  f"{v.get('param_bound', 1e-4):.1e}: 1e-4, or {str(v['slack']) + 'x ' if 'slack' in v else ''}PyTorch's "
+                  f"float32 step's own difference where that is larger){torch_err}.{extra}")
             else:
                 w(f"- {model}: {cfg['what']}. Step check: {v.get('error', v.get('note', 'not run'))[-300:]}.{extra}")
         w("")

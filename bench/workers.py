@@ -662,9 +662,10 @@ def train_verify(args) -> None:
         # than 1e-4 from the exact one (batch norm over channels of near-zero variance divides
         # float32 rounding by sqrt(eps)), almc's must be no further than PyTorch's, give or take
         # 1% (on CUDA both have come out at 1.2704e-3, almc's 2e-9 above)
-        bound = max(1e-4, 1.01 * out["torch_max_param_rel_diff"])
-        out["param_bound"] = bound
-        out["ok"] = out["loss_rel_diff"] <= max(1e-4, 1.01 * out["torch_loss_rel_diff"]) and out["max_param_rel_diff"] <= bound
+        slack = 1.01
+        bound = max(1e-4, slack * out["torch_max_param_rel_diff"])
+        out["param_bound"], out["slack"] = bound, slack
+        out["ok"] = out["loss_rel_diff"] <= max(1e-4, slack * out["torch_loss_rel_diff"]) and out["max_param_rel_diff"] <= bound
     except Exception as e:
         out.update(ok=False, error=error_text(e), traceback=traceback.format_exc())
     write(wd, f"train_{args.model}_verify", out)
