@@ -5,8 +5,7 @@ import shutil
 import subprocess
 
 from .errors import UsageError
-from .graph import INPUT, Graph
-from .lower import live_nodes
+from .graph import INPUT, Graph, live_nodes
 
 
 def _q(s: str) -> str:

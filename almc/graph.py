@@ -103,3 +103,12 @@ def node_params(graph: Graph, node: Node) -> list[tuple[str, str, "Param"]]:
         return []
     types = [graph.node(i).type for i in owner.inputs]
     return [(p.name, f"{owner.id}.{p.name}", p) for p in op.params(types, owner.attrs)]
+
+
+def live_nodes(graph: Graph) -> set[str]:
+    """Nodes that some output depends on."""
+    live = set()
+    for nid in graph.outputs.values():
+        live.add(nid)
+        live |= nx.ancestors(graph.nx, nid)
+    return live

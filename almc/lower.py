@@ -16,7 +16,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from . import __version__
-from .graph import INPUT, Graph, node_params
+from .graph import INPUT, Graph, live_nodes, node_params
 from .init import initialize, param_specs
 from .ops.emit import Emitter
 from .ops.registry import lookup, rewrites
@@ -36,17 +36,6 @@ def source_hash(graph: Graph) -> str:
     for f in sorted(graph.sources):
         h.update(f.encode() + b"\0" + graph.sources[f].encode() + b"\0")
     return h.hexdigest()
-
-
-def live_nodes(graph: Graph) -> set[str]:
-    """Nodes that some output depends on."""
-    import networkx as nx
-
-    live = set()
-    for nid in graph.outputs.values():
-        live.add(nid)
-        live |= nx.ancestors(graph.nx, nid)
-    return live
 
 
 def names_read(nodes) -> set[str]:

@@ -18,9 +18,8 @@ from math import ceil, prod
 
 import numpy as np
 
-from .graph import INPUT, Graph
+from .graph import INPUT, Graph, live_nodes
 from .init import param_specs
-from .lower import live_nodes
 from .ops.registry import lookup
 
 GLOBAL = None  # a receptive field covering the whole input

@@ -9,8 +9,7 @@ from __future__ import annotations
 import networkx as nx
 
 from .errors import Collector
-from .graph import INPUT, Graph
-from .lower import live_nodes
+from .graph import INPUT, Graph, live_nodes
 
 
 def validate(graph: Graph, c: Collector) -> Graph:

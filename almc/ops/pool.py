@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from onnx import TensorProto, helper
 
 from ..errors import ShapeError
 from ..types import TensorType
@@ -110,6 +109,8 @@ def _maxpool_grad_lower(g, ins, p, a, types, out):
     if all(s >= k for s, k in zip(a.stride, a.kernel)):
         return g.node("MaxUnpool", [gy, idx, shape], out=g.out, kernel_shape=list(a.kernel), strides=list(a.stride),
                       pads=onnx_pads(a.pads))
+    from onnx import TensorProto, helper
+
     flat = g.const("flat", [-1], np.int64)
     zeros = g.node("ConstantOfShape", [g.node("ReduceProd", [shape], keepdims=1)],
                    value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]))

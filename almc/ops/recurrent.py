@@ -10,7 +10,6 @@ ONNX's fused RNN / LSTM / GRU in its seq-first layout (layout = 0).
 from __future__ import annotations
 
 import numpy as np
-from onnx import TensorProto, helper
 
 from ..errors import ShapeError
 from ..types import TensorType
@@ -18,7 +17,14 @@ from .registry import Attr, Op, Param, register
 
 INTS = ("i64", "i32")
 FLOATS = ("f32", "f64", "f16")
-ONNX_FLOAT = {"f32": TensorProto.FLOAT, "f64": TensorProto.DOUBLE, "f16": TensorProto.FLOAT16}
+
+
+def onnx_float(dtype: str) -> int:
+    """The ONNX element type of an almc float dtype (onnx is imported when a model is lowered,
+    not when it is only checked or summarised)."""
+    from onnx import TensorProto
+
+    return {"f32": TensorProto.FLOAT, "f64": TensorProto.DOUBLE, "f16": TensorProto.FLOAT16}[dtype]
 
 
 # ---- embedding ---------------------------------------------------------------
@@ -51,8 +57,10 @@ def _embedding_grad_shape(types, a):
 
 
 def _embedding_grad_lower(g, ins, p, a, types, out):
+    from onnx import TensorProto, helper
+
     gy, ids = ins
-    zero = helper.make_tensor("zero", ONNX_FLOAT[types[0].dtype], [1], [0.0])
+    zero = helper.make_tensor("zero", onnx_float(types[0].dtype), [1], [0.0])
     table = g.node("ConstantOfShape", [g.const("table_shape", [a.vocab, a.dim], np.int64)], value=zero)
     if types[1].dtype != "i64":
         ids = g.node("Cast", [ids], to=TensorProto.INT64)
@@ -297,6 +305,9 @@ class Body:
     they stay unique in the model; the body reads the weights from the outer scope."""
 
     def __init__(self, g, tag, elem):
+        from onnx import helper
+
+        self.helper = helper
         self.g, self.tag, self.elem = g, tag, elem
         self.nodes, self.inputs, self.outputs = [], [], []
         self.k = 0
@@ -307,21 +318,21 @@ class Body:
 
     def input(self, s, dims):
         nm = self.name(s)
-        self.inputs.append(helper.make_tensor_value_info(nm, self.elem, list(dims)))
+        self.inputs.append(self.helper.make_tensor_value_info(nm, self.elem, list(dims)))
         return nm
 
     def __call__(self, op, *ins, n_out=1, **attrs):
         outs = [self.name(op.lower()) for _ in range(n_out)]
-        self.nodes.append(helper.make_node(op, list(ins), outs, name=outs[0], **attrs))
+        self.nodes.append(self.helper.make_node(op, list(ins), outs, name=outs[0], **attrs))
         return outs[0] if n_out == 1 else outs
 
     def output(self, value, s, dims):
         nm = self.name(s)  # a fresh name: a body output must not be a body input
-        self.nodes.append(helper.make_node("Identity", [value], [nm], name=nm))
-        self.outputs.append(helper.make_tensor_value_info(nm, self.elem, list(dims)))
+        self.nodes.append(self.helper.make_node("Identity", [value], [nm], name=nm))
+        self.outputs.append(self.helper.make_tensor_value_info(nm, self.elem, list(dims)))
 
     def graph(self):
-        return helper.make_graph(self.nodes, f"{self.g.id}.{self.tag}", self.inputs, self.outputs)
+        return self.helper.make_graph(self.nodes, f"{self.g.id}.{self.tag}", self.inputs, self.outputs)
 
 
 def scan(g, body, states, seq, reverse, n_scan_out):
@@ -339,8 +350,10 @@ def bptt_lower(opname):
 
     def lower(g, ins, p, a, types, out):
         gy, x, w_ih, w_hh, b_ih, b_hh = ins
+        from onnx import helper
+
         xt = types[1]
-        elem = ONNX_FLOAT[xt.dtype]
+        elem = onnx_float(xt.dtype)
         npd = np.dtype(xt.numpy_dtype)
         N, H = xt.dims[0], a.hidden
         one = g.const("one", 1.0, npd)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from onnx import TensorProto
 
 from ..types import TensorType
 from .registry import Attr, Op, register
@@ -80,6 +79,8 @@ register(Op(
 def _after_lower(g, ins, p, a, types, out):
     """x, by a Where over one element of each dependency: onnxruntime runs it only once every
     dependency is computed, and no rewrite can drop the read (the element is not a constant)."""
+    from onnx import TensorProto
+
     x = ins[0]
     for k, dep in enumerate(ins[1:]):
         first = g.node("Gather", [g.node("Reshape", [dep, g.const("flat", [-1], np.int64)]),
