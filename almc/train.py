@@ -124,7 +124,7 @@ def train(model, opts: TrainOptions) -> dict:
     target = "cuda" if providers_for(opts.device)[0] == "CUDAExecutionProvider" else "cpu"
     step_sess = session(lower(step_graph, params_as_inputs=True, target=target).SerializeToString(), opts.device,
                         memory_pattern=False)
-    eval_sess = session(lower(graph, params_as_inputs=True).SerializeToString(), opts.device)
+    eval_sess = session(lower(graph, params_as_inputs=True, target=target).SerializeToString(), opts.device)
     provider = step_sess.get_providers()[0]
     dev = "cuda" if provider == "CUDAExecutionProvider" else "cpu"
     step_inputs = {i.name for i in step_sess.get_inputs()}

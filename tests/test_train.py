@@ -238,3 +238,24 @@ def test_a_max_pool_runs_once_in_a_training_step(tmp_path):
     pools = [n for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node if n.op_type == "MaxPool"]
     assert [len(n.output) for n in pools] == [2, 2]
     assert [len(n.output) for n in m.compile().graph.node if n.op_type == "MaxPool"] == [1, 1]
+
+
+def test_training_on_cuda_lowers_the_step_and_the_evaluation_for_cuda(monkeypatch):
+    """Where onnxruntime would run on CUDA, both graphs `almc train` builds take CUDA's formulations
+    (here the sessions themselves run on the CPU, which computes the same)."""
+    from almc import lower as lower_mod
+    from almc import runtime
+
+    targets = []
+    real_lower, real_session = lower_mod.lower, runtime.session
+
+    def lower(graph, *a, target="cpu", **k):
+        targets.append(target)
+        return real_lower(graph, *a, target=target, **k)
+    monkeypatch.setattr(lower_mod, "lower", lower)
+    monkeypatch.setattr(runtime, "providers_for", lambda device="auto": ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(runtime, "session", lambda model, device="auto", **k: real_session(model, "cpu", **k))
+    m = almc.load(MODELS / "lenet.alm")
+    metrics = m.train(epochs=1, seed=0)
+    assert targets == ["cuda", "cuda"]
+    assert metrics["test_accuracy"] > 0.5
