@@ -7,8 +7,9 @@
 #
 #     bash bench/gpu.sh [--quick]          # from anywhere; runs in the repository root
 #
-# Writes bench/RESULTS-CUDA.md and bench/results-cuda.json (and copies them to
-# $OUT when that is set). Without an NVIDIA GPU (no working nvidia-smi), or when
+# Writes bench/RESULTS-CUDA.md and bench/results-cuda.json, then checks almc's own CUDA paths
+# against the CPU (bench/cuda_check.py -> bench/cuda-check.json), and copies them to $OUT when
+# that is set. Without an NVIDIA GPU (no working nvidia-smi), or when
 # onnxruntime's CUDA provider cannot run, it says so and exits 0.
 #
 # It needs a python3 (or $PYTHON) with torch (a CUDA build), onnx, numpy,
@@ -103,7 +104,9 @@ esac
 
 PYTHONUNBUFFERED=1 "$PY" bench/run.py --device cuda --sections infer,train --no-dynamo-install "$@"
 status=$?
+# almc's own CUDA paths (almc.runtime, a training step, almc train) against the CPU
+PYTHONUNBUFFERED=1 "$PY" bench/cuda_check.py || status=1
 if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
-    cp bench/RESULTS-CUDA.md bench/results-cuda.json "$OUT"/ 2>/dev/null || true
+    cp bench/RESULTS-CUDA.md bench/results-cuda.json bench/cuda-check.json "$OUT"/ 2>/dev/null || true
 fi
 exit $status
