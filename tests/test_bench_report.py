@@ -36,3 +36,38 @@ def test_the_cuda_report_names_the_onnxruntime_that_ran():
     text = (BENCH / "RESULTS-CUDA.md").read_text()
     assert "onnxruntime 1.31.1 (onnxruntime-gpu wheel, CUDA 13.0)" in text
     assert "| GPU | NVIDIA H200" in text
+
+
+def test_the_cuda_check_runs_its_checks_and_gives_a_verdict(tmp_path, monkeypatch, capsys):
+    """bench/cuda_check.py, with 'cuda' served by the CPU provider: every check runs, agrees, and
+    the verdicts are written (so a GPU machine's minutes are not spent finding a bug in it)."""
+    import cuda_check
+
+    from almc import runtime
+
+    real_run, real_session = runtime.run, runtime.session
+
+    def run_as_cuda(model, inputs, device="auto"):
+        outs, provider = real_run(model, inputs, "cpu")
+        return outs, "CUDAExecutionProvider" if device == "cuda" else provider
+    monkeypatch.setattr(runtime, "providers_for", lambda device="auto": ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(runtime, "run", run_as_cuda)
+    monkeypatch.setattr(runtime, "session", lambda model, device="auto", **k: real_session(model, "cpu", **k))
+    monkeypatch.setattr(sys, "argv", ["cuda_check.py", "--out", str(tmp_path)])
+    assert cuda_check.main() == 0
+    res = json.loads((tmp_path / "cuda-check.json").read_text())
+    assert {k for k, v in res.items() if isinstance(v, dict) and v.get("ok")} == {
+        "infer_lenet", "infer_resnet18", "infer_resnet50", "step_lenet"}
+    assert res["train_same_accuracy"] is True and res["train_cuda"]["test_accuracy"] > 0.9
+    assert capsys.readouterr().out.endswith("cuda_check: all ok\n")
+
+
+def test_the_cuda_check_without_cuda_says_so_and_passes(monkeypatch, capsys):
+    import cuda_check
+
+    from almc import runtime
+
+    monkeypatch.setattr(runtime, "providers_for", lambda device="auto": ["CPUExecutionProvider"])
+    monkeypatch.setattr(sys, "argv", ["cuda_check.py"])
+    assert cuda_check.main() == 0
+    assert "no CUDA provider here" in capsys.readouterr().out
