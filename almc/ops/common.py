@@ -62,6 +62,12 @@ def window_out(size, kernel, stride, dilation, pads, ceil_mode=False, what="wind
     return out
 
 
+def count_elements(g, shape: str, axes: str) -> str:
+    """ONNX: how many elements lie along `axes` (an int64 tensor) of a tensor whose Shape is
+    `shape`, as a float32 scalar counted at run time (the batch is symbolic)."""
+    return g.node("Cast", [g.node("ReduceProd", [g.node("Gather", [shape, axes])], keepdims=0)], to=1)
+
+
 def onnx_pads(pads) -> list[int]:
     """[(b0, e0), (b1, e1)] -> [b0, b1, e0, e1], ONNX's order."""
     return [b for b, _ in pads] + [e for _, e in pads]

@@ -7,6 +7,7 @@ from math import ceil, floor
 import numpy as np
 
 from ..errors import ShapeError
+from .common import count_elements
 from .registry import Attr, Op, Param, register
 
 
@@ -215,9 +216,7 @@ def _batch_var_lower(g, ins, p, a, types, out):
     if not a.unbiased:
         return g.node("Reshape", [var, g.const("vector", [-1], np.int64)], out=g.out)
     biased = g.node("Reshape", [var, g.const("vector", [-1], np.int64)])
-    # n = elements per channel, counted at run time (the batch is symbolic): n / (n - 1)
-    count = g.node("Cast", [g.node("ReduceProd", [g.node("Gather", [g.node("Shape", [ins[0]]), axes])],
-                                   keepdims=0)], to=1)
+    count = count_elements(g, g.node("Shape", [ins[0]]), axes)  # n per channel: n / (n - 1)
     factor = g.node("Div", [count, g.node("Sub", [count, g.const("one", 1.0)])])
     return g.node("Mul", [biased, factor], out=g.out)
 

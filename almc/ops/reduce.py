@@ -9,6 +9,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..types import TensorType
+from .common import count_elements
 from .registry import Attr, Op, register
 
 
@@ -79,8 +80,7 @@ def _expand_lower(g, ins, p, a, types, out):
     shape = g.node("Shape", [ins[1]])
     if a.mean:  # divided before it is expanded: fewer values, and no scalar against [N, C, 1, 1]
         axes = list(a.axes) if types[0].rank else list(range(types[1].rank))
-        count = g.node("Cast", [g.node("ReduceProd", [g.node("Gather", [shape, g.const("axes_i", axes, np.int64)])],
-                                       keepdims=0)], to=1)  # the batch may be symbolic: count at run time
+        count = count_elements(g, shape, g.const("axes_i", axes, np.int64))
         src = g.node("Div", [src, count])
     if types[0].rank and a.axes:
         src = g.node("Unsqueeze", [src, g.const("axes", list(a.axes), np.int64)])
