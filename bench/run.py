@@ -243,6 +243,7 @@ def prepare(wd: Path, archs: list[str], train_models: list[str]) -> dict:
                 w[k] = (rng.uniform(0.5, 1.5, v.shape) if k.endswith("running_var")
                         else v + rng.normal(0, 0.1, v.shape)).astype(np.float32)
         np.savez(wd / f"weights_{arch}.npz", **w)
+        (wd / f"shapes_{arch}.json").write_text(json.dumps({k: list(v.shape) for k, v in w.items()}))
         info[arch] = {"tensors": len(w), "parameters": int(sum(v.size for v in w.values()))}
     for name in train_models:
         cfg = dict(TRAIN_MODELS[name])
@@ -285,7 +286,8 @@ def compile_process(wd: Path, archs: list[str], reps: int, dynamo_py: str | None
     for arch in archs:
         path = ARCH_FILES[arch]
         cmds = {"almc": almc_cmd + ["compile", path, "-o", str(wd / f"proc_almc_{arch}.onnx")],
-                "torchscript": [sys.executable, exporter, arch, "--exporter", "torchscript", "-o", str(wd / f"proc_ts_{arch}.onnx")]}
+                "torchscript": [sys.executable, exporter, arch, "--exporter", "torchscript", "-o", str(wd / f"proc_ts_{arch}.onnx")],
+                "floor": [sys.executable, str(BENCH / "floor.py"), str(wd / f"shapes_{arch}.json"), "-o", str(wd / f"proc_floor_{arch}.bin")]}
         if dynamo_py:
             cmds["dynamo"] = [dynamo_py, exporter, arch, "--exporter", "dynamo", "-o", str(wd / f"proc_dyn_{arch}.onnx")]
         if arch == archs[0]:
@@ -386,7 +388,8 @@ def row_times(name: str, st: dict | None, unit: str, ref: dict | None, extra: st
 
 
 LABELS = {"almc": "almc", "torchscript": "torch.onnx.export(dynamo=False) (TorchScript)",
-          "dynamo": "torch.onnx.export(dynamo=True)", "onnx:almc": "ORT on almc's ONNX",
+          "dynamo": "torch.onnx.export(dynamo=True)",
+          "floor": "floor: import numpy, networkx, onnx, lark; draw and write the weights (context)", "onnx:almc": "ORT on almc's ONNX",
           "onnx:torchscript": "ORT on torch's ONNX (TorchScript exporter)",
           "onnx:dynamo": "ORT on torch's ONNX (dynamo exporter)", "eager": "PyTorch eager (inference_mode)"}
 
@@ -451,7 +454,10 @@ def render(res: dict) -> str:
         w("One warm-up run of each (page cache, bytecode: the runs may write .pyc files, as a user's Python does, "
           "even where the environment sets PYTHONDONTWRITEBYTECODE), then the timed runs. The torch script builds the module "
           "(random initialisation) and exports it, as a user's script would; `almc compile` initialises its weights "
-          "too. Commands (run from the repository root):\n")
+          "too. The floor (`bench/floor.py`) imports the four libraries almc compiles with, draws a value for every "
+          "weight with almc's sampler and writes them with almc's atomic write, and does nothing else: almc / floor is "
+          "what almc's passes cost, and floor / exporter the best ratio any compile on these libraries could reach here. "
+          "Commands (run from the repository root):\n")
         for arch, cmds in cp["commands"].items():
             for k, c in cmds.items():
                 if not k.startswith("python -c"):
@@ -461,10 +467,10 @@ def render(res: dict) -> str:
             st = {k: stats(v) for k, v in e["times"].items()}
             w(f"**{arch}**\n")
             w("| contender | median | min | max | almc / this |\n|---|---:|---:|---:|---:|")
-            for k in ("almc", "torchscript", "dynamo", "python -c pass", "python -c 'import torch'"):
+            for k in ("almc", "torchscript", "dynamo", "floor", "python -c pass", "python -c 'import torch'"):
                 if k in st or k in e["errors"]:
                     w(row_times(LABELS.get(k, f"`{k}` (context)"), st.get(k), "s", st.get("almc"),
-                                err=e["errors"].get(k)) if k in ("almc", "torchscript", "dynamo") else
+                                err=e["errors"].get(k)) if k in ("almc", "torchscript", "dynamo", "floor") else
                       f"| `{k}` (context) | {fmt_t(st[k]['median'], 's')} | {fmt_t(st[k]['min'], 's')} | {fmt_t(st[k]['max'], 's')} | |")
             w("")
     if "compile_inproc" in res:
@@ -648,6 +654,8 @@ def headline(res: dict) -> list[tuple[str, str]]:
         for arch, e in res.get(key, {}).get("archs", {}).items():
             for ref in ("torchscript", "dynamo"):
                 add(f"{title}, {arch}: almc vs {ref} exporter", med(e["times"].get("almc")), med(e["times"].get(ref)))
+                add(f"{title}, {arch}: its floor (bench/floor.py) vs {ref} exporter", med(e["times"].get("floor")),
+                    med(e["times"].get(ref)))
     for arch, e in res.get("infer", {}).get("archs", {}).items():
         for key in ("b1", "big"):
             if key not in e or "times" not in e[key]:

@@ -71,3 +71,23 @@ def test_the_cuda_check_without_cuda_says_so_and_passes(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["cuda_check.py"])
     assert cuda_check.main() == 0
     assert "no CUDA provider here" in capsys.readouterr().out
+
+
+def test_the_compile_floor_draws_and_writes_every_weight(tmp_path):
+    """bench/floor.py, the context row under `almc compile`: every weight drawn He-normal in its
+    shape (vectors as constants, as almc does), all of them written, nothing else."""
+    import subprocess
+
+    import numpy as np
+
+    shapes = {"conv.weight": [64, 32, 3, 3], "conv.bias": [64], "dense.weight": [10, 256]}
+    (tmp_path / "shapes.json").write_text(json.dumps(shapes))
+    out = tmp_path / "floor.bin"
+    subprocess.run([sys.executable, str(BENCH / "floor.py"), str(tmp_path / "shapes.json"), "-o", str(out)], check=True)
+    data = np.fromfile(out, np.float32)
+    assert data.size == 64 * 32 * 9 + 64 + 10 * 256
+    conv, bias, dense = np.split(data, [64 * 32 * 9, 64 * 32 * 9 + 64])
+    assert not bias.any()
+    assert abs(conv.std() / np.sqrt(2 / (32 * 9)) - 1) < 0.03 and abs(conv.mean()) < 0.01
+    assert abs(dense.std() / np.sqrt(2 / 256) - 1) < 0.1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["floor.bin", "shapes.json"]  # no temporary left
