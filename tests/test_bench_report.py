@@ -91,3 +91,21 @@ def test_the_compile_floor_draws_and_writes_every_weight(tmp_path):
     assert abs(conv.std() / np.sqrt(2 / (32 * 9)) - 1) < 0.03 and abs(conv.mean()) < 0.01
     assert abs(dense.std() / np.sqrt(2 / 256) - 1) < 0.1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["floor.bin", "shapes.json"]  # no temporary left
+
+
+def test_the_step_memory_replay_counts_views_once_and_frees_after_the_last_read():
+    """bench/step_memory.py's liveness replay on a four-node graph: a Reshape shares its input's
+    buffer (which then lives until the view's last reader), the caller's output is not counted."""
+    from onnx import helper
+
+    import step_memory
+
+    nodes = {n.name: n for n in [
+        helper.make_node("Mul", ["x", "x"], ["a"], name="A"),
+        helper.make_node("Reshape", ["a", "shape"], ["b"], name="B"),
+        helper.make_node("Relu", ["b"], ["c"], name="C"),
+        helper.make_node("Add", ["c", "w"], ["out"], name="D")]}
+    peak = step_memory.replay(["A", "B", "C", "D"], nodes, {"A": 100, "B": 100, "C": 60, "D": 60}, {"x", "w", "out"})
+    assert (peak["bytes"], peak["node"], peak["live"]) == (160, "C", {"a": 100, "c": 60})
+    assert step_memory.layer_of("grad/layer3/x/unit1/x/conv2.conv") == "grad/layer3"
+    assert step_memory.layer_of("layer2/x/unit0/x/conv1") == "layer2"
