@@ -78,9 +78,10 @@ def main() -> int:
 
     import run
     import workers
+    from config import TRAIN_MODELS
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("model", choices=sorted(run.TRAIN_MODELS))
+    ap.add_argument("model", choices=sorted(TRAIN_MODELS))
     ap.add_argument("--top", type=int, default=15)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

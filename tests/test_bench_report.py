@@ -1,5 +1,6 @@
-"""bench/run.py's report: the committed results render to the committed tables, a run cut short
-renders what it finished, and the step check's verdict follows its rule."""
+"""The benchmark's tools: the committed results render to the committed tables (bench/report.py),
+a run cut short renders what it finished, bench/cuda_check.py gives its verdicts, bench/floor.py
+draws and writes every weight, bench/step_memory.py counts a step's live values."""
 from __future__ import annotations
 
 import copy
@@ -11,13 +12,13 @@ import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
-import run  # noqa: E402
+import report  # noqa: E402
 
 
 @pytest.mark.parametrize("suffix", ["", "-cuda"])
 def test_the_committed_results_render_to_the_committed_tables(suffix):
     res = json.loads((BENCH / f"results{suffix}.json").read_text())
-    assert run.render(res) == (BENCH / f"RESULTS{suffix.upper()}.md").read_text()
+    assert report.render(res) == (BENCH / f"RESULTS{suffix.upper()}.md").read_text()
 
 
 def test_a_run_cut_short_renders_the_sections_it_finished():
@@ -25,8 +26,8 @@ def test_a_run_cut_short_renders_the_sections_it_finished():
     cut = copy.deepcopy(res)
     del cut["train"], cut["env"]["load_end"]
     cut["partial"] = True
-    cut["headline"] = run.headline(cut)
-    text = run.render(cut)
+    cut["headline"] = report.headline(cut)
+    text = report.render(cut)
     assert "**Partial results: the run stopped before it finished" in text
     assert "## 2. Inference" in text and "## 3. Training step" not in text
     assert "training step resnet18" not in text and "inference resnet18 batch 32" in text
