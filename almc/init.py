@@ -100,13 +100,17 @@ def normal(rng: np.random.Generator, shape, std: float) -> np.ndarray:
 
 
 def initialize(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
-    specs = [(name, resolve_init(graph, nid, p), p) for nid, name, p in param_specs(graph)]
+    return draw_all([(name, resolve_init(graph, nid, p), p.shape, p.fan_in, p.fan_out)
+                     for nid, name, p in param_specs(graph)], seed)
 
+
+def draw_all(specs: list[tuple[str, str, tuple, int, int]], seed: int = 0) -> dict[str, np.ndarray]:
+    """{name: array} for (name, init, shape, fan_in, fan_out) specs, each from its own generator."""
     def one(spec):
-        name, init, p = spec
-        return draw(init, p.shape, p.fan_in, p.fan_out, np.random.default_rng([seed, zlib.crc32(name.encode())]))
+        name, init, shape, fan_in, fan_out = spec
+        return draw(init, shape, fan_in, fan_out, np.random.default_rng([seed, zlib.crc32(name.encode())]))
 
-    if sum(np.prod(p.shape) for *_, p in specs) < 1 << 20:  # small models: threads cost more than they save
+    if sum(np.prod(spec[2]) for spec in specs) < 1 << 20:  # small models: threads cost more than they save
         return {spec[0]: one(spec) for spec in specs}
     from concurrent.futures import ThreadPoolExecutor
 

@@ -4,8 +4,8 @@
 
 A fresh interpreter imports the four libraries almc compiles with (numpy, networkx, onnx,
 lark), draws a He-normal value for every weight of the model, in the model's own shapes,
-with almc's own sampler and threads (`almc.init`), and writes them with almc's own atomic write
-(`almc.files`, fsync included). No parsing, no graph, no shape inference, no lowering, no
+with almc's own sampler and threads (`almc.init.draw_all`), and writes them with almc's own
+atomic write (`almc.files`, fsync included). No parsing, no graph, no shape inference, no lowering, no
 checker, no ONNX framing. bench/run.py times it beside `almc compile`: the difference is what
 almc's passes cost, and the floor over the torch exporter's time is the best ratio any compile
 written on these libraries could reach on this machine.
@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import zlib
-from concurrent.futures import ThreadPoolExecutor
 
 import lark  # noqa: F401  (each import is part of the floor)
 import networkx  # noqa: F401
@@ -27,7 +24,7 @@ import numpy as np
 import onnx  # noqa: F401
 
 from almc.files import atomic_write
-from almc.init import normal
+from almc.init import draw_all
 
 
 def main() -> int:
@@ -37,17 +34,11 @@ def main() -> int:
     args = ap.parse_args()
     with open(args.shapes) as f:
         shapes = json.load(f)
-
-    def draw(item):
-        name, shape = item
-        if len(shape) < 2:  # biases and batch-norm vectors: almc fills these with constants
-            return np.zeros(shape, np.float32)
-        rng = np.random.default_rng([0, zlib.crc32(name.encode())])
-        return normal(rng, tuple(shape), np.sqrt(2.0 / max(1, int(np.prod(shape[1:])))))
-
-    with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:  # as almc.init.initialize
-        arrays = list(pool.map(draw, shapes.items()))
-    atomic_write(args.output, [a.data for a in arrays])
+    # He normal for every weight, and the constants almc gives biases and batch-norm vectors
+    specs = [(name, "he" if len(shape) >= 2 else "zeros", tuple(shape), int(np.prod(shape[1:])), shape[0])
+             for name, shape in shapes.items()]
+    arrays = draw_all(specs)
+    atomic_write(args.output, [a.data for a in arrays.values()])
     return 0
 
 
