@@ -5,7 +5,7 @@
 Runs the benchmark's step (bench/workers.py: AlmcStep, the way `almc train` runs it) under
 onnxruntime's profiler, takes the order in which the last step's kernels ran and the size of
 each node's output from the profile, and the consumers of each value from the optimised graph
-onnxruntime ran (the same step, saved with `optimized_model_filepath`). Replaying that order,
+that session ran (saved with `optimized_model_filepath`). Replaying that order,
 a value is live from its node until its last reader; views (Reshape, Flatten, Squeeze,
 Unsqueeze, Identity) share their input's buffer; the step's inputs and outputs are the
 caller's (the parameters and optimiser state, bound in place) and not counted. Prints the
@@ -74,7 +74,6 @@ def layer_of(node_name: str) -> str:
 def main() -> int:
     import numpy as np
     import onnx
-    import onnxruntime as ort
 
     import run
     import workers
@@ -91,17 +90,11 @@ def main() -> int:
         data = np.load(wd / f"train_{args.model}_data.npz")
         weights = dict(np.load(wd / f"train_{args.model}_weights.npz"))
         batches = [(np.ascontiguousarray(x), np.ascontiguousarray(y)) for x, y in zip(data["x"], data["y"])]
-        step = workers.AlmcStep(cfg, weights, "cpu", 2, profile=str(wd / "prof"))
+        step = workers.AlmcStep(cfg, weights, "cpu", 2, profile=str(wd / "prof"), optimized=str(wd / "optimised.onnx"))
         for k in range(3):
             step.step(*batches[k % len(batches)], (k + 1) / 40, k)
         events = json.loads(Path(step.sess.end_profiling()).read_text())
-        # the optimised graph onnxruntime ran: the same step, compiled again (deterministic)
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.optimized_model_filepath = str(wd / "optimised.onnx")
-        proto = workers.almc_model(cfg).compile_training_step(gradients=False)
-        ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        graph = onnx.load(str(wd / "optimised.onnx")).graph
+        graph = onnx.load(str(wd / "optimised.onnx")).graph  # what this session ran
     first, last = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")[-1]
     kernels = sorted((e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
                       and first <= e["ts"] <= last), key=lambda e: e["ts"])

@@ -76,9 +76,12 @@ def error_text(e: BaseException) -> str:
 
 # -- ONNX Runtime ------------------------------------------------------------------
 
-def ort_session(model, device: str, threads: int = 2, profile: str | None = None, memory_pattern: bool = True):
+def ort_session(model, device: str, threads: int = 2, profile: str | None = None, memory_pattern: bool = True,
+                optimized: str | None = None):
     """The benchmark's sessions: ORT_ENABLE_ALL, 2 intra-op threads on the CPU, for every contender;
-    a training step without the memory pattern, as almc/train.py runs it (almc/runtime.py: session)."""
+    a training step without the memory pattern, as almc/train.py runs it (almc/runtime.py: session).
+    `profile`: a file prefix for onnxruntime's profiler; `optimized`: where to save the optimised
+    graph the session runs."""
     import onnxruntime as ort
 
     ort.set_default_logger_severity(3)
@@ -86,6 +89,8 @@ def ort_session(model, device: str, threads: int = 2, profile: str | None = None
     if profile:
         opts.enable_profiling = True
         opts.profile_file_prefix = profile
+    if optimized:
+        opts.optimized_model_filepath = optimized
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -451,7 +456,8 @@ class AlmcStep:
     OrtValues bound with IOBinding, each step's next.* outputs bound to the same OrtValues (the
     step writes them in place), the batch bound from the host, the loss read back every step."""
 
-    def __init__(self, cfg, weights, device: str, threads: int, profile: str | None = None):
+    def __init__(self, cfg, weights, device: str, threads: int, profile: str | None = None,
+                 optimized: str | None = None):
         import numpy as np
 
         from almc.train import bind_state, device_value
@@ -462,7 +468,8 @@ class AlmcStep:
         proto = m.compile_training_step(gradients=False, target=device)
         self.compile_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        self.sess = ort_session(proto.SerializeToString(), device, threads, profile, memory_pattern=False)
+        self.sess = ort_session(proto.SerializeToString(), device, threads, profile, memory_pattern=False,
+                                optimized=optimized)
         self.session_s = time.perf_counter() - t0
         self.dev = device
         self.x_name, self.y_name = m.graph.inputs[0], m.graph.train.labels[0]
