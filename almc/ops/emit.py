@@ -25,7 +25,7 @@ class Emitter:
         self.id = node_id
         self.out = node_id
         self.doc = doc
-        self.constants = {} if constants is None else constants  # (dtype, shape, bytes) -> name -> array
+        self.constants = {} if constants is None else constants  # (dtype, shape, bytes) -> name, and name -> array
         self._count = 0
         self._nodes_emitted = 0
 
