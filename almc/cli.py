@@ -164,7 +164,7 @@ def cmd_check(args) -> int:
             raise UsageError(f"--grad needs a training section (train {m.name} {{ ... }}) to differentiate")
         reports = gradient_check(m.graph)
         width = max(len(r.param) for r in reports)
-        print(f"gradient check (float64, central differences, batch 2):")
+        print("gradient check (float64, central differences, batch 2):")
         print(f"  {'parameter'.ljust(width)}  {'shape':<18} checked  worst relative error")
         bad = 0
         for r in reports:
@@ -316,7 +316,7 @@ def cmd_graph(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .train import TrainOptions, TrainingStopped, train
+    from .train import TrainingStopped, TrainOptions, train
 
     m = load_model(args)
     opts = TrainOptions(data=args.data, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,

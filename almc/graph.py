@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 import networkx as nx
 
 from .errors import UNKNOWN, Span
-from .ops.registry import Attrs, lookup
+from .ops.registry import Attrs, Param, lookup
 from .types import TensorType
 
 INPUT = "input"  # the op name of graph inputs (they have no registry entry)
@@ -93,7 +93,7 @@ class Graph:
         return g
 
 
-def node_params(graph: Graph, node: Node) -> list[tuple[str, str, "Param"]]:
+def node_params(graph: Graph, node: Node) -> list[tuple[str, str, Param]]:
     """(local name, full name, Param) of the parameters a node reads: its own, or its owner's."""
     owner = graph.node(node.owner) if node.owner else node
     if owner.op == INPUT:

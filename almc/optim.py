@@ -18,7 +18,7 @@ docs/training.md documents the interface; `almc train` drives it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import networkx as nx
 
@@ -27,8 +27,6 @@ from .errors import AlmError, Diagnostic
 from .graph import INPUT, Graph, Node, node_params
 from .init import param_specs
 from .objective import in_layers
-from dataclasses import replace
-
 from .ops.registry import Attrs
 from .types import TensorType
 

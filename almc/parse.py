@@ -80,7 +80,6 @@ def parse(text: str, file: str = "<string>") -> s.Module:
 
 def _check_nesting(text: str, file: str) -> None:
     depth = 0
-    opens: list[tuple[int, int]] = []
     line, col = 1, 0
     in_comment = in_string = False
     for ch in text:

@@ -20,7 +20,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def export(module, arch: str, path, exporter: str, example_batch: int = 2) -> None:
     """The export call that bench/run.py times in-process too."""
     import torch
-
     from torch_models import ARCHS
 
     x = torch.zeros(example_batch, *ARCHS[arch][2])  # batch 2: torch.export specialises sizes 0 and 1

@@ -74,7 +74,6 @@ def layer_of(node_name: str) -> str:
 def main() -> int:
     import numpy as np
     import onnx
-
     import run
     import workers
     from config import TRAIN_MODELS

@@ -22,7 +22,6 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from torch_reference import MLP, LeNet5, resnet18, resnet50  # noqa: E402
 
-
 # arch -> (constructor(classes), the .alm file, input shape without the batch)
 ARCHS = {
     "lenet": (lambda classes=10: LeNet5(classes), "models/lenet.alm", (1, 32, 32)),

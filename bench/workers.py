@@ -165,10 +165,10 @@ def compile_inproc(args) -> None:
 
     logging.disable(logging.WARNING)
     import numpy as np
-
-    import almc
     from export_torch import export
     from torch_models import ARCHS, build, load_almc_weights
+
+    import almc
 
     wd = Path(args.workdir)
     result = {"archs": {}, "dynamo": bool(args.dynamo), "load_before": os.getloadavg()}
@@ -277,7 +277,6 @@ def infer(args) -> None:
     import numpy as np
     import onnx
     import torch
-
     from torch_models import ARCHS, build, load_almc_weights
 
     wd = Path(args.workdir)
@@ -532,7 +531,6 @@ class TorchStep:
     def __init__(self, cfg, weights, device: str, float64: bool = False):
         import torch
         import torch.nn.functional as F
-
         from torch_models import build, load_almc_weights
 
         self.torch, self.F, self.cfg, self.dev, self.float64 = torch, F, cfg, device, float64
@@ -574,8 +572,9 @@ def train_worker(args, contender: str) -> None:
     import numpy as np
 
     if contender == "almc":
-        import almc  # noqa: F401  (what an almc training process imports)
         import onnxruntime  # noqa: F401
+
+        import almc  # noqa: F401  (what an almc training process imports)
     else:
         import torch
 
@@ -727,9 +726,10 @@ def train_profile(args) -> None:
 
 def lenet_accuracy(args) -> None:
     import torch
+    from lenet_torch import ROOT as LROOT
+    from lenet_torch import torch_run
 
     import almc
-    from lenet_torch import ROOT as LROOT, torch_run
 
     torch.set_num_threads(args.threads)
     m = almc.load(LROOT / "models" / "lenet.alm")

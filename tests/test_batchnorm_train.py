@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from opcheck import assert_close
+from test_grads import with_loss
 
 from almc.autodiff import differentiate, trainable_params
 from almc.gradcheck import central_differences
@@ -18,8 +20,6 @@ from almc.ops.registry import Attrs, lookup, resolve_attrs
 from almc.reference import execute
 from almc.runtime import run
 from almc.types import TensorType
-from opcheck import assert_close
-from test_grads import with_loss
 
 # (2, 4, 6) and (3, 4, 2, 2): maps of at most norm.FLAT_MAX_POSITIONS positions, whose per-channel
 # operations run on [N, C x positions] rows (norm.channel_op)

@@ -97,9 +97,8 @@ def test_the_compile_floor_draws_and_writes_every_weight(tmp_path):
 def test_the_step_memory_replay_counts_views_once_and_frees_after_the_last_read():
     """bench/step_memory.py's liveness replay on a four-node graph: a Reshape shares its input's
     buffer (which then lives until the view's last reader), the caller's output is not counted."""
-    from onnx import helper
-
     import step_memory
+    from onnx import helper
 
     nodes = {n.name: n for n in [
         helper.make_node("Mul", ["x", "x"], ["a"], name="A"),

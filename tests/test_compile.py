@@ -6,11 +6,11 @@ import json
 import numpy as np
 import onnx
 import pytest
+from helpers import onnx_matches_reference
 
 import almc
 from almc.cli import main
 from almc.lower import IR_VERSION, OPSET
-from helpers import onnx_matches_reference
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 LENET = ROOT / "models" / "lenet.alm"

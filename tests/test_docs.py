@@ -6,11 +6,11 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers import onnx_matches_reference
 
 import almc
 from almc.errors import AlmError
 from almc.ops.registry import ops_markdown
-from helpers import onnx_matches_reference
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "models" / "README.md"]

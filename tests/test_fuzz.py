@@ -6,15 +6,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.lark import from_lark
+from lark import Lark
 
 import almc
 from almc.errors import AlmError
-from lark import Lark
-
 from almc.parse import grammar_text
 
 MODELS = sorted((Path(__file__).resolve().parent.parent / "models").glob("*.alm"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from opcheck import single_op_graph
 
 from almc.autodiff import differentiate, trainable_params
 from almc.gradcheck import central_differences
@@ -13,7 +14,6 @@ from almc.ops.registry import Attrs, all_ops, lookup
 from almc.reference import execute
 from almc.shapes import infer_node
 from almc.types import TensorType
-from opcheck import single_op_graph
 
 CASES = [(name, i, ex) for name, op in sorted(all_ops().items()) if op.grad is not None
          for i, ex in enumerate(op.examples)]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import errors_of, onnx_matches_reference
 
 import almc
-from helpers import errors_of, onnx_matches_reference
 
 
 def ops_of(m):

@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from opcheck import assert_close, random_inputs, single_op_graph
 
 from almc.init import initialize
 from almc.lower import lower
 from almc.ops.registry import all_ops
 from almc.reference import execute
 from almc.runtime import run
-from opcheck import assert_close, random_inputs, single_op_graph
 
 CASES = [(name, i, ex) for name, op in sorted(all_ops().items()) for i, ex in enumerate(op.examples)]
 

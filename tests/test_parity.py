@@ -43,9 +43,19 @@ MODELS = Path(__file__).resolve().parent.parent / "models"
 RTOL = 1e-4
 
 from torch_reference import (  # noqa: E402  (torch is there: after the importorskip)
-    C3D, MLP, VGG16, AlexNet, GoogLeNet, Inception, LeNet5, Logistic, Recurrent, UNet, resnet18, resnet50,
+    C3D,
+    MLP,
+    VGG16,
+    AlexNet,
+    GoogLeNet,
+    Inception,
+    LeNet5,
+    Logistic,
+    Recurrent,
+    UNet,
+    resnet18,
+    resnet50,
 )
-
 
 # ---- the cases ------------------------------------------------------------------------------------
 

@@ -10,7 +10,6 @@ import pytest
 
 import almc
 from almc.cli import main
-from almc.lower import lower
 from almc.optim import training_step
 
 ROOT = Path(__file__).resolve().parent.parent

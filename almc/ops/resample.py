@@ -164,7 +164,6 @@ def _ct_grad_input_lower(g, ins, p, a, types, out):
 def _ct_grad_input_reference(xs, p, a):
     """Gather, tap by tap: gx[c, i] += sum over m of g_padded[m, i * stride + tap * dilation] * w[c, m, tap]."""
     g, w = xs
-    n = len(a.size)
     gp = np_pad(g, a.pads)
     N, M = g.shape[:2]
     C = w.shape[0]
