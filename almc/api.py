@@ -98,7 +98,7 @@ class Model:
 
     def load_weights(self, path: str | os.PathLike) -> None:
         """Take the weights of an almc checkpoint (checked against this model's parameters)."""
-        from .train import check_weights, read_checkpoint
+        from .checkpoint import check_weights, read_checkpoint
 
         weights, _, _ = read_checkpoint(path)
         check_weights(path, self.graph, weights, self.initial_weights())

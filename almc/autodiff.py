@@ -73,14 +73,6 @@ class Diff:
         return self.op("sum_to", [g], {"shape": tuple(self.type(like).dims)})
 
 
-def trainable_params(graph: Graph, frozen=frozenset()) -> list[str]:
-    """Full names of the trainable parameters, in graph order; `frozen` holds node ids or names."""
-    from .init import param_specs
-
-    return [full for nid, full, p in param_specs(graph)
-            if p.trainable and nid not in frozen and graph.node(nid).layer not in frozen]
-
-
 def needs_grad(graph: Graph, trainable: set[str], inputs=()) -> set[str]:
     """Nodes whose value depends on a trainable parameter (or on one of `inputs`)."""
     out: set[str] = set(inputs)

@@ -19,12 +19,11 @@ reported at the call that caused it.
 """
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass, field
 
 from . import syntax as s
-from .errors import Collector, ShapeError, Span
+from .errors import Collector, ShapeError, Span, did_you_mean
 from .graph import INPUT, Graph, Node
 from .ops.attrs import describe_value
 from .ops.registry import Attrs, all_ops, lookup, resolve_attrs, signature
@@ -141,8 +140,7 @@ class Builder:
                                 f"'{name}' is defined more than once, so it cannot be used before its first definition")
             f = f.parent
         known = self.visible_names(frame)
-        close = difflib.get_close_matches(name, sorted(known), n=1)
-        hint = f"did you mean '{close[0]}'?" if close else None
+        hint = did_you_mean(name, sorted(known))
         if name in self.blocks or lookup(name):
             hint = f"'{name}' is an op or block: call it, {name}(...)"
         return self.err(f"undefined name '{name}'", span, hint)
@@ -245,9 +243,8 @@ class Builder:
             frame.vars[st.name] = POISON
             return
         if st.dtype not in DTYPES:
-            close = difflib.get_close_matches(st.dtype, DTYPES, n=1)
             self.err(f"unknown dtype '{st.dtype}'", st.dtype_span,
-                     f"did you mean '{close[0]}'?" if close else f"use one of {', '.join(DTYPES)}")
+                     did_you_mean(st.dtype, DTYPES, f"use one of {', '.join(DTYPES)}"))
             frame.vars[st.name] = POISON
             return
         dims = []
@@ -387,9 +384,8 @@ class Builder:
         props = {"shape": t.dims, "rank": t.rank, "dtype": t.dtype,
                  "channels": t.dims[1] if t.rank > 1 else None}
         if e.name not in props:
-            close = difflib.get_close_matches(e.name, props, n=1)
             return self.err(f"tensors have no property '{e.name}'", e.span,
-                            f"did you mean '{close[0]}'?" if close else f"use one of {', '.join(props)}")
+                            did_you_mean(e.name, props, f"use one of {', '.join(props)}"))
         if props[e.name] is None:
             return self.err(f"a tensor of rank {t.rank} has no channel axis", e.span)
         return props[e.name]
@@ -488,9 +484,8 @@ class Builder:
         op = lookup(e.func)
         if op is None:
             names = sorted(set(all_ops()) | set(self.blocks) | set(BUILTINS))
-            close = difflib.get_close_matches(e.func, names, n=1, cutoff=0.6)
             return self.err(f"unknown op or block '{e.func}'", e.func_span,
-                            f"did you mean '{close[0]}'?" if close else "see docs/language.md for the list of ops")
+                            did_you_mean(e.func, names, "see docs/language.md for the list of ops"))
         return self.call_op(op, e, frame, top)
 
     def call_op(self, op, e: s.Call, frame: Frame, top):
@@ -535,9 +530,8 @@ class Builder:
         for name, (kw, v) in kws.items():
             if op.attr(name) is None:
                 names = [x.name for x in op.attrs] + list(op.inputs)
-                close = difflib.get_close_matches(name, names, n=1)
                 return self.err(f"{op.name} has no argument '{name}'", kw.span,
-                                f"did you mean '{close[0]}'?" if close else f"{op.name}({signature(op)})")
+                                did_you_mean(name, names, f"{op.name}({signature(op)})"))
             if name in attrs:
                 return self.err(f"{op.name}'s argument '{name}' is given twice", kw.span)
             attrs[name] = (kw.value, v)
@@ -628,9 +622,8 @@ class Builder:
                             e.args[len(names)].span, f"{b.name}({', '.join(names)})")
         for name, (kw, _) in kws.items():
             if name not in names:
-                close = difflib.get_close_matches(name, names, n=1)
                 return self.err(f"block {b.name} has no parameter '{name}'", kw.span,
-                                f"did you mean '{close[0]}'?" if close else f"{b.name}({', '.join(names)})")
+                                did_you_mean(name, names, f"{b.name}({', '.join(names)})"))
             if names.index(name) < len(pos):
                 return self.err(f"block {b.name}'s parameter '{name}' is given twice", kw.span)
         prefix = (top or self.fresh(f"{self.layer or 'value'}.{b.name}")) + "/"
@@ -711,11 +704,6 @@ BUILTINS = {
 }
 
 
-def build(module: s.Module, blocks: dict[str, s.BlockDef], model: s.ModelDef, collector: Collector,
-          overrides: dict | None = None, limits=None) -> Graph:
-    return build_model(blocks, model, collector, overrides, limits)[0]
-
-
 def build_model(blocks: dict[str, s.BlockDef], model: s.ModelDef, collector: Collector,
                 overrides: dict | None = None, limits=None) -> tuple[Graph, "Builder", Frame]:
     """The model's graph, and the builder and frame it was evaluated in (a training section continues there)."""
@@ -734,7 +722,6 @@ def build_model(blocks: dict[str, s.BlockDef], model: s.ModelDef, collector: Col
             v = POISON
         frame.vars[p.name] = v
         frame.defined_at[p.name] = p.span
-        b.graph.params[p.name] = v
     for name in overrides:
         known = [p.name for p in model.params]
         b.err(f"model {model.name} has no parameter '{name}'", model.span,

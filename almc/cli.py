@@ -323,7 +323,7 @@ def cmd_train(args) -> int:
                         device=args.device, metrics=args.metrics, checkpoint=args.checkpoint, resume=args.resume,
                         out=args.out, progress=not args.no_progress)
     if args.init:
-        from .train import match_weights, read_checkpoint
+        from .checkpoint import match_weights, read_checkpoint
 
         opts.init, _, _ = read_checkpoint(args.init)
         _, match = match_weights(m.initial_weights(args.seed), opts.init)
@@ -348,9 +348,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_weights(args) -> int:
+    from .checkpoint import check_weights, read_checkpoint, write_checkpoint
     from .files import atomic_write
-    from .train import check_weights, read_checkpoint
-    from .weights import DESCRIBE, export_weights, import_weights, npz_bytes, resolve_scheme, write_checkpoint
+    from .weights import DESCRIBE, export_weights, import_weights, npz_bytes, resolve_scheme
 
     if args.weights_command is None:
         raise UsageError("weights needs a subcommand: import or export")
@@ -367,7 +367,7 @@ def cmd_weights(args) -> int:
                                           f"({DESCRIBE[report.scheme]}; see --names)")
         if args.strict and not report.exact:
             raise FileError(args.weights, f"does not match {m.name} exactly (--strict); nothing written")
-        write_checkpoint(out, m, weights)
+        write_checkpoint(out, m.graph, weights)
         print(f"wrote checkpoint: {out}")
         return EXIT_OK
     weights, _, meta = read_checkpoint(args.checkpoint)

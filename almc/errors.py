@@ -98,6 +98,14 @@ class Collector:
             raise AlmError(ordered, self.sources)
 
 
+def did_you_mean(name: str, candidates, otherwise: str | None = None, cutoff: float = 0.6) -> str | None:
+    """The hint for a misspelt name: the closest of `candidates`, else `otherwise`."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=cutoff)
+    return f"did you mean '{close[0]}'?" if close else otherwise
+
+
 def render(d: Diagnostic, sources: dict[str, str]) -> str:
     out = [f"{d.span}: {d.severity}: {d.message}"]
     text = sources.get(d.span.file)

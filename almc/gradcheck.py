@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .autodiff import differentiate
+from .graph import trainable_params
 from .init import initialize
-from .optim import to_training, trainable_of
+from .optim import to_training
 from .reference import execute
 
 
@@ -60,7 +61,7 @@ def random_batch(graph, labels, batch: int, rng) -> dict[str, np.ndarray]:
 
 def gradient_check(graph, batch: int = 2, seed: int = 0, samples: int = 5, eps: float = 1e-6) -> list[GradReport]:
     spec = graph.train
-    trainable = trainable_of(graph)
+    trainable = trainable_params(graph)
     g, mode = to_training(graph)
     dg, grads = differentiate(g, spec.loss, trainable)
     loss_graph = g.copy()

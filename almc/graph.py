@@ -43,8 +43,6 @@ class Graph:
     inputs: list[str] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)  # output name -> node id
     sources: dict[str, str] = field(default_factory=dict)  # file -> text (diagnostics, hashing)
-    params: dict = field(default_factory=dict)  # the model's hyper-parameters as evaluated
-    frozen: frozenset = frozenset()  # node ids whose parameters are not trainable
     span: Span = UNKNOWN  # the model's name in its source
     train: object = None  # the training section (objective.TrainSpec), when the file has one
 
@@ -89,7 +87,7 @@ class Graph:
 
     def copy(self) -> "Graph":
         g = replace(self, nx=self.nx.copy(), inputs=list(self.inputs), outputs=dict(self.outputs),
-                    sources=dict(self.sources), params=dict(self.params))
+                    sources=dict(self.sources))
         return g
 
 
@@ -103,6 +101,33 @@ def node_params(graph: Graph, node: Node) -> list[tuple[str, str, Param]]:
         return []
     types = [graph.node(i).type for i in owner.inputs]
     return [(p.name, f"{owner.id}.{p.name}", p) for p in op.params(types, owner.attrs)]
+
+
+def param_specs(graph: Graph) -> list[tuple[str, str, Param]]:
+    """(node id, full parameter name, Param) for every parameter and buffer, in graph order."""
+    out = []
+    for node in graph.nodes():
+        if node.op == INPUT or node.owner:
+            continue
+        out += [(node.id, full, p) for _, full, p in node_params(graph, node)]
+    return out
+
+
+def in_layers(layer: str, names) -> bool:
+    """Is `layer` one of `names`, or inside a block call named by one of them?"""
+    return any(layer == n or layer.startswith(n + "/") for n in names)
+
+
+def is_frozen(graph: Graph, nid: str) -> bool:
+    """Does the training section freeze the layer of node `nid` (`freeze c1, c3`)? The one rule
+    that summary, the training step and gradient checking share."""
+    return graph.train is not None and in_layers(graph.node(nid).layer, graph.train.frozen)
+
+
+def trainable_params(graph: Graph) -> list[str]:
+    """Full names of the parameters training updates, in graph order: the trainable parameters
+    (not buffers) of every layer the training section does not freeze."""
+    return [full for nid, full, p in param_specs(graph) if p.trainable and not is_frozen(graph, nid)]
 
 
 def live_nodes(graph: Graph) -> set[str]:

@@ -20,18 +20,8 @@ import zlib
 
 import numpy as np
 
-from .graph import INPUT, Graph, node_params
+from .graph import Graph, param_specs
 from .ops.registry import Param, lookup
-
-
-def param_specs(graph: Graph) -> list[tuple[str, str, Param]]:
-    """(node id, full parameter name, Param) for every parameter and buffer, in graph order."""
-    out = []
-    for node in graph.nodes():
-        if node.op == INPUT or node.owner:
-            continue
-        out += [(node.id, full, p) for _, full, p in node_params(graph, node)]
-    return out
 
 
 def activation_after(graph: Graph, nid: str) -> str | None:

@@ -16,8 +16,8 @@ import onnx
 from onnx import TensorProto, helper
 
 from . import __version__
-from .graph import INPUT, Graph, live_nodes, node_params
-from .init import initialize, param_specs
+from .graph import INPUT, Graph, live_nodes, node_params, param_specs
+from .init import initialize
 from .ops.emit import Emitter
 from .ops.registry import lookup, rewrites
 from .types import DTYPES, TensorType

@@ -18,13 +18,12 @@ parameter, and `biases` the biases: regularisers take them, `l2(weights)`.
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 
 from . import syntax as s
 from .build import POISON, Builder, Frame, Tensor, describe
-from .graph import Graph, Node
-from .init import param_specs
+from .errors import did_you_mean
+from .graph import Graph, Node, in_layers, param_specs
 from .ops.registry import lookup, resolve_attrs
 from .shapes import infer_node
 
@@ -67,9 +66,8 @@ def build_training(b: Builder, model_frame: Frame, train: s.TrainDef) -> TrainSp
     settings = [st for st in train.body if isinstance(st, s.Setting)]
     for st in settings:  # freezing first: the parameter sets below leave frozen layers out
         if st.name not in SETTINGS:
-            close = difflib.get_close_matches(st.name, SETTINGS, n=1)
             b.err(f"unknown training setting '{st.name}'", st.name_span,
-                  f"did you mean '{close[0]}'?" if close else f"settings: {', '.join(SETTINGS)}")
+                  did_you_mean(st.name, SETTINGS, f"settings: {', '.join(SETTINGS)}"))
         elif st.name in ("freeze", "lr_scale"):
             names = _layer_names(b, st, layers)
             if st.name == "freeze":
@@ -171,9 +169,7 @@ def _choice(b: Builder, st: s.Setting, frame: Frame, spec: TrainSpec) -> None:
     kind = e.func if isinstance(e, s.Call) else e.id
     span = e.func_span if isinstance(e, s.Call) else e.span
     if kind not in table:
-        close = difflib.get_close_matches(kind, table, n=1)
-        b.err(f"unknown {st.name} '{kind}'", span, f"did you mean '{close[0]}'?" if close else
-              f"choose one of {', '.join(table)}")
+        b.err(f"unknown {st.name} '{kind}'", span, did_you_mean(kind, table, f"choose one of {', '.join(table)}"))
         return
     values = dict(table[kind])
     if isinstance(e, s.Call):
@@ -183,9 +179,8 @@ def _choice(b: Builder, st: s.Setting, frame: Frame, spec: TrainSpec) -> None:
             return
         for kw in e.kwargs:
             if kw.name not in values:
-                close = difflib.get_close_matches(kw.name, values, n=1)
                 b.err(f"{kind} has no setting '{kw.name}'", kw.span,
-                      f"did you mean '{close[0]}'?" if close else f"{kind} takes: {', '.join(values)}")
+                      did_you_mean(kw.name, values, f"{kind} takes: {', '.join(values)}"))
                 continue
             v = b.eval(kw.value, frame)
             if v is POISON:
@@ -214,15 +209,9 @@ def _layer_names(b: Builder, st: s.Setting, layers: list[str]) -> list[str]:
         if e.id in layers or any(layer.startswith(e.id + "/") for layer in layers):
             out.append(e.id)
         else:
-            close = difflib.get_close_matches(e.id, layers, n=1)
             b.err(f"no layer named '{e.id}' to {st.name}", e.span,
-                  f"did you mean '{close[0]}'?" if close else "name a value of the model, e.g. c1")
+                  did_you_mean(e.id, layers, "name a value of the model, e.g. c1"))
     return out
-
-
-def in_layers(layer: str, names) -> bool:
-    """Is `layer` one of `names`, or inside a block call named by one of them?"""
-    return any(layer == n or layer.startswith(n + "/") for n in names)
 
 
 def _param_set(b: Builder, spec: TrainSpec, kind: str):

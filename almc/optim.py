@@ -24,9 +24,7 @@ import networkx as nx
 
 from .autodiff import PARAMETER, Diff, differentiate
 from .errors import AlmError, Diagnostic
-from .graph import INPUT, Graph, Node, node_params
-from .init import param_specs
-from .objective import in_layers
+from .graph import INPUT, Graph, Node, in_layers, node_params, param_specs, trainable_params
 from .ops.registry import Attrs
 from .types import TensorType
 
@@ -74,15 +72,8 @@ class StepSignature:
     params: list[str] = field(default_factory=list)  # every parameter and buffer, as inputs
     trainable: list[str] = field(default_factory=list)
     state: dict[str, tuple[int, ...]] = field(default_factory=dict)  # optimiser state input -> shape
-    data_inputs: list[str] = field(default_factory=list)  # model inputs then labels
     updates: dict[str, str] = field(default_factory=dict)  # input name -> output name of its next value
     mode: Mode = field(default_factory=Mode)
-
-
-def trainable_of(graph: Graph) -> list[str]:
-    spec = graph.train
-    return [full for nid, full, p in param_specs(graph)
-            if p.trainable and not in_layers(graph.node(nid).layer, spec.frozen)]
 
 
 def lr_scale_of(graph: Graph, owner: str) -> float:
@@ -97,13 +88,12 @@ def training_step(graph: Graph, gradients: bool = True) -> tuple[Graph, StepSign
     if spec is None or not spec.loss:
         raise AlmError(Diagnostic(f"model {graph.name} has no training section", graph.span,
                                   f"add one: train {graph.name} {{ input label: i64[N] minimize ... }}"), graph.sources)
-    trainable = trainable_of(graph)
+    trainable = trainable_params(graph)
     if not trainable:
         raise AlmError(Diagnostic("every parameter is frozen: there is nothing to train", graph.span), graph.sources)
     graph, mode = to_training(graph)
     g, grads = differentiate(graph, spec.loss, trainable)
-    sig = StepSignature(params=[full for _, full, _ in param_specs(g)], trainable=trainable,
-                        data_inputs=list(graph.inputs) + list(spec.labels), mode=mode)
+    sig = StepSignature(params=[full for _, full, _ in param_specs(g)], trainable=trainable, mode=mode)
     g.inputs = [i for i in g.inputs if i not in mode.dropout] + list(mode.dropout)
     for lab in spec.labels:
         g.inputs.append(lab)

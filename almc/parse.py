@@ -292,11 +292,11 @@ class ToAst(Transformer_NonRecursive):
         return s.Compare(self.sp(meta), str(op), a, b)
 
     def pipe_name(self, meta, value, name):
-        return s.Call(self.sp(meta), str(name), _tok_span(self.file, name), (value,), (), True)
+        return s.Call(self.sp(meta), str(name), _tok_span(self.file, name), (value,), ())
 
     def pipe_call(self, meta, value, name, args):
         pos, kw = args or ((), ())
-        return s.Call(self.sp(meta), str(name), _tok_span(self.file, name), (value, *pos), kw, True)
+        return s.Call(self.sp(meta), str(name), _tok_span(self.file, name), (value, *pos), kw)
 
     def call(self, meta, name, args):
         pos, kw = args or ((), ())

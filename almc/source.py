@@ -31,14 +31,6 @@ def stdlib_dir() -> Path:
     return Path(str(resources.files("almc.stdlib")))
 
 
-def shown_name(path: Path) -> str:
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:
-        return str(path)
-    return rel if not rel.startswith(".." + os.sep + "..") else str(path)
-
-
 def load_program(c: Collector, path: str | os.PathLike | None = None, text: str | None = None,
                  name: str = "<string>", allow_outside: bool = False) -> Program:
     if path is not None:

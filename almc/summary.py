@@ -18,8 +18,7 @@ from math import ceil, prod
 
 import numpy as np
 
-from .graph import INPUT, Graph, live_nodes
-from .init import param_specs
+from .graph import INPUT, Graph, is_frozen, live_nodes, param_specs
 from .ops.registry import lookup
 
 GLOBAL = None  # a receptive field covering the whole input
@@ -30,7 +29,8 @@ class Row:
     name: str
     ops: str
     shape: str
-    params: int
+    params: int  # trainable
+    frozen: int  # parameters the training section freezes
     buffers: int
     activations: int
     macs: int
@@ -120,29 +120,29 @@ def summarize(graph: Graph) -> Summary:
             groups.setdefault(node.layer, []).append(node)
     for layer, nodes in groups.items():
         last = next((n for n in nodes if n.id == layer), nodes[-1])
-        params = buffers = macs = 0
+        params = frozen = buffers = macs = 0
         for n in nodes:
             op = lookup(n.op)
             for p in params_of.get(n.id, []):
-                if p.trainable and n.id not in graph.frozen:
-                    params += prod(p.shape)
-                else:
+                if not p.trainable:
                     buffers += prod(p.shape)
-                    if p.trainable:
-                        s.frozen_params += prod(p.shape)
+                elif is_frozen(graph, n.id):
+                    frozen += prod(p.shape)
+                else:
+                    params += prod(p.shape)
             if op.macs:
                 macs += op.macs([graph.node(i).type for i in n.inputs], n.type, n.attrs)
         ops = "→".join(n.op for n in nodes if n.op != "constant") or nodes[-1].op
         acts = last.type.per_example()
         field_ = rfs[last.id]
-        s.rows.append(Row(layer, ops, str(last.type), params, buffers, acts, macs,
+        s.rows.append(Row(layer, ops, str(last.type), params, frozen, buffers, acts, macs,
                           None if field_ is GLOBAL else field_[0], None if field_ is GLOBAL else field_[1]))
         s.trainable_params += params
+        s.frozen_params += frozen
         s.buffers += buffers
         s.macs += macs
         s.activations += acts
         s.activation_bytes += acts * np.dtype(last.type.numpy_dtype).itemsize
-    s.buffers -= s.frozen_params
     return s
 
 
@@ -164,7 +164,7 @@ def _human_bytes(n: int) -> str:
 
 def format_table(s: Summary) -> str:
     head = ["layer", "op", "output", "params", "activations", "mult-adds", "rf", "jump"]
-    body = [[r.name, r.ops, r.shape, f"{r.params:,}", f"{r.activations:,}", f"{r.macs:,}",
+    body = [[r.name, r.ops, r.shape, f"{r.params:,}" if not r.frozen else f"{r.params + r.frozen:,} frozen", f"{r.activations:,}", f"{r.macs:,}",
              _axes(r.receptive_field), _axes(r.jump)] for r in s.rows]
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     right = {3, 4, 5, 6, 7}

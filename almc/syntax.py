@@ -54,7 +54,6 @@ class Call(Expr):
     func_span: Span
     args: tuple[Expr, ...]
     kwargs: tuple[Kwarg, ...]
-    piped: bool = False  # `a |> f(b)`: args[0] is the piped value
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Import reads a state_dict (`.npz`, or `.pt` / `.pth` through `torch.load(weights_only=True)`
 when torch is installed), an ONNX model's initializers, or another almc checkpoint,
 maps its names onto the model's parameters and writes an almc checkpoint (the format
-of almc/train.py's `save_checkpoint`). Export writes a checkpoint's parameters as a
+of almc/checkpoint.py). Export writes a checkpoint's parameters as a
 `.npz` under almc's names or under one of the name schemes below.
 
 A name scheme gives every almc parameter the name PyTorch would give it. The names
@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoint import WeightMatch, match_weights
 from .errors import FileError, UsageError
-from .graph import INPUT, Graph
-from .init import param_specs
+from .graph import INPUT, Graph, param_specs
 
 SCHEMES = ("auto", "almc", "torchvision", "c3d", "pytorch")
 DESCRIBE = {"almc": "almc names", "torchvision": "torchvision names", "c3d": "C3D port names",
@@ -443,8 +443,6 @@ class ImportReport:
 def import_weights(model, path, names: str = "auto", seed: int | None = None):
     """(weights for every parameter of `model`, ImportReport). Parameters the file lacks, or has
     in another shape, keep the model's initial values (from `seed`)."""
-    from .train import WeightMatch, match_weights
-
     graph = model.graph
     scheme = resolve_scheme(graph, names)
     external = name_map(graph, scheme)  # almc -> file name
@@ -483,13 +481,6 @@ def import_weights(model, path, names: str = "auto", seed: int | None = None):
                                       [(label(n), a, b) for n, a, b in m.mismatched], unexpected + m.unused),
                           skipped)
     return weights, report
-
-
-def write_checkpoint(path, model, weights: dict) -> None:
-    """An almc checkpoint of these weights (epoch 0, no optimiser state), as train.py writes them."""
-    from .train import save_checkpoint
-
-    save_checkpoint(Path(path), model.graph, weights, {}, 0, 0, [])
 
 
 # -- export -------------------------------------------------------------------------------------

@@ -12,9 +12,9 @@ import pytest
 from opcheck import assert_close
 from test_grads import with_loss
 
-from almc.autodiff import differentiate, trainable_params
+from almc.autodiff import differentiate
 from almc.gradcheck import central_differences
-from almc.graph import INPUT, Graph, Node
+from almc.graph import INPUT, Graph, Node, trainable_params
 from almc.lower import lower
 from almc.ops.registry import Attrs, lookup, resolve_attrs
 from almc.reference import execute

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from opcheck import single_op_graph
 
-from almc.autodiff import differentiate, trainable_params
+from almc.autodiff import differentiate
 from almc.gradcheck import central_differences
-from almc.graph import INPUT, Node
+from almc.graph import INPUT, Node, trainable_params
 from almc.init import initialize
 from almc.ops.registry import Attrs, all_ops, lookup
 from almc.reference import execute

@@ -30,11 +30,12 @@ import numpy as np
 import pytest
 
 import almc
-from almc.init import param_specs
+from almc.checkpoint import write_checkpoint
+from almc.graph import param_specs
 from almc.lower import lower
 from almc.optim import training_step
 from almc.runtime import run
-from almc.weights import import_weights, name_map, write_checkpoint
+from almc.weights import import_weights, name_map
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -168,7 +169,7 @@ def through_import(m, module, tmp_path, fmt):
     assert len(report.match.loaded) == len(weights)
     assert len(report.skipped) == sum(k.endswith("num_batches_tracked") for k in sd)
     ckpt = tmp_path / "imported.npz"
-    write_checkpoint(ckpt, m, weights)
+    write_checkpoint(ckpt, m.graph, weights)
     m.load_weights(ckpt)
     return weights
 

@@ -7,8 +7,8 @@ import numpy as np
 import onnx
 import pytest
 
-from almc.autodiff import differentiate, trainable_params
-from almc.graph import INPUT, Graph, Node
+from almc.autodiff import differentiate
+from almc.graph import INPUT, Graph, Node, trainable_params
 from almc.lower import lower
 from almc.ops.registry import Attrs, lookup, resolve_attrs
 from almc.reference import execute

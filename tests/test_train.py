@@ -212,7 +212,7 @@ def test_fine_tuning_replaces_the_head_and_reports_what_was_loaded(tmp_path, cap
     assert out.startswith(f"starting from {ck / 'last.npz'}: loaded 8 parameters by name\n"
                           "  shape mismatch, initialised fresh: logits.weight is [10, 84] in the file, [2, 84] in the model\n"
                           "  shape mismatch, initialised fresh: logits.bias is [10] in the file, [2] in the model\n")
-    from almc.train import read_checkpoint
+    from almc.checkpoint import read_checkpoint
 
     pre, _, _ = read_checkpoint(ck / "last.npz")
     tuned, _, _ = read_checkpoint(tmp_path / "ft" / "last.npz")

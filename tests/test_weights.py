@@ -12,9 +12,9 @@ import pytest
 from onnx import helper, numpy_helper
 
 import almc
+from almc.checkpoint import read_checkpoint
 from almc.cli import main
 from almc.errors import FileError, UsageError
-from almc.train import read_checkpoint
 from almc.weights import export_weights, import_weights, name_map, read_weights
 
 torch = pytest.importorskip("torch")

@@ -1,11 +1,40 @@
-"""Attribute kinds: how a value written in .alm is checked and normalised.
+"""Attributes: an op's declared attributes (`Attr`), a call's resolved ones (`Attrs`), and the
+kinds: how a value written in .alm is checked and normalised.
 
 `coerce(attr, value)` returns the normalised value or raises `TypeError` with a
 message that says what was expected; build turns it into a located error.
 """
 from __future__ import annotations
 
-from .registry import Attr
+from dataclasses import dataclass
+from typing import Any
+
+REQUIRED = object()
+
+
+class Attrs(dict):
+    """Resolved attributes of one call; read them as `a.kernel`."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    __setattr__ = None  # frozen once resolved
+
+
+@dataclass(frozen=True)
+class Attr:
+    name: str
+    kind: str  # a key of COERCE below
+    default: Any = REQUIRED
+    choices: tuple = ()
+    doc: str = ""
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
 
 
 def describe_value(v) -> str:

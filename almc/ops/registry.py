@@ -24,34 +24,9 @@ shape rule, lowering and numpy reference, and are tested like every other op.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
-REQUIRED = object()
-
-
-class Attrs(dict):
-    """Resolved attributes of one call; read them as `a.kernel`."""
-
-    def __getattr__(self, name):
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    __setattr__ = None  # frozen once resolved
-
-
-@dataclass(frozen=True)
-class Attr:
-    name: str
-    kind: str  # see almc.ops.attrs.COERCE for the kinds
-    default: Any = REQUIRED
-    choices: tuple = ()
-    doc: str = ""
-
-    @property
-    def required(self) -> bool:
-        return self.default is REQUIRED
+from .attrs import Attr, Attrs, coerce, format_value
 
 
 @dataclass(frozen=True)
@@ -148,8 +123,6 @@ def _load_all() -> None:
 
 def resolve_attrs(op: Op, given: dict) -> Attrs:
     """Fill defaults and coerce each attribute; raises TypeError / KeyError with a user message."""
-    from .attrs import coerce
-
     out = {}
     for attr in op.attrs:
         if attr.name in given:
@@ -166,8 +139,6 @@ def resolve_attrs(op: Op, given: dict) -> Attrs:
 
 def signature(op: Op) -> str:
     """How a call reads: `conv(x, channels, kernel, stride = 1, ...)` without the name."""
-    from .attrs import format_value
-
     parts = list(op.inputs) if not op.variadic else [f"{op.inputs[0]}..."]
     for a in op.attrs:
         parts.append(a.name if a.required else f"{a.name} = {format_value(a.default) if a.default is not None else 'none'}")

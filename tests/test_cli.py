@@ -1,0 +1,122 @@
+"""The command line end to end: compile, run, graph, the Python API beside it, exit codes and streams."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+import almc
+from almc.cli import main
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+LENET = ROOT / "models" / "lenet.alm"
+
+
+def test_compile_command_writes_the_model(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["compile", str(LENET)]) == 0
+    assert (tmp_path / "lenet.onnx").exists()
+    assert capsys.readouterr().out.startswith("wrote lenet.onnx: 12 ONNX nodes, 61,706 parameters, opset 21")
+    assert main(["compile", str(LENET), "-o", "sub dir é/out.onnx"]) == 2
+    (tmp_path / "sub dir é").mkdir()
+    assert main(["compile", str(LENET), "-o", "sub dir é/out.onnx", "-D", "classes=7"]) == 0
+    proto = onnx.load(tmp_path / "sub dir é" / "out.onnx")
+    assert proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value == 7
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lenet.onnx", "sub dir é"]  # no temporary files left
+
+
+def test_a_failing_compile_leaves_an_existing_output_alone(tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"precious")
+    bad = tmp_path / "bad.alm"
+    bad.write_text("model M {\n input x: f32[N, 2]\n output y = dense(x)\n}\n")
+    assert main(["compile", str(bad), "-o", str(out)]) == 1
+    assert out.read_bytes() == b"precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.alm", "m.onnx"]
+
+
+def test_run_command_on_alm_and_onnx(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    x = np.random.default_rng(0).standard_normal((2, 1, 32, 32)).astype(np.float32)
+    np.save("x.npy", x)
+    assert main(["compile", str(LENET), "-o", "lenet.onnx"]) == 0
+    assert main(["run", "lenet.onnx", "--input", "x.npy", "--output", "y.npy", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "ran on CPUExecutionProvider" in out and "logits: float32[2, 10]" in out
+    y_onnx = np.load("y.npy")
+    assert main(["run", str(LENET), "--input", "image=x.npy", "-o", "y2.npy"]) == 0
+    np.testing.assert_array_equal(np.load("y2.npy"), y_onnx)  # same seed, same weights
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"not numpy", "x.npy: error: not a readable .npy file"),
+])
+def test_run_rejects_damaged_inputs(tmp_path, capsys, monkeypatch, content, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.npy").write_bytes(content)
+    assert main(["run", str(LENET), "--input", "x.npy"]) == 1
+    assert capsys.readouterr().err.startswith(message)
+
+
+def test_run_rejects_a_damaged_onnx_file_and_wrong_shapes(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    np.save("x.npy", np.zeros((2, 3, 32, 32), np.float32))
+    (tmp_path / "bad.onnx").write_bytes(b"\x08\x07garbage")
+    assert main(["run", "bad.onnx", "--input", "x.npy"]) == 1
+    assert capsys.readouterr().err.startswith("bad.onnx: error: not a valid ONNX model")
+    assert main(["run", str(LENET), "--input", "x.npy"]) == 2
+    assert capsys.readouterr().err == "almc: error: input 'image' must be f32[N, 1, 32, 32], got shape [2, 3, 32, 32]\n"
+
+
+def test_graph_command_writes_dot_and_explains_missing_graphviz(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["graph", str(LENET), "-o", "g.dot"]) == 0
+    dot = (tmp_path / "g.dot").read_text()
+    assert dot.startswith('digraph "LeNet5" {')
+    assert '"c1.conv" -> "c1" [label="f32[N, 6, 28, 28]"];' in dot
+    monkeypatch.setenv("PATH", str(tmp_path))  # no Graphviz here
+    assert main(["graph", str(LENET), "-o", "g.svg"]) == 2
+    assert "needs Graphviz's 'dot' program: install the graphviz package" in capsys.readouterr().err
+    assert not (tmp_path / "g.svg").exists()
+
+
+@pytest.mark.skipif(__import__("shutil").which("dot") is None, reason="Graphviz is not installed")
+def test_graph_command_renders_svg(tmp_path):
+    assert main(["graph", str(LENET), "-o", str(tmp_path / "g.svg")]) == 0
+    assert b"<svg" in (tmp_path / "g.svg").read_bytes()
+
+
+def test_python_api_mirrors_the_cli(tmp_path):
+    m = almc.load(str(LENET))
+    assert m.name == "LeNet5" and str(m.inputs["image"]) == "f32[N, 1, 32, 32]"
+    m.export(tmp_path / "l.onnx")
+    assert onnx.load(tmp_path / "l.onnx").SerializeToString() == m.compile().SerializeToString()
+    y = m.run(np.zeros((1, 1, 32, 32), np.float32))["logits"]
+    assert y.shape == (1, 10) and m.provider == "CPUExecutionProvider"
+
+
+def test_a_closed_pipe_is_not_an_error(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run(f"{sys.executable} -m almc.cli summary {LENET} | head -c 10", shell=True,
+                       capture_output=True, text=True, timeout=60)
+    assert r.stdout == "model LeNe" and "error" not in r.stderr
+
+
+def test_the_console_script_flushes_everything_and_keeps_the_exit_code(tmp_path, capsys):
+    """`almc` (cli.entry) ends the process with os._exit after main(): the whole output must be
+    out by then (ResNet-50's summary: 20 KB, past the pipe's buffering) and the code kept."""
+    import subprocess
+    import sys
+
+    resnet50 = ROOT / "models" / "resnet50.alm"
+    assert main(["summary", str(resnet50)]) == 0
+    expected = capsys.readouterr().out
+    r = subprocess.run([sys.executable, "-m", "almc.cli", "summary", str(resnet50)], capture_output=True,
+                       text=True, timeout=60)
+    assert (r.returncode, r.stdout, r.stderr) == (0, expected, "") and len(expected) > 8192
+    r = subprocess.run([sys.executable, "-m", "almc.cli", "compile", str(tmp_path / "none.alm")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.startswith("almc: error: no such file") and r.stdout == ""
+
