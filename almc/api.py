@@ -78,9 +78,9 @@ class Model:
         fresh = self.weights is None
         graph, weights = self.graph, self.initial_weights(seed) if fresh else self.weights
         if fold:
-            from .fold import fold_batchnorm
+            from .fold import fold_layers
 
-            graph, weights = fold_batchnorm(graph, weights, overwrite=fresh)
+            graph, weights = fold_layers(graph, weights, overwrite=fresh)
         skeleton, params = lower_split(graph, weights, seed)
         _check(checkable(skeleton, params), check_runtime)
         return skeleton, params
@@ -110,7 +110,7 @@ class Model:
         leaves out the grad.P outputs (what `almc train` runs). `target` ("cpu" or "cuda"): the
         onnxruntime provider it is tuned for; it computes the same and runs on either."""
         from .lower import lower
-        from .optim import training_step
+        from .step import training_step
 
         step, _ = training_step(self.graph, gradients)
         model = lower(step, params_as_inputs=True, target=target)

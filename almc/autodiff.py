@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from .errors import AlmError, Diagnostic, ShapeError
 from .graph import INPUT, Graph, Node, node_params
+from .ops.reduce import PARAMETER
 from .ops.registry import Attrs, lookup, resolve_attrs
 from .shapes import infer_node
-
-PARAMETER = "parameter"  # the op that reads a parameter as a tensor (regularisers, optimisers)
 
 
 class Diff:

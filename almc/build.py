@@ -26,6 +26,7 @@ from . import syntax as s
 from .errors import Collector, ShapeError, Span, did_you_mean
 from .graph import INPUT, Graph, Node
 from .ops.attrs import describe_value
+from .ops.elementwise import OPERATORS
 from .ops.registry import Attrs, all_ops, lookup, resolve_attrs, signature
 from .shapes import infer_node
 from .types import DTYPES, TensorType
@@ -425,7 +426,7 @@ class Builder:
         if _poisoned(a, b):
             return POISON
         if isinstance(a, Tensor) or isinstance(b, Tensor):
-            names = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
+            names = OPERATORS
             if e.op not in names:
                 return self.err(f"'{e.op}' is not defined on tensors", e.span, "tensors support + - * /")
             for v, sub in ((a, e.left), (b, e.right)):
@@ -587,16 +588,14 @@ class Builder:
         for i in inputs:
             node = self.graph.node(i)
             for _ in range(4):  # look back through pointwise ops (relu, batchnorm, ...)
-                if node.op == "conv" or len(node.inputs) != 1:
+                op = lookup(node.op)
+                if (op is not None and op.size_hint) or len(node.inputs) != 1:
                     break
                 node = self.graph.node(node.inputs[0])
-            if node.op == "conv" and node.attrs.pad == 0:
-                t_in = self.graph.node(node.inputs[0]).type
-                k = node.attrs.kernel if isinstance(node.attrs.kernel, int) else node.attrs.kernel[0]
-                p = (k - 1) * (node.attrs.dilation if isinstance(node.attrs.dilation, int) else 1) // 2
-                if p and node.attrs.stride == 1:
-                    size = "x".join(str(d) for d in t_in.dims[2:])
-                    return f"pad = {p} in {node.layer} keeps {size}"
+            op = lookup(node.op)
+            hint = op.size_hint(self.graph, node) if op is not None and op.size_hint else None
+            if hint:
+                return hint
         return None
 
     def call_block(self, b: s.BlockDef, e: s.Call, frame: Frame, top):

@@ -109,7 +109,7 @@ def build_parser() -> Parser:
 
     w = sub.add_parser("weights", help="import PyTorch / ONNX weights into an almc checkpoint, or export one")
     ws = w.add_subparsers(dest="weights_command", parser_class=Parser)
-    names = ("auto", "almc", "torchvision", "c3d", "pytorch")  # almc/weights.py's SCHEMES; models/README.md
+    names = ("auto", "almc", "torchvision", "c3d", "pytorch")  # almc/naming.py's SCHEMES; models/README.md
     wi = ws.add_parser("import", help="map a state_dict (.npz, .pt) or ONNX initializers onto the model")
     model_options(wi)
     wi.add_argument("weights", help="a state_dict as .npz or .pt / .pth (torch.load weights_only), or an .onnx")
@@ -180,19 +180,16 @@ def cmd_check(args) -> int:
 
 
 def cmd_diff_modes(args) -> int:
-    from .optim import to_training
+    from .step import to_training
 
     m = load_model(args)
     _, mode = to_training(m.graph)
-    if not mode.dropout and not mode.batchnorm:
+    if not mode.forms:
         print(f"{m.name}: inference and training compute the same nodes")
         return EXIT_OK
     print(f"{m.name}: nodes that differ between inference and training")
-    for mask, (node, p) in mode.dropout.items():
-        print(f"  {node}: dropout(p = {p:g}): inference passes x through; training multiplies by the mask input {mask}")
-    for node in mode.batchnorm:
-        print(f"  {node}: batchnorm: inference uses running_mean / running_var; training uses the batch's "
-              "statistics and updates the running ones")
+    for node, form in mode.forms.items():
+        print(f"  {node}: {form.describe}")
     return EXIT_OK
 
 
@@ -350,7 +347,8 @@ def cmd_train(args) -> int:
 def cmd_weights(args) -> int:
     from .checkpoint import check_weights, read_checkpoint, write_checkpoint
     from .files import atomic_write
-    from .weights import DESCRIBE, export_weights, import_weights, npz_bytes, resolve_scheme
+    from .naming import DESCRIBE, resolve_scheme
+    from .weights import export_weights, import_weights, npz_bytes
 
     if args.weights_command is None:
         raise UsageError("weights needs a subcommand: import or export")

@@ -5,7 +5,7 @@ import shutil
 import subprocess
 
 from .errors import UsageError
-from .graph import INPUT, Graph, live_nodes
+from .graph import INPUT, Graph, is_leaf, live_nodes
 
 
 def _q(s: str) -> str:
@@ -18,7 +18,7 @@ def to_dot(graph: Graph) -> str:
              '  node [shape=box, style="rounded,filled", fillcolor="#eef3fb", fontname="Helvetica", fontsize=11];',
              '  edge [fontname="Helvetica", fontsize=9, color="#555555"];']
     for node in graph.nodes():
-        if node.id not in live or node.op == "constant":
+        if node.id not in live or is_leaf(node):
             continue
         if node.op == INPUT:
             label = f"{node.id}\\ninput {node.type}"
@@ -28,11 +28,11 @@ def to_dot(graph: Graph) -> str:
         label = f"{node.id}\\n{node.op}" + (f"({attrs})" if attrs else "")
         lines.append(f"  {_q(node.id)} [label={_q(label)}];")
     for node in graph.nodes():
-        if node.id not in live or node.op == "constant":
+        if node.id not in live or is_leaf(node):
             continue
         for i in node.inputs:
             src = graph.node(i)
-            if src.op == "constant":
+            if is_leaf(src):
                 continue
             lines.append(f"  {_q(i)} -> {_q(node.id)} [label={_q(str(src.type))}];")
     for name, nid in graph.outputs.items():

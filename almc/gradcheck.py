@@ -10,8 +10,8 @@ import numpy as np
 from .autodiff import differentiate
 from .graph import trainable_params
 from .init import initialize
-from .optim import to_training
 from .reference import execute
+from .step import to_training
 
 
 @dataclass
@@ -69,9 +69,8 @@ def gradient_check(graph, batch: int = 2, seed: int = 0, samples: int = 5, eps: 
     dg.outputs = {"loss": g.train.loss, **grads}
     rng = np.random.default_rng(seed)
     feeds = random_batch(graph, spec.labels, batch, rng)
-    for mask, (_, p) in mode.dropout.items():
-        dims = [batch, *g.node(mask).type.dims[1:]]
-        feeds[mask] = (rng.random(dims) >= p) / (1 - p)
+    for name, form in mode.random_inputs.items():
+        feeds[name] = form.draw(rng, [batch, *g.node(name).type.dims[1:]])
     weights = {k: v.astype(np.float64) for k, v in initialize(graph, seed).items()}
     got = execute(dg, weights, feeds)
     reports = []

@@ -91,6 +91,11 @@ class Graph:
         return g
 
 
+def is_leaf(node: Node) -> bool:
+    """A value the compiler made (a constant, a parameter read), not a computation of the model."""
+    return node.op != INPUT and lookup(node.op).leaf
+
+
 def node_params(graph: Graph, node: Node) -> list[tuple[str, str, Param]]:
     """(local name, full name, Param) of the parameters a node reads: its own, or its owner's."""
     owner = graph.node(node.owner) if node.owner else node

@@ -24,8 +24,9 @@ from .graph import Graph, param_specs
 from .ops.registry import Param, lookup
 
 
-def activation_after(graph: Graph, nid: str) -> str | None:
-    """The activation a node's output flows into, looking through transparent ops."""
+def init_by_activation(graph: Graph, nid: str) -> str:
+    """What "auto" is for a node's parameters: the `init_before` of the activations its output
+    flows into, looking through transparent ops; He wins over Glorot; Glorot with none."""
     seen = set()
     frontier = [nid]
     found = None
@@ -36,19 +37,19 @@ def activation_after(graph: Graph, nid: str) -> str | None:
                 continue
             seen.add(c.id)
             op = lookup(c.op)
-            if op.activation:
-                if op.activation == "relu":
-                    return "relu"
-                found = found or op.activation
+            if op.init_before:
+                if op.init_before == "he":
+                    return "he"
+                found = found or op.init_before
             elif op.transparent:
                 frontier.append(c.id)
-    return found
+    return found or "glorot"
 
 
 def resolve_init(graph: Graph, nid: str, p: Param) -> str:
     if p.init != "auto":
         return p.init
-    return "he" if activation_after(graph, nid) == "relu" else "glorot"
+    return init_by_activation(graph, nid)
 
 
 def draw(init: str, shape, fan_in: int, fan_out: int, rng: np.random.Generator) -> np.ndarray:

@@ -24,19 +24,13 @@ from . import syntax as s
 from .build import POISON, Builder, Frame, Tensor, describe
 from .errors import did_you_mean
 from .graph import Graph, Node, in_layers, param_specs
+from .ops.reduce import PARAMETER
 from .ops.registry import lookup, resolve_attrs
+from .ops.schedule import DEFAULT_SCHEDULE, SCHEDULES
+from .optimizers import OPTIMIZERS as OPTIMIZER_RECORDS
 from .shapes import infer_node
 
-OPTIMIZERS = {
-    "sgd": {"lr": 0.01, "momentum": 0.0, "nesterov": False, "weight_decay": 0.0},
-    "adam": {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
-    "adamw": {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.01},
-}
-SCHEDULES = {
-    "constant": {"warmup": 0.0},
-    "step": {"warmup": 0.0, "every": 10.0, "gamma": 0.1},
-    "cosine": {"warmup": 0.0, "min_lr": 0.0},
-}
+OPTIMIZERS = {name: o.defaults for name, o in OPTIMIZER_RECORDS.items()}  # the settings each takes
 SETTINGS = ("minimize", "optimizer", "schedule", "batch", "epochs", "freeze", "lr_scale", "data", "seed", "classes")
 
 
@@ -47,8 +41,8 @@ class TrainSpec:
     labels: list[str] = field(default_factory=list)  # the section's inputs
     optimizer: str = "sgd"
     opt: dict = field(default_factory=lambda: dict(OPTIMIZERS["sgd"]))
-    schedule: str = "constant"
-    sched: dict = field(default_factory=lambda: dict(SCHEDULES["constant"]))
+    schedule: str = DEFAULT_SCHEDULE
+    sched: dict = field(default_factory=lambda: dict(SCHEDULES[DEFAULT_SCHEDULE]))
     batch: int = 64
     epochs: int = 10
     frozen: tuple[str, ...] = ()  # layer names (or block prefixes) whose parameters are frozen
@@ -227,9 +221,9 @@ def _param_set(b: Builder, spec: TrainSpec, kind: str):
             continue
         pid = f"param/{full}"
         if pid not in g:
-            op = lookup("parameter")
+            op = lookup(PARAMETER)
             a = resolve_attrs(op, {"name": p.name, "shape": p.shape})
-            g.add(Node(pid, "parameter", (), a, node.span, node.scope, "objective", infer_node("parameter", [], a),
+            g.add(Node(pid, PARAMETER, (), a, node.span, node.scope, "objective", infer_node(PARAMETER, [], a),
                        owner=nid))
             b.used_ids.add(pid)
         out.append(Tensor(pid))

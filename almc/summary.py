@@ -18,7 +18,7 @@ from math import ceil, prod
 
 import numpy as np
 
-from .graph import INPUT, Graph, is_frozen, live_nodes, param_specs
+from .graph import INPUT, Graph, is_frozen, is_leaf, live_nodes, param_specs
 from .ops.registry import lookup
 
 GLOBAL = None  # a receptive field covering the whole input
@@ -132,7 +132,7 @@ def summarize(graph: Graph) -> Summary:
                     params += prod(p.shape)
             if op.macs:
                 macs += op.macs([graph.node(i).type for i in n.inputs], n.type, n.attrs)
-        ops = "→".join(n.op for n in nodes if n.op != "constant") or nodes[-1].op
+        ops = "→".join(n.op for n in nodes if not is_leaf(n)) or nodes[-1].op
         acts = last.type.per_example()
         field_ = rfs[last.id]
         s.rows.append(Row(layer, ops, str(last.type), params, frozen, buffers, acts, macs,

@@ -107,8 +107,8 @@ def train(model, opts: TrainOptions) -> dict:
     from .data import batches
     from .init import initialize
     from .lower import lower
-    from .optim import training_step
     from .runtime import providers_for, session
+    from .step import training_step
 
     graph = model.graph
     spec = _spec_with(graph, opts)
@@ -141,7 +141,7 @@ def train(model, opts: TrainOptions) -> dict:
         weights, state, start_epoch, step, history = load_checkpoint(ckpt_dir / CHECKPOINT, graph, weights, state)
     # Parameters and optimiser state live in OrtValues of their own, on the device, and each step
     # writes its next.* outputs into them in place: no second copy (the step orders every update
-    # behind the reads of what it overwrites: optim._unordered_reads).
+    # behind the reads of what it overwrites: step._unordered_reads).
     values = {k: device_value(v, dev) for k, v in {**weights, **state}.items() if k in step_inputs}
     inplace = {out: values[name] for name, out in sig.updates.items()}
     frozen_values = {k: v for k, v in weights.items() if k not in values}
@@ -169,10 +169,10 @@ def train(model, opts: TrainOptions) -> dict:
                     binding.bind_cpu_input("epoch", np.array((step + 1) / steps_per_epoch, np.float32))
                 if "step" in step_inputs:
                     binding.bind_cpu_input("step", np.array(step, np.float32))
-                for k, (mask, (_, p)) in enumerate(sig.mode.dropout.items()):  # from (seed, step): resumable
-                    dims = step_graph.node(mask).type.dims
-                    keep = np.random.default_rng([opts.seed, step, k + 1]).random((len(xb), *dims[1:])) >= p
-                    binding.bind_cpu_input(mask, (keep / (1 - p)).astype(np.float32))
+                for k, (name, form) in enumerate(sig.mode.random_inputs.items()):  # from (seed, step): resumable
+                    dims = step_graph.node(name).type.dims
+                    draw = form.draw(np.random.default_rng([opts.seed, step, k + 1]), (len(xb), *dims[1:]))
+                    binding.bind_cpu_input(name, draw.astype(np.float32))
                 bind_state(binding, values, inplace, step_outputs, dev)
                 t_step = time.perf_counter()
                 step_sess.run_with_iobinding(binding)

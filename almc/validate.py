@@ -9,7 +9,7 @@ from __future__ import annotations
 import networkx as nx
 
 from .errors import Collector
-from .graph import INPUT, Graph, live_nodes
+from .graph import INPUT, Graph, is_leaf, live_nodes
 
 
 def validate(graph: Graph, c: Collector) -> Graph:
@@ -24,7 +24,7 @@ def validate(graph: Graph, c: Collector) -> Graph:
         live |= {graph.train.loss} | nx.ancestors(graph.nx, graph.train.loss)
     warned = set()
     for node in graph.nodes():
-        if node.id in live or node.layer in warned or node.op in ("constant", "parameter"):
+        if node.id in live or node.layer in warned or is_leaf(node):
             continue
         layer_live = any(n.id in live for n in graph.nodes() if n.layer == node.layer)
         if layer_live:

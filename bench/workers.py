@@ -234,7 +234,7 @@ def almc_phases(path: str, reps: int, wd: Path) -> dict:
 
         import almc
         from almc.files import atomic_write
-        from almc.fold import fold_batchnorm
+        from almc.fold import fold_layers
         from almc.lower import OPSET, lower_split
         from almc.onnxfile import checkable, chunks
         from almc.support import ensure_supported
@@ -250,7 +250,7 @@ def almc_phases(path: str, reps: int, wd: Path) -> dict:
             t.append(time.perf_counter())
             weights = m.initial_weights(0)
             t.append(time.perf_counter())
-            graph, weights = fold_batchnorm(m.graph, weights)
+            graph, weights = fold_layers(m.graph, weights)
             t.append(time.perf_counter())
             skeleton, params = lower_split(graph, weights, 0)
             t.append(time.perf_counter())

@@ -13,9 +13,9 @@ import pytest
 import almc
 from almc.lower import lower
 from almc.ops.conv_forms import ConvGeo, choose
-from almc.optim import training_step
 from almc.reference import execute
 from almc.runtime import run
+from almc.step import training_step
 
 ROOT = Path(__file__).resolve().parents[1]
 

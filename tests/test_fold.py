@@ -38,10 +38,10 @@ def test_batch_norm_folds_into_the_conv_before_it_and_computes_the_same():
 def test_fresh_weights_fold_in_place_to_the_same_values():
     import onnx.numpy_helper
 
-    from almc.fold import fold_batchnorm
+    from almc.fold import fold_layers
 
     m = almc.load(ROOT / "models" / "resnet18.alm", size=32, classes=10)
-    _, expected = fold_batchnorm(m.graph, m.initial_weights(3))
+    _, expected = fold_layers(m.graph, m.initial_weights(3))
     got = {t.name: onnx.numpy_helper.to_array(t) for t in m.compile(seed=3).graph.initializer}
     assert m.weights is None and set(expected) <= set(got)
     for k, v in expected.items():

@@ -1,5 +1,5 @@
 """The training step may write every `next.X` into X's own buffer (almc train binds them so):
-each update is ordered behind every read of what it overwrites (optim._unordered_reads, the
+each update is ordered behind every read of what it overwrites (step._unordered_reads, the
 `after` op). Checked two ways for every model with a training section, ResNet-18 and each
 optimiser: in the ONNX graph (every node that reads X, directly, through a view or inside a
 Scan or Loop body, is an ancestor of the node that writes next.X), and by running three steps
@@ -15,8 +15,8 @@ import pytest
 
 import almc
 from almc.lower import lower
-from almc.optim import training_step
 from almc.runtime import session
+from almc.step import training_step
 from almc.train import bind_state, device_value
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -33,9 +33,10 @@ import almc
 from almc.checkpoint import write_checkpoint
 from almc.graph import param_specs
 from almc.lower import lower
-from almc.optim import training_step
+from almc.naming import name_map
 from almc.runtime import run
-from almc.weights import import_weights, name_map
+from almc.step import training_step
+from almc.weights import import_weights
 
 torch = pytest.importorskip("torch")
 nn = torch.nn

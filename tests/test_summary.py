@@ -99,7 +99,7 @@ def test_a_frozen_layer_counts_as_frozen_in_the_table_the_json_and_the_step(tmp_
     assert [(r["name"], r["params"], r["frozen"]) for r in s["rows"]] == [("a", 0, 1040), ("b", 272, 0),
                                                                           ("logits", 170, 0)]
     from almc.graph import trainable_params
-    from almc.optim import training_step
+    from almc.step import training_step
 
     graph = almc.load(path).graph
     _, sig = training_step(graph)

@@ -10,7 +10,7 @@ import pytest
 
 import almc
 from almc.cli import main
-from almc.optim import training_step
+from almc.step import training_step
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"

@@ -10,8 +10,8 @@ import pytest
 
 import almc
 from almc.lower import lower
-from almc.optim import training_step
 from almc.runtime import run
+from almc.step import training_step
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional

@@ -15,7 +15,8 @@ import almc
 from almc.checkpoint import read_checkpoint
 from almc.cli import main
 from almc.errors import FileError, UsageError
-from almc.weights import export_weights, import_weights, name_map, read_weights
+from almc.naming import name_map
+from almc.weights import export_weights, import_weights, read_weights
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -379,7 +380,7 @@ def test_auto_scheme_per_model():
                 "resnet18": "torchvision", "resnet50": "torchvision", "c3d": "c3d", "unet": "pytorch",
                 "lenet": "pytorch", "mlp": "pytorch", "rnn": "pytorch", "lstm": "pytorch", "gru": "pytorch",
                 "perceptron": "pytorch", "logistic": "pytorch", "linear_svm": "pytorch", "ridge": "pytorch"}
-    from almc.weights import resolve_scheme
+    from almc.naming import resolve_scheme
 
     assert {p.stem for p in MODELS.glob("*.alm")} == set(expected)
     for name, scheme in expected.items():

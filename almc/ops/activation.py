@@ -11,24 +11,24 @@ def same(types, a):
     return types[0]
 
 
-def unary(name, onnx_op, ref, activation=None, attrs=(), onnx_attrs=lambda a: {}, doc="", grad=None):
+def unary(name, onnx_op, ref, init_before=None, attrs=(), onnx_attrs=lambda a: {}, doc="", grad=None):
     register(Op(
         name=name, inputs=("x",), attrs=attrs, shape=same,
         lower=lambda g, ins, p, a, types, out: g.node(onnx_op, [ins[0]], out=g.out, **onnx_attrs(a)),
-        reference=ref, activation=activation, category="activation", doc=doc, grad=grad,
+        reference=ref, init_before=init_before, category="activation", doc=doc, grad=grad,
         examples=(((("f32", (2, 3, 4, 4)),), {}), ((("f32", (3, 5)),), {})),
     ))
 
 
 # gradient rules: the backward ops (relu_grad, ...) are defined at the end of this file
-unary("relu", "Relu", lambda xs, p, a: np.maximum(xs[0], 0), "relu", doc="max(x, 0)",
+unary("relu", "Relu", lambda xs, p, a: np.maximum(xs[0], 0), "he", doc="max(x, 0)",
       grad=lambda d, n, gy: ([d.op("relu_grad", [gy, n.inputs[0]])], {}))
 unary("leaky_relu", "LeakyRelu", lambda xs, p, a: np.where(xs[0] > 0, xs[0], a.alpha * xs[0]).astype(xs[0].dtype),
-      "relu", (Attr("alpha", "float", 0.01),), lambda a: {"alpha": a.alpha}, "x if x > 0 else alpha * x",
+      "he", (Attr("alpha", "float", 0.01),), lambda a: {"alpha": a.alpha}, "x if x > 0 else alpha * x",
       grad=lambda d, n, gy: ([d.op("leaky_relu_grad", [gy, n.inputs[0]], {"alpha": n.attrs.alpha})], {}))
-unary("sigmoid", "Sigmoid", lambda xs, p, a: (1 / (1 + np.exp(-xs[0]))).astype(xs[0].dtype), "sigmoid",
+unary("sigmoid", "Sigmoid", lambda xs, p, a: (1 / (1 + np.exp(-xs[0]))).astype(xs[0].dtype), "glorot",
       doc="1 / (1 + exp(-x))", grad=lambda d, n, gy: ([d.op("sigmoid_grad", [gy, n.id])], {}))
-unary("tanh", "Tanh", lambda xs, p, a: np.tanh(xs[0]), "tanh", doc="hyperbolic tangent",
+unary("tanh", "Tanh", lambda xs, p, a: np.tanh(xs[0]), "glorot", doc="hyperbolic tangent",
       grad=lambda d, n, gy: ([d.op("tanh_grad", [gy, n.id])], {}))
 unary("identity", "Identity", lambda xs, p, a: xs[0], doc="returns its input", grad=lambda d, n, gy: ([gy], {}))
 
@@ -57,7 +57,7 @@ for _name, _onnx, _ref in (("softmax", "Softmax", softmax_ref), ("log_softmax", 
         name=_name, inputs=("x",), attrs=(Attr("axis", "int", 1),),
         shape=lambda types, a, _n=_name: axis_of(types, a, _n),
         lower=lambda g, ins, p, a, types, out, _o=_onnx: g.node(_o, [ins[0]], out=g.out, axis=a.axis),
-        reference=_ref, activation="sigmoid", category="activation",
+        reference=_ref, init_before="glorot", category="activation",
         grad=lambda d, n, gy, _n=_name: ([d.op(f"{_n}_grad", [gy, n.id], {"axis": n.attrs.axis})], {}),
         doc=f"{_name} along an axis (the class axis 1 by default).",
         examples=(((("f32", (3, 10)),), {}), ((("f32", (2, 4, 3)),), dict(axis=-1))),

@@ -11,7 +11,7 @@ from ..types import TensorType
 from . import conv_forms as forms
 from .common import np_pad, per_axis, positive, resolve_pads, window_out
 from .conv_forms import ConvGeo
-from .registry import Attr, Op, Param, Window, register
+from .registry import Attr, Op, Param, TorchModule, Window, register
 
 
 def spatial_rank(x: TensorType, opname: str) -> int:
@@ -295,6 +295,19 @@ register(Op(
 ))
 
 
+def conv_size_hint(graph, node) -> str | None:
+    """An unpadded stride-1 conv shrank its input: the pad that would have kept the size."""
+    a = node.attrs
+    if a.pad != 0 or a.stride != 1:
+        return None
+    k = a.kernel if isinstance(a.kernel, int) else a.kernel[0]
+    p = (k - 1) * (a.dilation if isinstance(a.dilation, int) else 1) // 2
+    if not p:
+        return None
+    size = "x".join(str(d) for d in graph.node(node.inputs[0]).type.dims[2:])
+    return f"pad = {p} in {node.layer} keeps {size}"
+
+
 register(Op(
     name="conv",
     inputs=("x",),
@@ -305,7 +318,8 @@ register(Op(
            Attr("bias", "bool", True),
            Attr("init", "str", "auto", ("auto", "he", "glorot", "normal", "uniform_fan_in"))),
     shape=conv_shape, params=conv_params, lower=conv_lower, reference=conv_reference,
-    macs=conv_macs, window=conv_window, grad=conv_grad,
+    macs=conv_macs, window=conv_window, grad=conv_grad, size_hint=conv_size_hint,
+    out_channel_axis=lambda rank: 1, torch=TorchModule("ConvNd", "conv"),
     doc="Convolution over 1, 2 or 3 spatial axes (ONNX Conv); weight [channels, C/groups, *kernel].",
     examples=(
         ((("f32", (2, 3, 9, 9)),), dict(channels=4, kernel=3, stride=2, pad=1)),

@@ -7,7 +7,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..types import TensorType
-from .registry import Attr, Op, Param, register
+from .registry import Attr, Op, Param, TorchModule, register
 
 
 def dense_shape(types, a):
@@ -56,6 +56,7 @@ def reshape_back(d, n, gy):
 
 register(Op(
     name="dense", inputs=("x",), grad=dense_grad,
+    out_channel_axis=lambda rank: rank - 1, torch=TorchModule("Linear", "fc"),
     attrs=(Attr("units", "int", doc="output features"), Attr("bias", "bool", True),
            Attr("init", "str", "auto", ("auto", "he", "glorot", "normal", "uniform_fan_in"))),
     shape=dense_shape, params=dense_params, lower=dense_lower, reference=dense_reference,
@@ -77,7 +78,7 @@ def flatten_shape(types, a):
 
 
 register(Op(
-    name="flatten", inputs=("x",), shape=flatten_shape, grad=reshape_back,
+    name="flatten", inputs=("x",), shape=flatten_shape, grad=reshape_back, torch=TorchModule("Flatten"),
     lower=lambda g, ins, p, a, types, out: g.node("Flatten", [ins[0]], out=g.out, axis=1),
     reference=lambda xs, p, a: xs[0].reshape(xs[0].shape[0], -1),
     category="shape",

@@ -39,6 +39,7 @@ def _div_grad(d, n, gy):  # d(a/b) = g/b, -g*a/b^2 = -(g/b) * y
             d.sum_to(_neg(d, d.op("mul", [ga, n.id])), b) if d.wants(b) else None], {}
 
 
+OPERATORS = {"+": "add", "-": "sub", "*": "mul", "/": "div"}  # the op each operator of .alm builds on tensors
 GRADS = {"add": _add_grad, "sub": _sub_grad, "mul": _mul_grad, "div": _div_grad}
 
 
@@ -147,7 +148,7 @@ register(Op(
 
 
 register(Op(
-    name="constant", inputs=(), attrs=(Attr("value", "float"),),
+    name="constant", inputs=(), attrs=(Attr("value", "float"),), leaf=True,
     shape=lambda types, a: TensorType("f32", ()),
     lower=lambda g, ins, p, a, types, out: g.const("value", a.value),
     reference=lambda xs, p, a: np.asarray(a.value, np.float32),

@@ -2,13 +2,16 @@
 gradients; batchnorm_train, batch_mean and batch_var for the training graph."""
 from __future__ import annotations
 
+from dataclasses import replace
 from math import ceil, floor
 
 import numpy as np
 
 from ..errors import ShapeError
+from ..graph import INPUT, Node
+from .attrs import Attrs
 from .common import count_elements
-from .registry import Attr, Op, Param, register
+from .registry import Attr, Op, Param, TorchModule, TrainingForm, lookup, register
 
 
 def channels_of(x, opname: str) -> int:
@@ -176,11 +179,63 @@ register(Op(
 
 
 
+def bn_training(g, node) -> TrainingForm:
+    """Training normalises with the batch's statistics: batchnorm_train, reading this node's weights."""
+    new = g.add(Node(f"{node.id}.train", "batchnorm_train", node.inputs, Attrs(eps=node.attrs.eps), node.span,
+                     node.scope, node.layer, node.type, owner=node.id)).id
+    return TrainingForm(new, "batchnorm: inference uses running_mean / running_var; training uses the batch's "
+                             "statistics and updates the running ones")
+
+
+def bn_state_update(d, node) -> dict[str, str]:
+    """The running statistics after a training step, as PyTorch keeps them: (1 - m) old + m batch,
+    the variance unbiased."""
+    x, m = node.inputs[0], node.attrs.momentum
+    stats = {"running_mean": d.op("batch_mean", [x]), "running_var": d.op("batch_var", [x], {"unbiased": True})}
+    out = {}
+    for local, batch in stats.items():
+        old = d.param(local, owner=node.id)
+        out[local] = d.op("add", [d.op("mul", [old, d.const(1 - m)]), d.op("mul", [batch, d.const(m)])])
+    return out
+
+
+def bn_fold(g, bn, w: dict, overwrite: bool) -> None:
+    """Fold into the layer before it, at export: at inference batch norm is an affine map per channel,
+    y = s (x - mean) + beta with s = gamma / sqrt(var + eps), so a producer whose output channel c is
+    W[c] x + b[c] (its `out_channel_axis` is batch norm's axis 1) takes W' = s W, b' = s (b - mean) + beta.
+    `overwrite`: the caller handed over fresh weights, so the kernel is scaled in place (a fresh
+    process pays for first touching every page of a new array)."""
+    prev = g.node(bn.inputs[0])
+    op = lookup(prev.op)
+    if op is None or op.out_channel_axis is None or op.out_channel_axis(bn.type.rank) != 1:
+        return
+    if len(g.consumers(prev.id)) != 1 or prev.id in g.outputs.values():
+        return
+    gamma, beta = w[f"{bn.id}.weight"], w[f"{bn.id}.bias"]
+    mean, var = w[f"{bn.id}.running_mean"], w[f"{bn.id}.running_var"]
+    scale = (gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + bn.attrs.eps))
+    kernel = w[f"{prev.id}.weight"]
+    bias = w[f"{prev.id}.bias"].astype(np.float64) if prev.attrs.bias else np.zeros(len(scale))
+    # the kernel is the bulk of the weights: one float32 product, not a float64 round trip
+    scale32 = scale.astype(np.float32).reshape(-1, *([1] * (kernel.ndim - 1)))
+    if overwrite:
+        kernel *= scale32
+    else:
+        w[f"{prev.id}.weight"] = kernel * scale32
+    w[f"{prev.id}.bias"] = ((bias - mean) * scale + beta).astype(np.float32)
+    g.nx.nodes[prev.id]["node"] = replace(prev, attrs=Attrs({**prev.attrs, "bias": True}))
+    g.redirect(bn.id, prev.id)
+    g.nx.remove_node(bn.id)
+    for p in bn_params([g.node(prev.id).type], bn.attrs):
+        w.pop(f"{bn.id}.{p.name}", None)
+
+
 register(Op(
     name="batchnorm", inputs=("x",),
     attrs=(Attr("eps", "float", 1e-5, doc="added to the variance"),
            Attr("momentum", "float", 0.1, doc="training only: weight of the new batch in the running stats (PyTorch)")),
     shape=bn_shape, params=bn_params, lower=bn_lower, reference=bn_reference, grad=bn_grad,
+    training=bn_training, state_update=bn_state_update, fold=bn_fold, torch=TorchModule("BatchNormNd", "bn"),
     macs=lambda types, out, a: out.per_example(), transparent=True, category="normalization",
     doc="Batch normalisation over the channel axis 1 with the running statistics (ONNX BatchNormalization, "
         "inference); weight, bias, running_mean, running_var are [C].",
@@ -392,12 +447,29 @@ def dropout_shape(types, a):
     return types[0]
 
 
+def dropout_training(g, node) -> TrainingForm | None:
+    """Training multiplies by a mask input fed with each batch: zeros and 1 / (1 - p), drawn from a
+    generator the caller seeds (almc train: from the seed and the step, so a resumed run draws the same)."""
+    p = node.attrs.p
+    if p == 0:
+        return None
+    x = g.node(node.inputs[0]).type
+    if any(isinstance(d, str) for d in x.dims[1:]):
+        raise ShapeError(f"training dropout needs known sizes after the batch axis, got {x}")
+    mask = g.add(Node(f"dropout_mask.{node.id}", INPUT, type=x, span=node.span, layer=node.layer)).id
+    new = g.add(Node(f"{node.id}.train", "mul", (node.inputs[0], mask), Attrs(), node.span, node.scope,
+                     node.layer, x)).id
+    return TrainingForm(new, f"dropout(p = {p:g}): inference passes x through; training multiplies by the mask "
+                             f"input {mask}", mask, lambda rng, shape: (rng.random(shape) >= p) / (1 - p))
+
+
 register(Op(
     name="dropout", inputs=("x",), attrs=(Attr("p", "float", 0.5, doc="drop probability during training"),),
     shape=dropout_shape,
     lower=lambda g, ins, p, a, types, out: ins[0],  # identity at inference: emit nothing, alias the input
     reference=lambda xs, p, a: xs[0],
     grad=lambda d, n, gy: ([gy], {}),  # inference form; training replaces it by a multiply by a mask
+    training=dropout_training,
     transparent=True, category="normalization",
     doc="Randomly zeroes units during training; the identity at inference (lowers to nothing).",
     examples=(((("f32", (2, 3, 4, 4)),), {}), ((("f32", (3, 7)),), dict(p=0.2)), ((("f32", (2, 5)),), dict(p=0.0))),

@@ -7,7 +7,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from ..errors import ShapeError
 from ..types import TensorType
 from .common import onnx_pads, per_axis, positive, resolve_pads, window_out
-from .registry import REWRITES, Attr, Op, Window, register
+from .registry import REWRITES, Attr, Op, TorchModule, Window, register
 
 
 def pool_geometry(x: TensorType, a, opname):
@@ -277,7 +277,7 @@ POOL_ATTRS = (
 register(Op(
     name="maxpool", inputs=("x",), attrs=POOL_ATTRS,
     shape=pool_shape_rule("maxpool"), lower=pool_lower_rule("MaxPool"), reference=maxpool_reference,
-    grad=maxpool_grad,
+    grad=maxpool_grad, torch=TorchModule("MaxPoolNd"),
     window=pool_window, category="pooling",
     doc="Max pooling over 1, 2 or 3 spatial axes (ONNX MaxPool).",
     examples=(

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..types import TensorType
-from .registry import Attr, Op, Param, register
+from .registry import Attr, Op, Param, TorchModule, register
 
 INTS = ("i64", "i32")
 FLOATS = ("f32", "f64", "f16")
@@ -98,6 +98,7 @@ register(Op(
     reference=lambda xs, p, a: p["weight"][xs[0]],  # the table's dtype: f32, or f64 in gradient checks
     macs=lambda types, out, a: 0,  # a lookup, no arithmetic
     grad=embedding_grad, grad_inputs=(),  # token ids get no gradient
+    torch=TorchModule("Embedding", "embedding"),
     doc="Lookup table: integer ids [N, ...] -> f32[N, ..., dim] (ONNX Gather); weight [vocab, dim] as in PyTorch.",
     examples=(((("i64", (4,)),), dict(vocab=5, dim=3)),
               ((("i64", (2, 7)),), dict(vocab=10, dim=4)),
@@ -657,6 +658,7 @@ for _name in CELLS:
         shape=rec_shape(_name), params=rec_params(_name), lower=rec_lower(_name),
         reference=rec_reference(_name), macs=rec_macs(_name), grad=rec_grad(_name),
         window=lambda types, a: "global",  # each step sees every earlier step
+        torch=TorchModule(_name.upper(), _name, stacked=True),
         doc=(f"{REC_DOCS[_name]}: batch-first x [N, T, features] -> [N, T, hidden], or [N, hidden] "
              "with last = true; one layer, forward, zero initial state. Parameters weight_ih [G*hidden, features], "
              "weight_hh [G*hidden, hidden], bias_ih, bias_hh [G*hidden] as in PyTorch. "

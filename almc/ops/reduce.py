@@ -165,8 +165,11 @@ register(Op(
 ))
 
 
+PARAMETER = "parameter"  # the op that reads a parameter as a tensor (regularisers, optimisers)
+
+
 register(Op(
-    name="parameter", inputs=(), attrs=(Attr("name", "str"), Attr("shape", "any", None)),
+    name=PARAMETER, inputs=(), attrs=(Attr("name", "str"), Attr("shape", "any", None)), leaf=True,
     shape=lambda types, a: TensorType("f32", tuple(a.shape)),
     lower=lambda g, ins, p, a, types, out: p[a.name],
     reference=lambda xs, p, a: p[a.name],

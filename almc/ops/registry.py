@@ -52,6 +52,25 @@ class Window:
 
 
 @dataclass(frozen=True)
+class TrainingForm:
+    """An op's training form, as its `training` rule returns it after adding the nodes to the graph."""
+
+    node: str  # the node that replaces the inference node in the training graph
+    describe: str  # what differs, for `almc diff-modes`
+    random_input: str | None = None  # a graph input fed a fresh random draw with every batch (dropout's mask)
+    draw: Callable | None = None  # (rng, shape) -> float64 array: that draw
+
+
+@dataclass(frozen=True)
+class TorchModule:
+    """The PyTorch module an op is, for the weight-name schemes (almc/naming.py)."""
+
+    cls: str  # its class family: "ConvNd", "Linear", "BatchNormNd", "MaxPoolNd", "Flatten", "LSTM", ...
+    attr: str = ""  # what a plain PyTorch model calls such a layer (self.conv1, self.fc, self.bn2)
+    stacked: bool = False  # consecutive layers of this op are one module (nn.LSTM(num_layers = L))
+
+
+@dataclass(frozen=True)
 class Op:
     name: str
     inputs: tuple[str, ...]
@@ -63,13 +82,21 @@ class Op:
     macs: Callable | None = None
     window: Callable | None = None
     variadic: bool = False  # the last input repeats (concat)
-    activation: str | None = None  # "relu" layers get He init, "tanh"/"sigmoid" Glorot
+    init_before: str | None = None  # an activation: what "auto" init is in a layer feeding it ("he" or "glorot")
     transparent: bool = False  # init looks through it for the activation (batchnorm, dropout)
     doc: str = ""
     category: str = "layer"
     examples: tuple = field(default=())  # argument tuples for the registry test (see tests/test_ops.py)
     grad: Callable | None = None  # reverse-mode rule; None: not differentiable
     grad_inputs: tuple[int, ...] | None = None  # inputs with a gradient (None: all); e.g. not labels
+    # Modes beyond inference, which the passes look up here instead of naming ops:
+    training: Callable | None = None  # (g, node) -> TrainingForm | None: adds the node's training form to g
+    state_update: Callable | None = None  # (d: Diff, node) -> {buffer: next value} in the training step
+    fold: Callable | None = None  # (g, node, weights, overwrite) -> None: folds it into the layer before, at export
+    out_channel_axis: Callable | None = None  # rank -> the output axis whose channel c is weight[c] x + bias[c]
+    size_hint: Callable | None = None  # (graph, node) -> str | None: how this layer would keep its input's size
+    torch: TorchModule | None = None  # the PyTorch module it is (weight-name schemes)
+    leaf: bool = False  # a value the compiler makes (constant, parameter): not drawn, not a summary op, never unused
 
     def attr(self, name: str) -> Attr | None:
         return next((x for x in self.attrs if x.name == name), None)
@@ -153,7 +180,7 @@ INTERNAL = ("gradient",)  # made by the compiler (gradients, updates), not writt
 def ops_markdown() -> str:
     """The op reference of docs/language.md (and `almc ops`), grouped by category."""
     out = []
-    ops = [o for o in all_ops().values() if o.name != "constant" and o.category not in INTERNAL]
+    ops = [o for o in all_ops().values() if not o.leaf and o.category not in INTERNAL]
     for cat in CATEGORIES + tuple(sorted({o.category for o in ops} - set(CATEGORIES))):
         group = sorted((o for o in ops if o.category == cat), key=lambda o: o.name)
         if not group:

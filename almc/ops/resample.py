@@ -10,7 +10,7 @@ from ..errors import ShapeError
 from ..types import TensorType
 from .common import np_pad, onnx_pads, per_axis, positive, resolve_pads
 from .conv import GEO_ATTRS, WINDOW_ATTRS, spatial_rank
-from .registry import Attr, Op, Param, Window, register
+from .registry import Attr, Op, Param, TorchModule, Window, register
 
 
 def known_spatial(x: TensorType, opname: str) -> tuple[int, ...]:
@@ -212,6 +212,7 @@ register(Op(
            Attr("bias", "bool", True),
            Attr("init", "str", "auto", ("auto", "he", "glorot", "normal", "uniform_fan_in"))),
     shape=ct_shape, params=ct_params, lower=ct_lower, reference=ct_reference, grad=ct_grad,
+    torch=TorchModule("ConvTransposeNd", "upconv"),
     macs=lambda types, out, a: types[0].per_example() * (a.channels // a.groups) * prod(ct_geometry(types[0], a)[1]),
     window=lambda types, a: [Window(k, s, d, transposed=True) for k, s, d in zip(*ct_geometry(types[0], a)[1:4])],
     doc="Transposed convolution over 1, 2 or 3 spatial axes (ONNX ConvTranspose), U-Net's up-convolution; "

@@ -9,18 +9,34 @@ import numpy as np
 from ..types import TensorType
 from .registry import Attr, Op, register
 
+# The schedules a training section may name (`schedule cosine(warmup = 1)`), each with its settings'
+# defaults; the section's base lr and epochs complete them.
+SCHEDULES = {
+    "constant": {"warmup": 0.0},
+    "step": {"warmup": 0.0, "every": 10.0, "gamma": 0.1},
+    "cosine": {"warmup": 0.0, "min_lr": 0.0},
+}
+DEFAULT_SCHEDULE = "constant"
+
+
+def learning_rate(epoch: float, *, kind: str, lr: float, epochs: float = 1.0, warmup: float = 0.0,
+                  every: float = SCHEDULES["step"]["every"], gamma: float = SCHEDULES["step"]["gamma"],
+                  min_lr: float = SCHEDULES["cosine"]["min_lr"]) -> float:
+    """The learning rate at a fractional epoch, in Python: the reference of lr_schedule's lowering
+    (and what bench/ feeds PyTorch's optimiser)."""
+    if kind == "step":
+        value = lr * gamma ** math.floor(epoch / every)
+    elif kind == "cosine":
+        value = min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * min(epoch / epochs, 1.0)))
+    else:
+        value = lr
+    if warmup > 0:
+        value *= min(1.0, epoch / warmup)
+    return value
+
 
 def _schedule_reference(xs, p, a):
-    e = float(np.asarray(xs[0]))
-    if a.kind == "step":
-        lr = a.lr * a.gamma ** math.floor(e / a.every)
-    elif a.kind == "cosine":
-        lr = a.min_lr + (a.lr - a.min_lr) * 0.5 * (1 + math.cos(math.pi * min(e / a.epochs, 1.0)))
-    else:
-        lr = a.lr
-    if a.warmup > 0:
-        lr *= min(1.0, e / a.warmup)
-    return np.asarray(lr, np.float32)
+    return np.asarray(learning_rate(float(np.asarray(xs[0])), **a), np.float32)
 
 
 def _schedule_lower(g, ins, p, a, types, out):
@@ -43,15 +59,16 @@ def _schedule_lower(g, ins, p, a, types, out):
 
 register(Op(
     name="lr_schedule", inputs=("epoch",),
-    attrs=(Attr("kind", "str", "constant", ("constant", "step", "cosine")), Attr("lr", "float"),
-           Attr("epochs", "float", 1.0), Attr("warmup", "float", 0.0), Attr("every", "float", 10.0),
-           Attr("gamma", "float", 0.1), Attr("min_lr", "float", 0.0)),
+    attrs=(Attr("kind", "str", DEFAULT_SCHEDULE, tuple(SCHEDULES)), Attr("lr", "float"),
+           Attr("epochs", "float", 1.0), Attr("warmup", "float", 0.0),
+           Attr("every", "float", SCHEDULES["step"]["every"]), Attr("gamma", "float", SCHEDULES["step"]["gamma"]),
+           Attr("min_lr", "float", SCHEDULES["cosine"]["min_lr"])),
     shape=lambda types, a: TensorType("f32", ()), lower=_schedule_lower, reference=_schedule_reference,
     category="gradient",
     doc="The learning rate at a (fractional) epoch: constant, step (times gamma every `every` epochs) or "
         "cosine (to min_lr at `epochs`), with a linear warm-up over `warmup` epochs.",
     examples=tuple(((("f32", ()),), dict(kind=k, lr=0.1, epochs=5.0, warmup=w, every=2.0))
-                   for k in ("constant", "step", "cosine") for w in (0.0, 1.5)),
+                   for k in SCHEDULES for w in (0.0, 1.5)),
 ))
 
 register(Op(

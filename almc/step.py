@@ -1,4 +1,4 @@
-"""The training step as one graph: forward, objective, gradients and the optimiser update.
+"""The training-step graph: forward in training form, objective, gradients and the optimiser update.
 
 `training_step(graph)` differentiates the objective of the graph's training
 section and appends, for every trainable parameter, the optimiser's update as
@@ -23,9 +23,10 @@ from dataclasses import dataclass, field, replace
 import networkx as nx
 
 from .autodiff import PARAMETER, Diff, differentiate
-from .errors import AlmError, Diagnostic
+from .errors import AlmError, Diagnostic, ShapeError
 from .graph import INPUT, Graph, Node, in_layers, node_params, param_specs, trainable_params
-from .ops.registry import Attrs
+from .ops.registry import TrainingForm, lookup
+from .optimizers import OPTIMIZERS, Update
 from .types import TensorType
 
 SCALAR = TensorType("f32", ())
@@ -33,37 +34,35 @@ SCALAR = TensorType("f32", ())
 
 @dataclass
 class Mode:
-    """What differs between the inference and the training graph, node by node."""
+    """What differs between the inference and the training graph: each node with a training form
+    (its op's `training` rule), in graph order."""
 
-    dropout: dict[str, tuple[str, float]] = field(default_factory=dict)  # mask input -> (dropout node, p)
-    batchnorm: dict[str, str] = field(default_factory=dict)  # inference node -> training node
+    forms: dict[str, TrainingForm] = field(default_factory=dict)  # inference node -> its training form
+
+    @property
+    def random_inputs(self) -> dict[str, TrainingForm]:
+        """Input name -> the form that reads it: inputs fed a fresh random draw with every batch."""
+        return {f.random_input: f for f in self.forms.values() if f.random_input}
 
 
 def to_training(graph: Graph) -> tuple[Graph, Mode]:
-    """The training form of a graph: dropout multiplies by a mask fed with each batch (zeros and
-    1 / (1 - p), drawn from the seed, so a resumed run draws the same masks), and batch norm
-    normalises with the batch's statistics."""
+    """The training form of a graph: every node whose op has a training form is replaced by it."""
     g = graph.copy()
     mode = Mode()
     for node in graph.nodes():
         node = g.node(node.id)  # its inputs may already be rewired
-        if node.op == "dropout" and node.attrs.p > 0:
-            x = g.node(node.inputs[0]).type
-            if any(isinstance(d, str) for d in x.dims[1:]):
-                raise AlmError(Diagnostic(f"training dropout needs known sizes after the batch axis, got {x}",
-                                          node.span), g.sources)
-            mask = g.add(Node(f"dropout_mask.{node.id}", INPUT, type=x, span=node.span, layer=node.layer)).id
-            new = g.add(Node(f"{node.id}.train", "mul", (node.inputs[0], mask), Attrs(), node.span, node.scope,
-                             node.layer, x)).id
-            g.redirect(node.id, new)
-            mode.dropout[mask] = (node.id, node.attrs.p)
-        elif node.op == "batchnorm":
-            new = g.add(Node(f"{node.id}.train", "batchnorm_train", node.inputs, Attrs(eps=node.attrs.eps),
-                             node.span, node.scope, node.layer, node.type, owner=node.id)).id
-            g.redirect(node.id, new)
-            mode.batchnorm[node.id] = new
-    if g.train is not None and g.train.loss in mode.batchnorm:
-        g.train = replace(g.train, loss=mode.batchnorm[g.train.loss])
+        op = lookup(node.op) if node.op != INPUT else None
+        if op is None or op.training is None:
+            continue
+        try:
+            form = op.training(g, node)
+        except ShapeError as e:
+            raise AlmError(Diagnostic(e.args[0], node.span), g.sources) from None
+        if form is not None:
+            g.redirect(node.id, form.node)
+            mode.forms[node.id] = form
+    if g.train is not None and g.train.loss in mode.forms:
+        g.train = replace(g.train, loss=mode.forms[g.train.loss].node)
     return g, mode
 
 
@@ -94,7 +93,8 @@ def training_step(graph: Graph, gradients: bool = True) -> tuple[Graph, StepSign
     graph, mode = to_training(graph)
     g, grads = differentiate(graph, spec.loss, trainable)
     sig = StepSignature(params=[full for _, full, _ in param_specs(g)], trainable=trainable, mode=mode)
-    g.inputs = [i for i in g.inputs if i not in mode.dropout] + list(mode.dropout)
+    randoms = list(mode.random_inputs)
+    g.inputs = [i for i in g.inputs if i not in randoms] + randoms
     for lab in spec.labels:
         g.inputs.append(lab)
     first = next(iter(graph.outputs))  # the model's first output, for the running training accuracy
@@ -108,6 +108,7 @@ def training_step(graph: Graph, gradients: bool = True) -> tuple[Graph, StepSign
                                        **{k: v for k, v in spec.sched.items()}}, name="lr")
     outputs = {"loss": spec.loss, "lr": lr}
     outputs[f"output.{first}"] = graph.outputs[first]
+    optimizer = OPTIMIZERS[spec.optimizer]
     for full in trainable:
         owner, local = full.rsplit(".", 1)
         d.cur = g.node(owner)
@@ -117,18 +118,25 @@ def training_step(graph: Graph, gradients: bool = True) -> tuple[Graph, StepSign
         rate = lr if lr_scale_of(g, owner) == 1.0 else d.op("mul", [lr, d.const(lr_scale_of(g, owner))])
         if late[full]:  # the update may overwrite w in place: see _unordered_reads
             rate = d.op("after", [rate, *late[full]])
-        new_w = _update(d, g, sig, spec, full, w, outputs[f"grad.{full}"], rate, step, outputs)
-        outputs[f"next.{full}"] = new_w
+
+        def state(prefix, full=full, w=w):
+            return _state(g, sig, f"{prefix}.{full}", w)
+
+        def next_value(s, value):
+            outputs[f"next.{s}"] = value
+            sig.updates[s] = f"next.{s}"
+
+        u = Update(d, spec.opt, step, state, next_value)
+        outputs[f"next.{full}"] = optimizer.update(u, w, outputs[f"grad.{full}"], rate)
         sig.updates[full] = f"next.{full}"
-    for bn, train_node in mode.batchnorm.items():  # running statistics, as PyTorch keeps them
-        d.cur = g.node(bn)
-        x, m = g.node(bn).inputs[0], g.node(bn).attrs.momentum
-        stats = {"running_mean": d.op("batch_mean", [x]), "running_var": d.op("batch_var", [x], {"unbiased": True})}
-        for local, batch in stats.items():
-            old = d.param(local, owner=bn)
-            new = d.op("add", [d.op("mul", [old, d.const(1 - m)]), d.op("mul", [batch, d.const(m)])])
-            outputs[f"next.{bn}.{local}"] = new
-            sig.updates[f"{bn}.{local}"] = f"next.{bn}.{local}"
+    for nid in mode.forms:  # buffers a training step updates (batch norm's running statistics)
+        node = g.node(nid)
+        rule = lookup(node.op).state_update
+        if rule is not None:
+            d.cur = node
+            for local, new in rule(d, node).items():
+                outputs[f"next.{nid}.{local}"] = new
+                sig.updates[f"{nid}.{local}"] = f"next.{nid}.{local}"
     g.outputs = {k: v for k, v in outputs.items() if gradients or not k.startswith("grad.")}
     return g, sig
 
@@ -179,39 +187,3 @@ def _state(g: Graph, sig: StepSignature, name: str, like: str) -> str:
     g.add(Node(name, INPUT, type=t, span=g.node(like).span, layer=name))
     sig.state[name] = tuple(t.dims)
     return name
-
-
-def _update(d: Diff, g: Graph, sig: StepSignature, spec, full: str, w: str, gr: str, lr: str, step: str,
-            outputs: dict) -> str:
-    o = spec.opt
-    mul, add, sub = (lambda a, b: d.op("mul", [a, b])), (lambda a, b: d.op("add", [a, b])), (lambda a, b: d.op("sub", [a, b]))
-    c = d.const
-    if spec.optimizer == "sgd":
-        if o["weight_decay"]:
-            gr = add(gr, mul(w, c(o["weight_decay"])))
-        direction = gr
-        if o["momentum"]:
-            v = _state(g, sig, f"momentum.{full}", w)
-            v_new = add(mul(v, c(o["momentum"])), gr)  # PyTorch's buffer: v = momentum v + g
-            outputs[f"next.{v}"] = v_new
-            sig.updates[v] = f"next.{v}"
-            direction = add(gr, mul(v_new, c(o["momentum"]))) if o["nesterov"] else v_new
-        return sub(w, mul(direction, lr))
-    # adam / adamw
-    if spec.optimizer == "adam" and o["weight_decay"]:
-        gr = add(gr, mul(w, c(o["weight_decay"])))  # Adam's L2 penalty goes through the moments
-    m = _state(g, sig, f"adam_m.{full}", w)
-    v = _state(g, sig, f"adam_v.{full}", w)
-    b1, b2 = o["beta1"], o["beta2"]
-    m_new = add(mul(m, c(b1)), mul(gr, c(1 - b1)))
-    v_new = add(mul(v, c(b2)), mul(mul(gr, gr), c(1 - b2)))
-    outputs[f"next.{m}"], outputs[f"next.{v}"] = m_new, v_new
-    sig.updates[m], sig.updates[v] = f"next.{m}", f"next.{v}"
-    m_hat = d.op("div", [m_new, d.op("bias_correction", [step], {"beta": b1})])
-    v_hat = d.op("div", [v_new, d.op("bias_correction", [step], {"beta": b2})])
-    direction = d.op("div", [m_hat, add(d.op("sqrt", [v_hat]), c(o["eps"]))])
-    if spec.optimizer == "adamw" and o["weight_decay"]:
-        direction = add(direction, mul(w, c(o["weight_decay"])))  # decoupled weight decay
-    return sub(w, mul(direction, lr))
-
-
