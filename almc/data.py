@@ -339,26 +339,15 @@ def resize(x: np.ndarray, height: int, width: int) -> np.ndarray:
     align_corners=False) and ONNX Resize (linear, half_pixel). Bilinear
     interpolation is separable, so it is two small matrix products.
     """
+    from .ops.resample import lerp_matrix
+
     h, w = x.shape[-2:]
     out = x.astype(np.float32, copy=False)
     if height != h:
-        out = _weights(height, h) @ out
+        out = lerp_matrix(height, h).astype(np.float32) @ out
     if width != w:
-        out = out @ _weights(width, w).T
+        out = out @ lerp_matrix(width, w).astype(np.float32).T
     return np.ascontiguousarray(out)
-
-
-def _weights(n_out: int, n_in: int) -> np.ndarray:
-    """[n_out, n_in] matrix: row i mixes the two source pixels nearest to output pixel i."""
-    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
-    lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    hi = np.minimum(lo + 1, n_in - 1)
-    frac = (src - lo).astype(np.float32)
-    m = np.zeros((n_out, n_in), np.float32)
-    rows = np.arange(n_out)
-    np.add.at(m, (rows, lo), 1 - frac)
-    np.add.at(m, (rows, hi), frac)
-    return m
 
 
 def fit_input(x: np.ndarray, dims: tuple) -> np.ndarray:

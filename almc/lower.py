@@ -13,21 +13,21 @@ import hashlib
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import helper
 
 from . import __version__
 from .graph import INPUT, Graph, live_nodes, node_params, param_specs
 from .init import initialize
 from .ops.emit import Emitter
 from .ops.registry import lookup, rewrites
-from .types import DTYPES, TensorType
+from .types import TensorType, onnx_elem_type
 
 OPSET = 21  # one pinned ONNX opset; onnxruntime >= 1.20 implements every op we emit at it
 IR_VERSION = 10  # what onnxruntime >= 1.20 reads (onnx's own default can be newer)
 
 
 def value_info(name: str, t: TensorType):
-    elem = getattr(TensorProto, DTYPES[t.dtype][1])
+    elem = onnx_elem_type(t.dtype)
     return helper.make_tensor_value_info(name, elem, [d for d in t.dims])
 
 

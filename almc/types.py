@@ -24,6 +24,14 @@ DTYPES = {
 }
 
 
+def onnx_elem_type(dtype: str) -> int:
+    """The ONNX TensorProto element type of an .alm dtype (onnx is imported only when a model is
+    lowered, not when it is only checked or summarised)."""
+    from onnx import TensorProto
+
+    return getattr(TensorProto, DTYPES[dtype][1])
+
+
 @dataclass(frozen=True)
 class TensorType:
     dtype: str

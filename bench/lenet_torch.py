@@ -28,9 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def lr_at(epoch: float, lr: float, epochs: int, warmup: float) -> float:
-    """almc's cosine schedule (almc/ops/schedule.py), at a fractional epoch."""
-    value = 0.5 * (1 + math.cos(math.pi * min(epoch / epochs, 1.0))) * lr
-    return value * min(1.0, epoch / warmup) if warmup > 0 else value
+    """almc's cosine schedule at a fractional epoch: its Python reference, almc/ops/schedule.py."""
+    from almc.ops.schedule import learning_rate
+
+    return learning_rate(epoch, kind="cosine", lr=lr, epochs=epochs, warmup=warmup)
 
 
 def forward(t, x):

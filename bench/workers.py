@@ -510,19 +510,10 @@ class AlmcStep:
 
 
 def lr_at(cfg, epoch: float) -> float:
-    """almc's schedule (almc/ops/schedule.py) at a fractional epoch."""
-    import math
+    """almc's schedule at a fractional epoch: its Python reference, almc/ops/schedule.py."""
+    from almc.ops.schedule import learning_rate
 
-    s = cfg["schedule"]
-    if s["kind"] == "step":
-        lr = s["lr"] * s.get("gamma", 0.1) ** math.floor(epoch / s.get("every", 10.0))
-    elif s["kind"] == "cosine":
-        lo = s.get("min_lr", 0.0)
-        lr = lo + (s["lr"] - lo) * 0.5 * (1 + math.cos(math.pi * min(epoch / s["epochs"], 1.0)))
-    else:
-        lr = s["lr"]
-    w = s.get("warmup", 0.0)
-    return lr * min(1.0, epoch / w) if w > 0 else lr
+    return learning_rate(epoch, **cfg["schedule"])
 
 
 class TorchStep:

@@ -43,3 +43,22 @@ def onnx_matches_reference(model, seed=0, batch=2, rtol=1e-5):
         scale = max(1.0, float(np.abs(expected[k]).max()))
         np.testing.assert_allclose(actual[k], expected[k], rtol=rtol, atol=rtol * scale)
     return actual
+
+
+# a training section that freezes a layer (1,040 parameters) and scales another's learning rate
+FROZEN = """
+model M {
+    input x: f32[N, 64]
+    a = dense(x, 16) |> relu
+    b = dense(a, 16) |> relu
+    output logits = dense(b, 10)
+}
+train M {
+    input label: i64[N]
+    minimize mean(cross_entropy(logits, label)) + 1e-3 * l2(weights)
+    optimizer sgd(lr = 0.1, momentum = 0.9)
+    freeze a
+    lr_scale b = 0.5
+    epochs 2
+}
+"""

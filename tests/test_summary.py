@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+from helpers import FROZEN
+
 import almc
 from almc.cli import main
 
@@ -70,20 +72,6 @@ def test_checking_and_summarising_do_not_import_onnx():
     assert r.returncode == 0, r.stderr
 
 
-
-FROZEN = """
-model M {
-    input x: f32[N, 64]
-    a = dense(x, 16) |> relu
-    b = dense(a, 16) |> relu
-    output logits = dense(b, 10)
-}
-train M {
-    input label: i64[N]
-    minimize mean(cross_entropy(logits, label))
-    freeze a
-}
-"""
 
 
 def test_a_frozen_layer_counts_as_frozen_in_the_table_the_json_and_the_step(tmp_path, capsys):

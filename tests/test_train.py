@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from helpers import FROZEN
 
 import almc
 from almc.cli import main
@@ -110,22 +111,6 @@ def test_compile_from_a_checkpoint(tmp_path, capsys):
     np.testing.assert_array_equal(w["scores.weight"], m.weights["scores.weight"])
 
 
-FROZEN = """
-model M {
-    input x: f32[N, 64]
-    a = dense(x, 16) |> relu
-    b = dense(a, 16) |> relu
-    output logits = dense(b, 10)
-}
-train M {
-    input label: i64[N]
-    minimize mean(cross_entropy(logits, label)) + 1e-3 * l2(weights)
-    optimizer sgd(lr = 0.1, momentum = 0.9)
-    freeze a
-    lr_scale b = 0.5
-    epochs 2
-}
-"""
 
 
 def test_frozen_layers_get_no_gradient_nodes_and_do_not_change():

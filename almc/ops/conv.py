@@ -122,18 +122,27 @@ WINDOW_ATTRS = (
 # input by the output gradient with batch and channels swapped (the forward
 # stride becomes a dilation and the forward dilation a stride).
 
-def conv_grad(d, n, gy):
-    x = n.inputs[0]
-    xt = d.type(x)
-    nsp, kernel, stride, dilation, pads = conv_geometry(xt, n.attrs)
-    geo = {"kernel": kernel, "stride": stride, "pads": tuple(pads), "dilation": dilation, "groups": n.attrs.groups}
-    gx = None
-    if d.wants(x):
-        gx = d.op("conv_grad_input", [gy, d.param("weight")], {**geo, "size": tuple(xt.dims[2:])})
-    grads = {"weight": d.op("conv_grad_weight", [gy, x], geo)}
-    if n.attrs.bias:
-        grads["bias"] = d.op("sum", [gy], {"axis": (0, *range(2, xt.rank))})
-    return [gx], grads
+def window_grad(geometry, grad_input: str, transposed: bool):
+    """The gradient rule of a convolution (transposed: a transposed one) whose sizes `geometry`
+    resolves: its input gradient is the op `grad_input`, its weight gradient conv_grad_weight
+    (with x and the output gradient exchanged when transposed), its bias gradient a sum."""
+    def grad(d, n, gy):
+        x = n.inputs[0]
+        xt = d.type(x)
+        _, kernel, stride, dilation, pads = geometry(xt, n.attrs)[:5]
+        geo = {"kernel": kernel, "stride": stride, "pads": tuple(pads), "dilation": dilation,
+               "groups": n.attrs.groups}
+        gx = None
+        if d.wants(x):
+            gx = d.op(grad_input, [gy, d.param("weight")], {**geo, "size": tuple(xt.dims[2:])})
+        grads = {"weight": d.op("conv_grad_weight", [x, gy] if transposed else [gy, x], geo)}
+        if n.attrs.bias:
+            grads["bias"] = d.op("sum", [gy], {"axis": (0, *range(2, xt.rank))})
+        return [gx], grads
+    return grad
+
+
+conv_grad = window_grad(conv_geometry, "conv_grad_input", transposed=False)
 
 
 GEO_ATTRS = (Attr("kernel", "any"), Attr("stride", "any"), Attr("pads", "any"), Attr("dilation", "any"),

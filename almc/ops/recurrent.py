@@ -12,19 +12,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ShapeError
-from ..types import TensorType
+from ..types import TensorType, onnx_elem_type
 from .registry import Attr, Op, Param, TorchModule, register
 
 INTS = ("i64", "i32")
 FLOATS = ("f32", "f64", "f16")
-
-
-def onnx_float(dtype: str) -> int:
-    """The ONNX element type of an almc float dtype (onnx is imported when a model is lowered,
-    not when it is only checked or summarised)."""
-    from onnx import TensorProto
-
-    return {"f32": TensorProto.FLOAT, "f64": TensorProto.DOUBLE, "f16": TensorProto.FLOAT16}[dtype]
 
 
 # ---- embedding ---------------------------------------------------------------
@@ -60,7 +52,7 @@ def _embedding_grad_lower(g, ins, p, a, types, out):
     from onnx import TensorProto, helper
 
     gy, ids = ins
-    zero = helper.make_tensor("zero", onnx_float(types[0].dtype), [1], [0.0])
+    zero = helper.make_tensor("zero", onnx_elem_type(types[0].dtype), [1], [0.0])
     table = g.node("ConstantOfShape", [g.const("table_shape", [a.vocab, a.dim], np.int64)], value=zero)
     if types[1].dtype != "i64":
         ids = g.node("Cast", [ids], to=TensorProto.INT64)
@@ -354,7 +346,7 @@ def bptt_lower(opname):
         from onnx import helper
 
         xt = types[1]
-        elem = onnx_float(xt.dtype)
+        elem = onnx_elem_type(xt.dtype)
         npd = np.dtype(xt.numpy_dtype)
         N, H = xt.dims[0], a.hidden
         one = g.const("one", 1.0, npd)

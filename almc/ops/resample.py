@@ -9,7 +9,7 @@ import numpy as np
 from ..errors import ShapeError
 from ..types import TensorType
 from .common import np_pad, onnx_pads, per_axis, positive, resolve_pads
-from .conv import GEO_ATTRS, WINDOW_ATTRS, spatial_rank
+from .conv import GEO_ATTRS, WINDOW_ATTRS, spatial_rank, window_grad
 from .registry import Attr, Op, Param, TorchModule, Window, register
 
 
@@ -123,18 +123,7 @@ def ct_reference(xs, p, a):
 # weight from M to C channels); the weight gradient is conv's weight gradient with the roles
 # of x and the output gradient exchanged (conv_grad_weight(x, g)).
 
-def ct_grad(d, n, gy):
-    x = n.inputs[0]
-    xt = d.type(x)
-    nsp, kernel, stride, dilation, pads, opad, _ = ct_geometry(xt, n.attrs)
-    geo = {"kernel": kernel, "stride": stride, "pads": tuple(pads), "dilation": dilation, "groups": n.attrs.groups}
-    gx = None
-    if d.wants(x):
-        gx = d.op("conv_transpose_grad_input", [gy, d.param("weight")], {**geo, "size": tuple(xt.dims[2:])})
-    grads = {"weight": d.op("conv_grad_weight", [x, gy], geo)}
-    if n.attrs.bias:
-        grads["bias"] = d.op("sum", [gy], {"axis": (0, *range(2, xt.rank))})
-    return [gx], grads
+ct_grad = window_grad(ct_geometry, "conv_transpose_grad_input", transposed=True)
 
 
 def _ct_grad_input_shape(types, a):
@@ -289,15 +278,17 @@ def _up_grad_shape(types, a):
     return g.with_dims((*g.dims[:2], *(L // s for L, s in zip(size, a.scale))))
 
 
-def lerp_matrix(L: int, s: int) -> np.ndarray:
-    """[L * s, L]: row j holds the weights linear upsampling (half-pixel, edge-clamped) gives
-    the L sources for output j."""
-    src = np.clip((np.arange(L * s) + 0.5) / s - 0.5, 0, L - 1)
+def lerp_matrix(n_out: int, n_in: int) -> np.ndarray:
+    """[n_out, n_in] in float64: row j holds the weights linear resizing (half-pixel centres,
+    sources clamped to the edge, no antialiasing) gives the n_in sources of output j. The numbers
+    of ONNX Resize (linear, half_pixel) and torch.nn.functional.interpolate(align_corners=False);
+    upsample's gradient and almc.data's image resizing both use it."""
+    src = np.clip((np.arange(n_out) + 0.5) / (n_out / n_in) - 0.5, 0, n_in - 1)
     i0 = np.floor(src).astype(np.int64)
-    i1 = np.minimum(i0 + 1, L - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
     frac = src - i0
-    m = np.zeros((L * s, L))
-    rows = np.arange(L * s)
+    m = np.zeros((n_out, n_in))
+    rows = np.arange(n_out)
     np.add.at(m, (rows, i0), 1 - frac)
     np.add.at(m, (rows, i1), frac)
     return m
@@ -324,7 +315,7 @@ def _up_grad_lower(g, ins, p, a, types, out):
         perm = list(range(n + 2))
         perm[ax], perm[last] = perm[last], perm[ax]
         final = k == len(axes) - 1
-        m = g.const(f"lerp{i}", lerp_matrix(small[i], a.scale[i]))
+        m = g.const(f"lerp{i}", lerp_matrix(small[i] * a.scale[i], small[i]))
         if ax == last:
             y = g.node("MatMul", [y, m], out=g.out if final else None)
         else:
