@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .compiler import check
+from .compiler import check, compile_inference, compile_step
 from .errors import UsageError
 from .files import atomic_write
 from .graph import Graph
@@ -71,19 +71,11 @@ class Model:
 
     def _lowered(self, seed, check_runtime, fold):
         """(model without the parameters' data, [(name, array)]) of the inference model, checked."""
-        from .lower import lower_split
-        from .onnxfile import checkable
-
         seed = self.seed if seed is None else seed
         fresh = self.weights is None
-        graph, weights = self.graph, self.initial_weights(seed) if fresh else self.weights
-        if fold:
-            from .fold import fold_layers
-
-            graph, weights = fold_layers(graph, weights, overwrite=fresh)
-        skeleton, params = lower_split(graph, weights, seed)
-        _check(checkable(skeleton, params), check_runtime)
-        return skeleton, params
+        weights = self.initial_weights(seed) if fresh else self.weights
+        return compile_inference(self.graph, weights, seed=seed, fold=fold, overwrite=fresh,
+                                 check_runtime=check_runtime)
 
     def train(self, data: str | None = None, **options) -> dict:
         """Train with the model's training section; returns the metrics. Options are those of
@@ -109,13 +101,7 @@ class Model:
         """The training step as an onnx.ModelProto (see docs/training.md); `gradients=False`
         leaves out the grad.P outputs (what `almc train` runs). `target` ("cpu" or "cuda"): the
         onnxruntime provider it is tuned for; it computes the same and runs on either."""
-        from .lower import lower
-        from .step import training_step
-
-        step, _ = training_step(self.graph, gradients)
-        model = lower(step, params_as_inputs=True, target=target)
-        _check(model, True)
-        return model
+        return compile_step(self.graph, gradients=gradients, target=target).proto
 
     def run(self, inputs, device: str = "auto") -> dict[str, np.ndarray]:
         """Run in onnxruntime. `inputs`: one array (single-input models) or a dict by input name."""
@@ -145,18 +131,6 @@ class Model:
         if extra:
             raise UsageError(f"{self.name} has no input '{sorted(extra)[0]}'")
         return feeds
-
-
-def _check(model, check_runtime: bool) -> None:
-    """The full ONNX checker, then onnxruntime's op support."""
-    import onnx
-
-    from .lower import OPSET
-    from .support import ensure_supported
-
-    onnx.checker.check_model(model, full_check=True)
-    if check_runtime:
-        ensure_supported(model, OPSET)
 
 
 def check_input(name: str, x: np.ndarray, t) -> np.ndarray:

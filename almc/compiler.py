@@ -1,6 +1,17 @@
-"""The pipeline, written once: check = validate ∘ build ∘ load (parse + imports);
-compile = lower ∘ check. Each step is a pass in its own module."""
+"""The pipelines, each written once as its sequence of passes (each pass a module of its own):
+
+    check            load (parse + imports) → build (with the train section) → validate
+    compile_inference   fold_layers → lower_split → verify         (the exported model)
+    compile_evaluation  lower, weights as inputs                    (almc train's validation passes)
+    compile_step        training_step → lower, weights as inputs → verify   (the training step)
+    gradient_graphs     to_training → differentiate                  (almc check --grad, in numpy)
+
+The Python API, `almc train`, `almc check --grad` and bench/ compile through these and
+nothing else, so that what is benchmarked is what users run.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from .build import build_model
 from .errors import AlmError, Collector, Diagnostic
@@ -58,3 +69,73 @@ def _file_span(shown):
     from .errors import Span
 
     return Span(shown, 1, 1, 1, 1)
+
+
+def compile_inference(graph: Graph, weights: dict, *, seed: int = 0, fold: bool = True, overwrite: bool = False,
+                      check_runtime: bool = True):
+    """(the inference model without its weights' data, [(name, array)] of its weights), verified.
+    `fold` folds layers into the one before (batch norm into conv); `overwrite`: `weights` is the
+    caller's to give away (freshly drawn), so folding may scale them in place."""
+    from .fold import fold_layers
+    from .lower import lower_split
+    from .onnxfile import checkable
+
+    if fold:
+        graph, weights = fold_layers(graph, weights, overwrite=overwrite)
+    skeleton, params = lower_split(graph, weights, seed)
+    verify(checkable(skeleton, params), check_runtime)
+    return skeleton, params
+
+
+def compile_evaluation(graph: Graph, target: str = "cpu"):
+    """The inference model with its parameters as inputs: almc train's validation and test passes
+    feed it the weights the step holds."""
+    from .lower import lower
+
+    return lower(graph, params_as_inputs=True, target=target)
+
+
+@dataclass
+class CompiledStep:
+    proto: object  # onnx.ModelProto
+    graph: Graph  # the step's graph
+    signature: object  # step.StepSignature: its parameters, state and in-place updates
+
+
+def compile_step(graph: Graph, *, gradients: bool = True, target: str = "cpu", checked: bool = True) -> CompiledStep:
+    """The training step (docs/training.md), verified unless `checked=False` (almc train runs
+    what it has just built, as every test does). `gradients=False` leaves out the grad.P outputs
+    (what almc train runs); `target` ("cpu" or "cuda") picks among equivalent formulations."""
+    from .lower import lower
+    from .step import training_step
+
+    step, sig = training_step(graph, gradients)
+    proto = lower(step, params_as_inputs=True, target=target)
+    if checked:
+        verify(proto)
+    return CompiledStep(proto, step, sig)
+
+
+def gradient_graphs(graph: Graph):
+    """(the training form, its Mode, the graph with the gradients, {parameter: gradient node}, the
+    trainable parameters): what `almc check --grad` runs in the numpy reference executor."""
+    from .autodiff import differentiate
+    from .graph import trainable_params
+    from .step import to_training
+
+    trainable = trainable_params(graph)
+    g, mode = to_training(graph)
+    dg, grads = differentiate(g, graph.train.loss, trainable)
+    return g, mode, dg, grads, trainable
+
+
+def verify(model, check_runtime: bool = True) -> None:
+    """The full ONNX checker, then onnxruntime's op support."""
+    import onnx
+
+    from .lower import OPSET
+    from .support import ensure_supported
+
+    onnx.checker.check_model(model, full_check=True)
+    if check_runtime:
+        ensure_supported(model, OPSET)

@@ -7,11 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .autodiff import differentiate
-from .graph import trainable_params
+from .compiler import gradient_graphs
 from .init import initialize
 from .reference import execute
-from .step import to_training
 
 
 @dataclass
@@ -61,9 +59,7 @@ def random_batch(graph, labels, batch: int, rng) -> dict[str, np.ndarray]:
 
 def gradient_check(graph, batch: int = 2, seed: int = 0, samples: int = 5, eps: float = 1e-6) -> list[GradReport]:
     spec = graph.train
-    trainable = trainable_params(graph)
-    g, mode = to_training(graph)
-    dg, grads = differentiate(g, spec.loss, trainable)
+    g, mode, dg, grads, trainable = gradient_graphs(graph)
     loss_graph = g.copy()
     loss_graph.outputs = {"loss": g.train.loss}
     dg.outputs = {"loss": g.train.loss, **grads}

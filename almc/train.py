@@ -1,10 +1,9 @@
 """Training: run the ONNX training step in onnxruntime, epoch after epoch.
 
-Parameters and optimiser state live in onnxruntime as device-resident OrtValues
-and are bound to the step with IOBinding, inputs and `next.*` outputs alike:
-each step writes the next values into the same buffers, with no copy to the
-host and no second copy on the device. Only the batch goes in and the loss
-comes out. Each epoch ends with a validation pass (the inference graph,
+The step is compiled by compiler.compile_step and run by runner.StepRunner
+(parameters and optimiser state as device-resident OrtValues that each step
+updates in place; only the batch goes in and the loss comes out), as bench/
+runs it. Each epoch ends with a validation pass (the inference graph,
 weights as inputs) and an atomic checkpoint; the run ends with the test
 accuracy and, if asked, the trained inference model.
 
@@ -104,29 +103,27 @@ def predictions_correct(scores: np.ndarray, y: np.ndarray) -> int:
 
 def train(model, opts: TrainOptions) -> dict:
     """Train `model` (an api.Model) in place; returns the metrics."""
+    from .compiler import compile_evaluation, compile_step
     from .data import batches
     from .init import initialize
-    from .lower import lower
+    from .runner import StepRunner
     from .runtime import providers_for, session
-    from .step import training_step
 
     graph = model.graph
     spec = _spec_with(graph, opts)
     graph_t = replace(graph, train=spec)
-    step_graph, sig = training_step(graph_t, gradients=False)
+    target = "cuda" if providers_for(opts.device)[0] == "CUDAExecutionProvider" else "cpu"
+    compiled = compile_step(graph_t, gradients=False, target=target, checked=False)
+    sig = compiled.signature
     ds, (x_tr, x_va, x_te), (y_tr, y_va, y_te) = prepare_data(graph, spec, opts)
     if len(x_tr) == 0:
         raise UsageError("the training split is empty")
     classify = np.issubdtype(y_tr.dtype, np.integer)  # float targets: a regression, no accuracy
 
-    target = "cuda" if providers_for(opts.device)[0] == "CUDAExecutionProvider" else "cpu"
-    step_sess = session(lower(step_graph, params_as_inputs=True, target=target).SerializeToString(), opts.device,
-                        memory_pattern=False)
-    eval_sess = session(lower(graph, params_as_inputs=True, target=target).SerializeToString(), opts.device)
+    step_sess = session(compiled.proto.SerializeToString(), opts.device, memory_pattern=False)
+    eval_sess = session(compile_evaluation(graph, target).SerializeToString(), opts.device)
     provider = step_sess.get_providers()[0]
     dev = "cuda" if provider == "CUDAExecutionProvider" else "cpu"
-    step_inputs = {i.name for i in step_sess.get_inputs()}
-    step_outputs = [o.name for o in step_sess.get_outputs()]
     first_out = next(iter(graph.outputs))
 
     weights = initialize(graph, opts.seed)
@@ -139,18 +136,11 @@ def train(model, opts: TrainOptions) -> dict:
         if ckpt_dir is None:
             raise UsageError("--resume needs --checkpoint DIR")
         weights, state, start_epoch, step, history = load_checkpoint(ckpt_dir / CHECKPOINT, graph, weights, state)
-    # Parameters and optimiser state live in OrtValues of their own, on the device, and each step
-    # writes its next.* outputs into them in place: no second copy (the step orders every update
-    # behind the reads of what it overwrites: step._unordered_reads).
-    values = {k: device_value(v, dev) for k, v in {**weights, **state}.items() if k in step_inputs}
-    inplace = {out: values[name] for name, out in sig.updates.items()}
-    frozen_values = {k: v for k, v in weights.items() if k not in values}
-    param_names = list(weights)
+    runner = StepRunner(step_sess, compiled, weights, state, dev, opts.seed)
     del weights, state
 
     x_name, y_name = graph.inputs[0], spec.labels[0]
     steps_per_epoch = math.ceil(len(x_tr) / spec.batch)
-    binding = step_sess.io_binding()
     t_start = time.perf_counter()
     examples = 0
     step_times: list[float] = []
@@ -161,23 +151,8 @@ def train(model, opts: TrainOptions) -> dict:
             losses, correct, seen = [], 0, 0
             bar = _progress(opts.progress, steps_per_epoch, epoch, spec.epochs)
             for xb, yb in batches(x_tr, y_tr, spec.batch, rng):
-                binding.clear_binding_inputs()
-                binding.clear_binding_outputs()
-                binding.bind_cpu_input(x_name, np.ascontiguousarray(xb))
-                binding.bind_cpu_input(y_name, np.ascontiguousarray(yb))
-                if "epoch" in step_inputs:
-                    binding.bind_cpu_input("epoch", np.array((step + 1) / steps_per_epoch, np.float32))
-                if "step" in step_inputs:
-                    binding.bind_cpu_input("step", np.array(step, np.float32))
-                for k, (name, form) in enumerate(sig.mode.random_inputs.items()):  # from (seed, step): resumable
-                    dims = step_graph.node(name).type.dims
-                    draw = form.draw(np.random.default_rng([opts.seed, step, k + 1]), (len(xb), *dims[1:]))
-                    binding.bind_cpu_input(name, draw.astype(np.float32))
-                bind_state(binding, values, inplace, step_outputs, dev)
-                t_step = time.perf_counter()
-                step_sess.run_with_iobinding(binding)
-                step_times.append(time.perf_counter() - t_step)
-                outs = dict(zip(step_outputs, binding.get_outputs()))
+                outs = runner.run({x_name: xb, y_name: yb}, (step + 1) / steps_per_epoch, step)
+                step_times.append(runner.run_s)
                 loss = float(outs["loss"].numpy())
                 if not math.isfinite(loss):
                     where = f"step {step + 1} (epoch {epoch + 1})"
@@ -194,7 +169,7 @@ def train(model, opts: TrainOptions) -> dict:
                     bar.update(1)
                     bar.set_postfix(loss=f"{sum(losses) / seen:.4f}", **({"acc": f"{correct / seen:.4f}"} if classify else {}),
                                     ex_s=f"{seen / (time.perf_counter() - t0):,.0f}")
-            current = _current(values, frozen_values, param_names)
+            current = runner.weights()
             val_acc = evaluate(eval_sess, current, x_name, x_va, y_va, first_out) if classify and len(x_va) else None
             record = {"epoch": epoch + 1, "train_loss": sum(losses) / seen,
                       "train_accuracy": correct / seen if classify else None,
@@ -206,14 +181,14 @@ def train(model, opts: TrainOptions) -> dict:
                                 val_acc=f"{val_acc:.4f}" if val_acc is not None else "-")
                 bar.close()
             if ckpt_dir is not None:
-                save_checkpoint(ckpt_dir / CHECKPOINT, graph, current, _state(values, sig), epoch + 1, step, history)
+                save_checkpoint(ckpt_dir / CHECKPOINT, graph, current, runner.state(), epoch + 1, step, history)
     except KeyboardInterrupt:
         msg = "interrupted; nothing half-written was left"
         if ckpt_dir is not None and (ckpt_dir / CHECKPOINT).exists():
             msg += f". Resume from the last epoch with: --checkpoint {ckpt_dir} --resume"
         raise TrainingStopped(msg) from None
     wall = time.perf_counter() - t_start
-    final = _current(values, frozen_values, param_names)
+    final = runner.weights()
     model.weights = final
     test_acc = evaluate(eval_sess, final, x_name, x_te, y_te, first_out) if classify and len(x_te) else None
     metrics = {"model": graph.name, "data": ds.describe(), "provider": provider, "optimizer": spec.optimizer,
@@ -225,43 +200,6 @@ def train(model, opts: TrainOptions) -> dict:
     if opts.out:
         model.export(opts.out)
     return metrics
-
-
-def device_value(array: np.ndarray, device: str):
-    """An OrtValue on `device` that owns its memory, holding a float32 copy of `array` (one made
-    with ortvalue_from_numpy on the CPU would share the array's memory: writing a step's update
-    into it would change the caller's array)."""
-    import onnxruntime as ort
-
-    array = np.ascontiguousarray(array, np.float32)
-    value = ort.OrtValue.ortvalue_from_shape_and_type(array.shape, np.float32, device, 0)
-    value.update_inplace(array)
-    return value
-
-
-def bind_state(binding, values: dict, inplace: dict, outputs: list[str], device: str) -> None:
-    """Bind the parameters and optimiser state (`values`, by input name) as the step's inputs,
-    each output in `inplace` to the OrtValue given there (next.X to X's own: the step writes it in
-    place), and the other outputs to fresh buffers on `device`."""
-    for k, v in values.items():
-        binding.bind_ortvalue_input(k, v)
-    for name in outputs:
-        if name in inplace:
-            binding.bind_ortvalue_output(name, inplace[name])
-        else:
-            binding.bind_output(name, device)
-
-
-def _current(values, frozen_values, names) -> dict[str, np.ndarray]:
-    out = dict(frozen_values)
-    for k in names:
-        if k in values:
-            out[k] = np.array(values[k].numpy())  # a copy that outlives the OrtValue
-    return out
-
-
-def _state(values, sig) -> dict[str, np.ndarray]:
-    return {k: values[k].numpy() for k in sig.state if k in values}
 
 
 def evaluate(sess, weights, x_name, x, y, out_name, batch: int = 256) -> float:

@@ -8,7 +8,7 @@ compile-inproc  almc.load(path).compile() + serialisation vs torch.onnx.export
 infer           onnxruntime on almc's and torch's ONNX, and PyTorch eager, with the
                 same weights: outputs checked, then batch-1 latency and batch-B
                 throughput, alternating; node counts and op histograms
-train-almc      almc's ONNX training step driven as almc/train.py drives it
+train-almc      almc's ONNX training step run by almc.runner.StepRunner, as almc train runs it
 train-torch     the same step in PyTorch eager (imports torch and numpy only)
 train-verify    one step of each from the same weights and batch, compared
 lenet-accuracy  bench/lenet_torch.py's almc-vs-PyTorch LeNet run on the digits
@@ -451,39 +451,32 @@ def almc_model(cfg):
 
 
 class AlmcStep:
-    """almc's training step fed as almc/train.py feeds it: parameters and optimiser state as
-    OrtValues bound with IOBinding, each step's next.* outputs bound to the same OrtValues (the
-    step writes them in place), the batch bound from the host, the loss read back every step."""
+    """almc's training step as almc train runs it: compiled by almc.compiler.compile_step and run
+    by almc.runner.StepRunner (parameters and optimiser state bound in place, the batch bound from
+    the host, the loss read back every step), in the benchmark's session."""
 
     def __init__(self, cfg, weights, device: str, threads: int, profile: str | None = None,
                  optimized: str | None = None):
         import numpy as np
 
-        from almc.train import bind_state, device_value
+        from almc.compiler import compile_step
+        from almc.runner import StepRunner
 
-        self.np, self.bind_state = np, bind_state
+        self.np = np
         m = almc_model(cfg)
         t0 = time.perf_counter()
-        proto = m.compile_training_step(gradients=False, target=device)
+        compiled = compile_step(m.graph, gradients=False, target=device)
         self.compile_s = time.perf_counter() - t0
+        proto = compiled.proto
         t0 = time.perf_counter()
-        self.sess = ort_session(proto.SerializeToString(), device, threads, profile, memory_pattern=False,
-                                optimized=optimized)
+        sess = ort_session(proto.SerializeToString(), device, threads, profile, memory_pattern=False,
+                           optimized=optimized)
         self.session_s = time.perf_counter() - t0
-        self.dev = device
+        self.sess = sess
         self.x_name, self.y_name = m.graph.inputs[0], m.graph.train.labels[0]
-        self.inputs = {i.name: i for i in self.sess.get_inputs()}
-        self.outputs = [o.name for o in self.sess.get_outputs()]
-        state = {}
-        for name, i in self.inputs.items():
-            if name in weights or name in (self.x_name, self.y_name, "epoch", "step"):
-                continue
-            if name.startswith("dropout_mask."):
-                raise RuntimeError("the benchmark models have no dropout")
-            state[name] = np.zeros([int(d) for d in i.shape], np.float32)  # optimiser state starts at zero
-        self.values = {k: device_value(v, device) for k, v in {**weights, **state}.items() if k in self.inputs}
-        self.inplace = {o: self.values[o[5:]] for o in self.outputs if o.startswith("next.")}
-        self.binding = self.sess.io_binding()
+        state = {name: np.zeros(shape, np.float32) for name, shape in compiled.signature.state.items()}
+        self.runner = StepRunner(sess, compiled, weights, state, device)
+        self.values = self.runner.values
         self.run_s = 0.0
         self.nodes = len(proto.graph.node)
         from collections import Counter
@@ -491,20 +484,8 @@ class AlmcStep:
         self.ops = dict(Counter(n.op_type for n in proto.graph.node).most_common())
 
     def step(self, xb, yb, epoch: float, k: int) -> float:
-        np, b = self.np, self.binding
-        b.clear_binding_inputs()
-        b.clear_binding_outputs()
-        b.bind_cpu_input(self.x_name, xb)
-        b.bind_cpu_input(self.y_name, yb)
-        if "epoch" in self.inputs:
-            b.bind_cpu_input("epoch", np.array(epoch, np.float32))
-        if "step" in self.inputs:
-            b.bind_cpu_input("step", np.array(k, np.float32))
-        self.bind_state(b, self.values, self.inplace, self.outputs, self.dev)
-        t = time.perf_counter()
-        self.sess.run_with_iobinding(b)
-        self.run_s = time.perf_counter() - t
-        outs = dict(zip(self.outputs, b.get_outputs()))
+        outs = self.runner.run({self.x_name: xb, self.y_name: yb}, epoch, k)
+        self.run_s = self.runner.run_s
         self.last = outs
         return float(outs["loss"].numpy())
 

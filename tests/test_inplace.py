@@ -15,9 +15,9 @@ import pytest
 
 import almc
 from almc.lower import lower
+from almc.runner import bind_state, device_value
 from almc.runtime import session
 from almc.step import training_step
-from almc.train import bind_state, device_value
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAINED = ["gru", "lenet", "linear_svm", "logistic", "lstm", "mlp", "perceptron", "ridge", "rnn"]
