@@ -5,9 +5,14 @@ parameter names, shapes and gate order (LSTM i, f, g, o; GRU r, z, n), so
 weights move to and from torch.nn.RNN / LSTM / GRU(batch_first=True) unchanged.
 The lowering reorders the gates into ONNX's order inside the graph (Split /
 Concat / Unsqueeze on initializers, which onnxruntime constant-folds) and runs
-ONNX's fused RNN / LSTM / GRU in its seq-first layout (layout = 0).
+ONNX's fused RNN / LSTM / GRU in its seq-first layout (layout = 0). Each cell is
+one `Cell` entry in CELLS: its equations, written once, drive the numpy reference,
+the gradient's Scan bodies and the gradient's numpy reference.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -99,13 +104,173 @@ register(Op(
 
 
 # ---- recurrent layers --------------------------------------------------------
+#
+# A cell is one record: its gate count, the fused ONNX op with its gate order, and its
+# equations, written once against a kernel `k` (the numpy `NumpyKernel` or a Scan body's
+# `BodyKernel`). `step` is one time step forward, from the input- and hidden-side
+# pre-activations of the gates; `back` is one time step of backpropagation through time. The
+# inference lowering uses the fused ONNX op; the numpy reference, the gradient's two Scans and
+# its numpy reference all run the cell's own `step` and `back`.
 
-# gates per cell, ONNX op, and ONNX's gate order as indices into PyTorch's order
-CELLS = {
-    "rnn": (1, "RNN", (0,)),
-    "lstm": (4, "LSTM", (0, 3, 1, 2)),  # PyTorch i, f, g, o -> ONNX i, o, f, c
-    "gru": (3, "GRU", (1, 0, 2)),  # PyTorch r, z, n -> ONNX z, r, h
-}
+@dataclass(frozen=True)
+class Cell:
+    name: str
+    gates: int
+    onnx_op: str
+    onnx_order: tuple[int, ...]  # ONNX's gate order, as indices into PyTorch's
+    states: int  # 1 (h) or 2 (h, c)
+    step: Callable  # (k, ai, ah, states, a) -> (next states, {name: value} the cache reads)
+    cache: Callable  # (k, states, saved) -> [(value, width in H)]: what back reads of a step
+    back: Callable  # (k, d_states, h_prev, cache, w_hh, a) -> (d_states of the step before, [dA_x] or [dA_x, dA_h])
+    doc: str
+    onnx_attrs: Callable = lambda a: {}  # the fused op's attributes beyond the sizes
+    attrs: tuple = ()  # attributes of this cell only
+    variant: dict | None = None  # attributes the examples also try (rnn: relu)
+
+
+def _dsig(k, s):  # sigmoid' from its value: s (1 - s)
+    return k.mul(s, k.sub(k.one, s))
+
+
+def _sq(k, v):
+    return k.mul(v, v)
+
+
+def _rnn_step(k, ai, ah, states, a):
+    pre = k.add(ai, ah)
+    hn = k.tanh(pre) if a.nonlinearity == "tanh" else k.relu(pre)
+    return (hn,), {"h": hn}
+
+
+def _rnn_back(k, d_states, hp, cache, w_hh, a):
+    (dh,), (hn,) = d_states, cache
+    dact = k.sub(k.one, _sq(k, hn)) if a.nonlinearity == "tanh" else k.positive(hn)
+    da = k.mul(dh, dact)  # the activation's derivative, read off h_t
+    return [k.matmul(da, w_hh)], [da]
+
+
+def _lstm_step(k, ai, ah, states, a):
+    h, c = states
+    gates = k.split(k.add(ai, ah), 4)
+    i, f, g, o = k.sigmoid(gates[0]), k.sigmoid(gates[1]), k.tanh(gates[2]), k.sigmoid(gates[3])
+    cn = k.add(k.mul(f, c), k.mul(i, g))
+    hn = k.mul(o, k.tanh(cn))
+    return (hn, cn), {"c": c, "acts": (i, f, g, o), "cn": cn}
+
+
+def _lstm_back(k, d_states, hp, cache, w_hh, a):
+    (dh, dc), (c_prev, acts, cn) = d_states, cache
+    i, f, g, o = k.split(acts, 4)
+    tc = k.tanh(cn)
+    do = k.mul(dh, tc)
+    dcn = k.add(dc, k.mul(k.mul(dh, o), k.sub(k.one, _sq(k, tc))))  # c_t feeds h_t and c_(t+1)
+    da = k.concat(k.mul(k.mul(dcn, g), _dsig(k, i)),  # i
+                  k.mul(k.mul(dcn, c_prev), _dsig(k, f)),  # f
+                  k.mul(k.mul(dcn, i), k.sub(k.one, _sq(k, g))),  # g
+                  k.mul(do, _dsig(k, o)))  # o
+    return [k.matmul(da, w_hh), k.mul(dcn, f)], [da]
+
+
+def _gru_step(k, ai, ah, states, a):
+    (h,) = states
+    gi, gh = k.split(ai, 3), k.split(ah, 3)
+    r = k.sigmoid(k.add(gi[0], gh[0]))
+    z = k.sigmoid(k.add(gi[1], gh[1]))
+    n = k.tanh(k.add(gi[2], k.mul(r, gh[2])))  # r applied after W_hn h + b_hn
+    hn = k.add(n, k.mul(z, k.sub(h, n)))  # (1 - z) n + z h
+    return (hn,), {"acts": (r, z, n), "ah_n": gh[2]}
+
+
+def _gru_back(k, d_states, hp, cache, w_hh, a):
+    (dh,), (acts, ah_n) = d_states, cache
+    r, z, n = k.split(acts, 3)
+    dan = k.mul(k.mul(dh, k.sub(k.one, z)), k.sub(k.one, _sq(k, n)))  # through n = tanh(.)
+    dar = k.mul(k.mul(dan, ah_n), _dsig(k, r))
+    daz = k.mul(k.mul(dh, k.sub(hp, n)), _dsig(k, z))
+    da_x = k.concat(dar, daz, dan)
+    da_h = k.concat(dar, daz, k.mul(dan, r))  # the hidden side of n is scaled by r
+    return [k.add(k.mul(dh, z), k.matmul(da_h, w_hh))], [da_x, da_h]
+
+
+CELLS = {c.name: c for c in (
+    Cell("rnn", 1, "RNN", (0,), 1, _rnn_step, lambda k, st, s: [(s["h"], 1)], _rnn_back,
+         "Elman RNN h_t = act(W_ih x_t + b_ih + W_hh h_(t-1) + b_hh) (ONNX RNN)",
+         onnx_attrs=lambda a: {"activations": [a.nonlinearity.capitalize()]},
+         attrs=(Attr("nonlinearity", "str", "tanh", ("tanh", "relu"), doc="the cell's activation"),),
+         variant={"nonlinearity": "relu"}),
+    Cell("lstm", 4, "LSTM", (0, 3, 1, 2), 2, _lstm_step,  # PyTorch i, f, g, o -> ONNX i, o, f, c
+         lambda k, st, s: [(s["c"], 1), (k.concat(*s["acts"]), 4), (s["cn"], 1)], _lstm_back,
+         "LSTM, PyTorch gate order i, f, g, o (ONNX LSTM)"),
+    Cell("gru", 3, "GRU", (1, 0, 2), 1, _gru_step,  # PyTorch r, z, n -> ONNX z, r, h
+         lambda k, st, s: [(k.concat(*s["acts"]), 3), (s["ah_n"], 1)], _gru_back,
+         "GRU, PyTorch gate order r, z, n, reset applied after W_hn h + b_hn (ONNX GRU, linear_before_reset = 1)",
+         onnx_attrs=lambda a: {"linear_before_reset": 1}),  # PyTorch applies r after W_hn h + b_hn
+)}
+
+
+class NumpyKernel:
+    """The cells' equations in numpy (the references)."""
+
+    one = 1.0
+    add, sub, mul, tanh = staticmethod(np.add), staticmethod(np.subtract), staticmethod(np.multiply), staticmethod(np.tanh)
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+    def sigmoid(self, v):
+        return 1.0 / (1.0 + np.exp(-v))
+
+    def relu(self, v):
+        return np.maximum(v, 0.0)
+
+    def positive(self, v):
+        return (v > 0).astype(self.dtype)
+
+    def split(self, v, n):
+        return np.split(v, n, axis=1)
+
+    def concat(self, *vs):
+        return np.concatenate(vs, axis=1)
+
+    def matmul(self, a, b):
+        return a @ b
+
+
+class BodyKernel:
+    """The cells' equations as nodes of a Scan body (`Body`); constants go to the outer graph."""
+
+    def __init__(self, body, g, one, npd, elem):
+        self.b, self.g, self.one, self.npd, self.elem = body, g, one, npd, elem
+
+    def add(self, x, y):
+        return self.b("Add", x, y)
+
+    def sub(self, x, y):
+        return self.b("Sub", x, y)
+
+    def mul(self, x, y):
+        return self.b("Mul", x, y)
+
+    def matmul(self, x, y):
+        return self.b("MatMul", x, y)
+
+    def sigmoid(self, v):
+        return self.b("Sigmoid", v)
+
+    def tanh(self, v):
+        return self.b("Tanh", v)
+
+    def relu(self, v):
+        return self.b("Relu", v)
+
+    def positive(self, v):
+        return self.b("Cast", self.b("Greater", v, self.g.const("zero", 0.0, self.npd)), to=self.elem)
+
+    def split(self, v, n):
+        return self.b("Split", v, n_out=n, axis=1, num_outputs=n)
+
+    def concat(self, *vs):
+        return self.b("Concat", *vs, axis=1)
 
 
 def seq_check(x, a, opname):
@@ -130,20 +295,20 @@ def seq_check(x, a, opname):
     return x.dims[2]
 
 
-def rec_shape(opname):
+def rec_shape(cell: Cell):
     def shape(types, a):
         (x,) = types
-        seq_check(x, a, opname)
+        seq_check(x, a, cell.name)
         n, t = x.dims[:2]
         return x.with_dims((n, a.hidden) if a.last else (n, t, a.hidden))
     return shape
 
 
-def rec_params(opname):
-    G = CELLS[opname][0]
+def rec_params(cell: Cell):
+    G = cell.gates
 
     def params(types, a):
-        f = seq_check(types[0], a, opname)
+        f = seq_check(types[0], a, cell.name)
         h = a.hidden
         # PyTorch draws all four from U(-1/sqrt(hidden), 1/sqrt(hidden))
         return [Param(name, shape, "uniform_fan_in", fan_in=h, fan_out=h)
@@ -152,8 +317,8 @@ def rec_params(opname):
     return params
 
 
-def rec_macs(opname):
-    G = CELLS[opname][0]
+def rec_macs(cell: Cell):
+    G = cell.gates
 
     def macs(types, out, a):
         x = types[0]
@@ -176,8 +341,8 @@ def onnx_gates(g, tensors, order, axes0):
     return g.node("Unsqueeze", [joined, axes0])
 
 
-def rec_lower(opname):
-    _, onnx_op, order = CELLS[opname]
+def rec_lower(cell: Cell):
+    order = cell.onnx_order
 
     def lower(g, ins, p, a, types, out):
         axes0 = g.const("axes0", [0], np.int64)
@@ -185,14 +350,9 @@ def rec_lower(opname):
         r = onnx_gates(g, [p["weight_hh"]], order, axes0)  # [1, G*H, H]
         b = onnx_gates(g, [p["bias_ih"], p["bias_hh"]], order, axes0)  # [1, 2*G*H]
         xt = g.node("Transpose", [ins[0]], perm=[1, 0, 2])  # [T, N, F]
-        extra = {}
-        if opname == "gru":
-            extra["linear_before_reset"] = 1  # PyTorch applies r after W_hn h + b_hn
-        if opname == "rnn":
-            extra["activations"] = [a.nonlinearity.capitalize()]
         y, yh = g.tmp("y"), g.tmp("y_h")
-        g.node(onnx_op, [xt, w, r, b], outputs=["", yh] if a.last else [y],
-               hidden_size=a.hidden, direction="forward", layout=0, **extra)
+        g.node(cell.onnx_op, [xt, w, r, b], outputs=["", yh] if a.last else [y],
+               hidden_size=a.hidden, direction="forward", layout=0, **cell.onnx_attrs(a))
         if a.last:
             return g.node("Squeeze", [yh, axes0], out=g.out)  # [1, N, H] -> [N, H]
         yt = g.node("Transpose", [y], perm=[2, 0, 1, 3])  # [T, 1, N, H] -> [N, T, 1, H]
@@ -200,37 +360,26 @@ def rec_lower(opname):
     return lower
 
 
-def sigmoid(v):
-    return 1.0 / (1.0 + np.exp(-v))
+def _forward_steps(cell: Cell, k, x, w_ih, w_hh, b_ih, b_hh, a):
+    """The cell over every step of x in numpy: per step (h_(t-1), the states after it, its cache)."""
+    n, T, _ = x.shape
+    states = tuple(np.zeros((n, a.hidden), x.dtype) for _ in range(cell.states))
+    steps = []
+    for t in range(T):
+        ai, ah = x[:, t] @ w_ih.T + b_ih, states[0] @ w_hh.T + b_hh
+        new, saved = cell.step(k, ai, ah, states, a)
+        steps.append((states[0], new, [v for v, _ in cell.cache(k, states, saved)]))
+        states = new
+    return steps
 
 
-def rec_reference(opname):
-    """PyTorch's equations (torch.nn.RNN / LSTM / GRU docs), one step at a time, in float64."""
-    G = CELLS[opname][0]
-
+def rec_reference(cell: Cell):
+    """The cell's equations (PyTorch's, torch.nn.RNN / LSTM / GRU), one step at a time, in float64."""
     def reference(xs, p, a):
         x = xs[0].astype(np.float64)
-        w_ih, w_hh, b_ih, b_hh = (p[k].astype(np.float64) for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
-        n, T, _ = x.shape
-        h = np.zeros((n, a.hidden))
-        c = np.zeros((n, a.hidden))
-        ys = []
-        for t in range(T):
-            gi = np.split(x[:, t] @ w_ih.T + b_ih, G, axis=1)  # input part of each gate
-            gh = np.split(h @ w_hh.T + b_hh, G, axis=1)  # hidden part of each gate
-            if opname == "rnn":
-                s = gi[0] + gh[0]
-                h = np.tanh(s) if a.nonlinearity == "tanh" else np.maximum(s, 0.0)
-            elif opname == "lstm":
-                i, f, gg, o = (sigmoid(gi[0] + gh[0]), sigmoid(gi[1] + gh[1]),
-                               np.tanh(gi[2] + gh[2]), sigmoid(gi[3] + gh[3]))
-                c = f * c + i * gg
-                h = o * np.tanh(c)
-            else:
-                r, z = sigmoid(gi[0] + gh[0]), sigmoid(gi[1] + gh[1])
-                nn = np.tanh(gi[2] + r * gh[2])
-                h = (1.0 - z) * nn + z * h
-            ys.append(h)
+        w = [p[k].astype(np.float64) for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        ys = [new[0] for _, new, _ in _forward_steps(cell, NumpyKernel(np.float64), x, *w, a)]
+        h = ys[-1] if ys else np.zeros((x.shape[0], a.hidden))
         y = h if a.last else np.stack(ys, axis=1)
         return y.astype(xs[0].dtype)
     return reference
@@ -240,12 +389,12 @@ def rec_reference(opname):
 #
 # The gradient of a recurrent layer splits in two. `{cell}_bptt` runs the time
 # loop: it recomputes the forward pass (one ONNX Scan over the steps, keeping what
-# the backward step needs) and then walks the steps in reverse (a second Scan,
-# with the gradients of the hidden state, and of the cell state for LSTM, as
-# loop-carried values). Its result packs, for every step t, the gradient of the
-# input-side pre-activation  x_t W_ih^T + b_ih  (dA_x), of the hidden-side one
-# h_(t-1) W_hh^T + b_hh  (dA_h; equal to dA_x except in the GRU's n gate, which r
-# scales), and the previous hidden state h_(t-1):
+# the backward step needs: the cell's `cache`) and then walks the steps in reverse
+# (a second Scan, running the cell's `back`, with the gradients of the hidden state,
+# and of the cell state for LSTM, as loop-carried values). Its result packs, for
+# every step t, the gradient of the input-side pre-activation  x_t W_ih^T + b_ih
+# (dA_x), of the hidden-side one  h_(t-1) W_hh^T + b_hh  (dA_h; equal to dA_x except
+# in the GRU's n gate, which r scales), and the previous hidden state h_(t-1):
 #
 #     pack [N, T, G*H + G*H + H] = [dA_x | dA_h | h_(t-1)]
 #
@@ -254,17 +403,19 @@ def rec_reference(opname):
 # its trip count from the data, so this works for a sequence length T known only
 # at run time.
 
-def rec_grad(opname):
-    G = CELLS[opname][0]
+def _cell_attrs(cell: Cell, a) -> dict:
+    return {x.name: a[x.name] for x in cell.attrs}
+
+
+def rec_grad(cell: Cell):
+    G = cell.gates
 
     def grad(d, n, gy):
         x = n.inputs[0]
         a = n.attrs
         w_ih, w_hh, b_ih, b_hh = (d.param(k) for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
-        attrs = {"hidden": a.hidden, "last": a.last}
-        if opname == "rnn":
-            attrs["nonlinearity"] = a.nonlinearity
-        pack = d.op(f"{opname}_bptt", [gy, x, w_ih, w_hh, b_ih, b_hh], attrs)
+        attrs = {"hidden": a.hidden, "last": a.last, **_cell_attrs(cell, a)}
+        pack = d.op(f"{cell.name}_bptt", [gy, x, w_ih, w_hh, b_ih, b_hh], attrs)
         geo = {"hidden": a.hidden, "gates": G}
         gx = d.op("recurrent_grad_x", [pack, w_ih], geo) if d.wants(x) else None
         return [gx], {
@@ -276,19 +427,20 @@ def rec_grad(opname):
     return grad
 
 
-def bptt_shape(opname):
-    G = CELLS[opname][0]
+def bptt_shape(cell: Cell):
+    G = cell.gates
+    opname = f"{cell.name}_bptt"
 
     def shape(types, a):
         gy, x, w_ih, w_hh, b_ih, b_hh = types
-        f = seq_check(x, a, f"{opname}_bptt")
+        f = seq_check(x, a, opname)
         n, t, _ = x.dims
         h = a.hidden
         want = [(n, h) if a.last else (n, t, h), (G * h, f), (G * h, h), (G * h,), (G * h,)]
         for what, ty, dims in zip(("gradient", "weight_ih", "weight_hh", "bias_ih", "bias_hh"),
                                   (gy, w_ih, w_hh, b_ih, b_hh), want):
             if ty.dims != tuple(dims):
-                raise ShapeError(f"{opname}_bptt: {what} is {ty}, expected [{', '.join(map(str, dims))}]")
+                raise ShapeError(f"{opname}: {what} is {ty}, expected [{', '.join(map(str, dims))}]")
         return x.with_dims((n, t, (2 * G + 1) * h))
     return shape
 
@@ -338,8 +490,11 @@ def scan(g, body, states, seq, reverse, n_scan_out):
     return outs[:len(states)], outs[len(states):]
 
 
-def bptt_lower(opname):
-    G = CELLS[opname][0]
+STATE_NAMES = ("h", "c")
+
+
+def bptt_lower(cell: Cell):
+    G = cell.gates
 
     def lower(g, ins, p, a, types, out):
         gy, x, w_ih, w_hh, b_ih, b_hh = ins
@@ -359,178 +514,79 @@ def bptt_lower(opname):
 
         # -- forward: recompute the states, keep what the backward step reads
         f = Body(g, "fwd", elem)
-        h = f.input("h", (N, H))
-        c = f.input("c", (N, H)) if opname == "lstm" else None
+        fk = BodyKernel(f, g, one, npd, elem)
+        states = tuple(f.input(s, (N, H)) for s in STATE_NAMES[:cell.states])
         ai = f.input("ai", (N, G * H))
-        ah = f("Add", f("MatMul", h, w_hh_t), b_hh)
-        if opname == "rnn":
-            hn = f("Tanh" if a.nonlinearity == "tanh" else "Relu", f("Add", ai, ah))
-            f.output(hn, "h", (N, H))
-            cache = [(hn, H)]  # h_t: the activation's derivative is read off it
-        elif opname == "lstm":
-            gates = f("Split", f("Add", ai, ah), n_out=4, axis=1, num_outputs=4)
-            i, fg, gg, o = f("Sigmoid", gates[0]), f("Sigmoid", gates[1]), f("Tanh", gates[2]), f("Sigmoid", gates[3])
-            cn = f("Add", f("Mul", fg, c), f("Mul", i, gg))
-            hn = f("Mul", o, f("Tanh", cn))
-            f.output(hn, "h", (N, H))
-            f.output(cn, "c", (N, H))
-            cache = [(c, H), (f("Concat", i, fg, gg, o, axis=1), 4 * H), (cn, H)]
-        else:
-            gi = f("Split", ai, n_out=3, axis=1, num_outputs=3)
-            gh = f("Split", ah, n_out=3, axis=1, num_outputs=3)
-            r = f("Sigmoid", f("Add", gi[0], gh[0]))
-            z = f("Sigmoid", f("Add", gi[1], gh[1]))
-            nn = f("Tanh", f("Add", gi[2], f("Mul", r, gh[2])))
-            hn = f("Add", nn, f("Mul", z, f("Sub", h, nn)))  # (1 - z) n + z h
-            f.output(hn, "h", (N, H))
-            cache = [(f("Concat", r, z, nn, axis=1), 3 * H), (gh[2], H)]
-        for k, (v, width) in enumerate([(h, H)] + cache):
-            f.output(v, f"cache{k}", (N, width))
-        init = [zeros, zeros] if opname == "lstm" else [zeros]
-        _, (h_prev, *caches) = scan(g, f, init, [ai_all], reverse=False, n_scan_out=1 + len(cache))
+        ah = f("Add", f("MatMul", states[0], w_hh_t), b_hh)
+        new, saved = cell.step(fk, ai, ah, states, a)
+        for s, v in zip(STATE_NAMES, new):
+            f.output(v, s, (N, H))
+        cache = cell.cache(fk, states, saved)
+        for k, (v, width) in enumerate([(states[0], 1)] + cache):
+            f.output(v, f"cache{k}", (N, width * H))
+        _, (h_prev, *caches) = scan(g, f, [zeros] * cell.states, [ai_all], reverse=False, n_scan_out=1 + len(cache))
 
         # -- backward: the steps in reverse, carrying dL/dh (and dL/dc)
         b = Body(g, "bwd", elem)
-        dh = b.input("dh", (N, H))
-        dc = b.input("dc", (N, H)) if opname == "lstm" else None
+        bk = BodyKernel(b, g, one, npd, elem)
+        d_states = [b.input(f"d{s}", (N, H)) for s in STATE_NAMES[:cell.states]]
         if not a.last:
-            dh = b("Add", dh, b.input("gy", (N, H)))  # the step's own output gradient
+            d_states[0] = b("Add", d_states[0], b.input("gy", (N, H)))  # the step's own output gradient
         hp = b.input("h_prev", (N, H))
-        cs = [b.input(f"cache{k}", (N, width)) for k, (_, width) in enumerate(cache)]
-
-        def sq(v):
-            return b("Mul", v, v)
-
-        def dsig(s):  # sigmoid' from its value: s (1 - s)
-            return b("Mul", s, b("Sub", one, s))
-
-        if opname == "rnn":
-            (hn,) = cs
-            if a.nonlinearity == "tanh":
-                dact = b("Sub", one, sq(hn))
-            else:
-                dact = b("Cast", b("Greater", hn, g.const("zero", 0.0, npd)), to=elem)
-            da = b("Mul", dh, dact)
-            dh_prev = b("MatMul", da, w_hh)
-            outs = [(dh_prev, H), (da, G * H)]
-        elif opname == "lstm":
-            c_prev, acts, cn = cs
-            i, fg, gg, o = b("Split", acts, n_out=4, axis=1, num_outputs=4)
-            tc = b("Tanh", cn)
-            do = b("Mul", dh, tc)
-            dcn = b("Add", dc, b("Mul", b("Mul", dh, o), b("Sub", one, sq(tc))))
-            da = b("Concat", b("Mul", b("Mul", dcn, gg), dsig(i)),  # i
-                   b("Mul", b("Mul", dcn, c_prev), dsig(fg)),  # f
-                   b("Mul", b("Mul", dcn, i), b("Sub", one, sq(gg))),  # g
-                   b("Mul", do, dsig(o)), axis=1)  # o
-            dh_prev = b("MatMul", da, w_hh)
-            outs = [(dh_prev, H), (b("Mul", dcn, fg), H), (da, G * H)]
-        else:
-            acts, ah_n = cs
-            r, z, nn = b("Split", acts, n_out=3, axis=1, num_outputs=3)
-            dan = b("Mul", b("Mul", dh, b("Sub", one, z)), b("Sub", one, sq(nn)))  # through n = tanh(.)
-            dar = b("Mul", b("Mul", dan, ah_n), dsig(r))
-            daz = b("Mul", b("Mul", dh, b("Sub", hp, nn)), dsig(z))
-            da_x = b("Concat", dar, daz, dan, axis=1)
-            da_h = b("Concat", dar, daz, b("Mul", dan, r), axis=1)
-            dh_prev = b("Add", b("Mul", dh, z), b("MatMul", da_h, w_hh))
-            outs = [(dh_prev, H), (da_x, G * H), (da_h, G * H)]
+        cs = [b.input(f"cache{k}", (N, width * H)) for k, (_, width) in enumerate(cache)]
+        d_prev, das = cell.back(bk, d_states, hp, cs, w_hh, a)
+        outs = [(v, H) for v in d_prev] + [(v, G * H) for v in das]
         for k, (v, width) in enumerate(outs):
             b.output(v, f"out{k}", (N, width))
-        n_state = 2 if opname == "lstm" else 1
-        init = [gy if a.last else zeros] + ([zeros] if opname == "lstm" else [])
+        init = [gy if a.last else zeros] + [zeros] * (cell.states - 1)
         seq = ([] if a.last else [gy]) + [h_prev] + caches
-        _, grads = scan(g, b, init, seq, reverse=True, n_scan_out=len(outs) - n_state)
+        _, grads = scan(g, b, init, seq, reverse=True, n_scan_out=len(das))
         da_x, da_h = (grads[0], grads[0]) if len(grads) == 1 else grads
         return g.node("Concat", [da_x, da_h, h_prev], out=g.out, axis=2)
     return lower
 
 
-def bptt_reference(opname):
-    """Backpropagation through time, one step at a time, from PyTorch's equations."""
-    G = CELLS[opname][0]
+def bptt_reference(cell: Cell):
+    """Backpropagation through time in numpy: the cell's `step` forward, its `back` in reverse."""
+    G = cell.gates
 
     def reference(xs, p, a):
         gy, x, w_ih, w_hh, b_ih, b_hh = xs
         dt = np.result_type(*xs)
+        k = NumpyKernel(dt)
+        x, w_ih, w_hh, b_ih, b_hh = (v.astype(dt) for v in (x, w_ih, w_hh, b_ih, b_hh))
         n, T, _ = x.shape
         H = a.hidden
-        h, c = np.zeros((n, H), dt), np.zeros((n, H), dt)
-        saved = []  # per step: h_(t-1), c_(t-1), the input and hidden parts of each gate, the activations
-        for t in range(T):
-            gi = np.split(x[:, t] @ w_ih.T + b_ih, G, axis=1)
-            gh = np.split(h @ w_hh.T + b_hh, G, axis=1)
-            if opname == "rnn":
-                s = gi[0] + gh[0]
-                hn = np.tanh(s) if a.nonlinearity == "tanh" else np.maximum(s, 0.0)
-                acts, cn = (s,), c
-            elif opname == "lstm":
-                i, f, gg, o = (sigmoid(gi[0] + gh[0]), sigmoid(gi[1] + gh[1]),
-                               np.tanh(gi[2] + gh[2]), sigmoid(gi[3] + gh[3]))
-                cn = f * c + i * gg
-                hn = o * np.tanh(cn)
-                acts = (i, f, gg, o)
-            else:
-                r, z = sigmoid(gi[0] + gh[0]), sigmoid(gi[1] + gh[1])
-                nn = np.tanh(gi[2] + r * gh[2])
-                hn = (1.0 - z) * nn + z * h
-                acts, cn = (r, z, nn), c
-            saved.append((h, c, gh, acts, cn))
-            h, c = hn, cn
+        steps = _forward_steps(cell, k, x, w_ih, w_hh, b_ih, b_hh, a)
         out = np.zeros((n, T, (2 * G + 1) * H), dt)
-        dh = gy.astype(dt) if a.last else np.zeros((n, H), dt)
-        dc = np.zeros((n, H), dt)
+        d_states = [gy.astype(dt) if a.last else np.zeros((n, H), dt)] + [np.zeros((n, H), dt)] * (cell.states - 1)
         for t in reversed(range(T)):
-            hp, cp, gh, acts, cn = saved[t]
+            hp, _, cache = steps[t]
             if not a.last:
-                dh = dh + gy[:, t]
-            if opname == "rnn":
-                (s,) = acts
-                dax = dh * (1.0 - np.tanh(s) ** 2 if a.nonlinearity == "tanh" else (s > 0).astype(dt))
-                dah = dax
-                dh = dah @ w_hh
-            elif opname == "lstm":
-                i, f, gg, o = acts
-                tc = np.tanh(cn)
-                dct = dc + dh * o * (1.0 - tc ** 2)  # c_t feeds h_t and c_(t+1)
-                di, df, dg, do = dct * gg, dct * cp, dct * i, dh * tc
-                dax = np.concatenate([di * i * (1 - i), df * f * (1 - f), dg * (1 - gg ** 2), do * o * (1 - o)], axis=1)
-                dah = dax
-                dh, dc = dah @ w_hh, dct * f
-            else:
-                r, z, nn = acts
-                dn = dh * (1.0 - z)
-                dz = dh * (hp - nn)
-                dpre_n = dn * (1.0 - nn ** 2)  # n = tanh(pre_n), pre_n = x-part + r * (W_hn h + b_hn)
-                dr = dpre_n * gh[2]
-                dar, daz = dr * r * (1 - r), dz * z * (1 - z)
-                dax = np.concatenate([dar, daz, dpre_n], axis=1)
-                dah = np.concatenate([dar, daz, dpre_n * r], axis=1)
-                dh = dh * z + dah @ w_hh
+                d_states[0] = d_states[0] + gy[:, t]
+            d_states, das = cell.back(k, d_states, hp, cache, w_hh, a)
+            dax, dah = (das[0], das[0]) if len(das) == 1 else das
             out[:, t] = np.concatenate([dax, dah, hp], axis=1)
         return out
     return reference
 
 
-for _name in CELLS:
-    _G = CELLS[_name][0]
-    _nl = (Attr("nonlinearity", "str", "tanh", ("tanh", "relu")),) if _name == "rnn" else ()
-
-    def _ex(n, t, f, h, last=False, **kw):
+for _cell in CELLS.values():
+    def _ex(n, t, f, h, last=False, _G=_cell.gates, **kw):
         gy = ("f32", (n, h) if last else (n, t, h))
         return ((gy, ("f32", (n, t, f)), ("f32", (_G * h, f)), ("f32", (_G * h, h)), ("f32", (_G * h,)),
                  ("f32", (_G * h,))), dict(hidden=h, last=last, **kw))
 
+    _v = _cell.variant
     register(Op(
-        name=f"{_name}_bptt", inputs=("g", "x", "weight_ih", "weight_hh", "bias_ih", "bias_hh"),
-        attrs=(Attr("hidden", "int"), Attr("last", "bool", False), *_nl),
-        shape=bptt_shape(_name), lower=bptt_lower(_name), reference=bptt_reference(_name), category="gradient",
-        doc=(f"Backpropagation through time of {_name}: per step [dA_x | dA_h | h_(t-1)], the gradients of the "
+        name=f"{_cell.name}_bptt", inputs=("g", "x", "weight_ih", "weight_hh", "bias_ih", "bias_hh"),
+        attrs=(Attr("hidden", "int"), Attr("last", "bool", False), *_cell.attrs),
+        shape=bptt_shape(_cell), lower=bptt_lower(_cell), reference=bptt_reference(_cell), category="gradient",
+        doc=(f"Backpropagation through time of {_cell.name}: per step [dA_x | dA_h | h_(t-1)], the gradients of the "
              "input- and hidden-side gate pre-activations and the previous state (two ONNX Scans: the forward "
              "recomputed, then the steps in reverse)."),
         examples=(_ex(2, 5, 3, 4), _ex(2, 4, 2, 3, last=True), _ex(1, 1, 2, 2),  # batch != G*hidden (symbolic N)
-                  *((_ex(2, 5, 3, 3, nonlinearity="relu"), _ex(3, 3, 4, 2, last=True, nonlinearity="relu"))
-                    if _name == "rnn" else ())),
+                  *((_ex(2, 5, 3, 3, **_v), _ex(3, 3, 4, 2, last=True, **_v)) if _v else ())),
     ))
 
 
@@ -630,28 +686,18 @@ register(Op(
 ))
 
 
-REC_DOCS = {
-    "rnn": "Elman RNN h_t = act(W_ih x_t + b_ih + W_hh h_(t-1) + b_hh) (ONNX RNN)",
-    "lstm": "LSTM, PyTorch gate order i, f, g, o (ONNX LSTM)",
-    "gru": "GRU, PyTorch gate order r, z, n, reset applied after W_hn h + b_hn (ONNX GRU, linear_before_reset = 1)",
-}
-
-for _name in CELLS:
-    _extra, _relu_examples = (), ()
-    if _name == "rnn":
-        _extra = (Attr("nonlinearity", "str", "tanh", ("tanh", "relu"), doc="the cell's activation"),)
-        _relu_examples = (((("f32", (2, 5, 4)),), dict(hidden=3, nonlinearity="relu")),
-                          ((("f32", (2, 3, 4)),), dict(hidden=2, last=True, nonlinearity="relu")))
+for _cell in CELLS.values():
+    _v = _cell.variant
     register(Op(
-        name=_name, inputs=("x",),
+        name=_cell.name, inputs=("x",),
         attrs=(Attr("hidden", "int", doc="hidden state size"),
                Attr("last", "bool", False, doc="return only the last step [N, hidden] instead of [N, T, hidden]"),
-               *_extra),
-        shape=rec_shape(_name), params=rec_params(_name), lower=rec_lower(_name),
-        reference=rec_reference(_name), macs=rec_macs(_name), grad=rec_grad(_name),
+               *_cell.attrs),
+        shape=rec_shape(_cell), params=rec_params(_cell), lower=rec_lower(_cell),
+        reference=rec_reference(_cell), macs=rec_macs(_cell), grad=rec_grad(_cell),
         window=lambda types, a: "global",  # each step sees every earlier step
-        torch=TorchModule(_name.upper(), _name, stacked=True),
-        doc=(f"{REC_DOCS[_name]}: batch-first x [N, T, features] -> [N, T, hidden], or [N, hidden] "
+        torch=TorchModule(_cell.name.upper(), _cell.name, stacked=True),
+        doc=(f"{_cell.doc}: batch-first x [N, T, features] -> [N, T, hidden], or [N, hidden] "
              "with last = true; one layer, forward, zero initial state. Parameters weight_ih [G*hidden, features], "
              "weight_hh [G*hidden, hidden], bias_ih, bias_hh [G*hidden] as in PyTorch. "
              "macs count T steps, or 1 step when T is symbolic."),
@@ -659,6 +705,7 @@ for _name in CELLS:
             ((("f32", (2, 5, 3)),), dict(hidden=4)),
             ((("f32", (3, 4, 6)),), dict(hidden=4, last=True)),
             ((("f32", (1, 5, 2)),), dict(hidden=3)),
-            *_relu_examples,
+            *(((((("f32", (2, 5, 4)),), dict(hidden=3, **_v)), ((("f32", (2, 3, 4)),), dict(hidden=2, last=True, **_v)))
+               if _v else ())),
         ),
     ))
