@@ -454,9 +454,9 @@ def main(argv=None) -> int:
 
 def entry() -> None:
     """The `almc` console script: main(), then the process ends without the interpreter's
-    teardown, which would spend 0.07 s on every command unloading the 600 modules of numpy,
-    onnx, networkx and lark (`almc compile models/lenet.alm`: 0.35 -> 0.28 s). Every file almc
-    writes is closed by then (files.atomic_write); the output streams are flushed here."""
+    teardown, which would unload the 600 modules of numpy, onnx, networkx and lark after every
+    command, a large share of a short command's time (figures: docs/performance.md). Every file
+    almc writes is closed by then (files.atomic_write); the output streams are flushed here."""
     code = main()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -10,8 +10,8 @@ Each parameter draws from its own generator seeded by (seed, crc32(name)), so a
 parameter's initial value does not depend on the order or presence of others, and
 the draws can run on several threads (numpy releases the GIL while it fills an
 array). Normal values come from uniform ones by the Box-Muller transform, in
-vectorised float32: numpy's own float32 normal sampler is not vectorised (9 ns a
-value here, against 3 ns), and ResNet-50 draws 25.5M values.
+vectorised float32: numpy's own float32 normal sampler is not vectorised, so it is slower
+a value, and ResNet-50 draws 25.5M values (figures: docs/performance.md).
 """
 from __future__ import annotations
 

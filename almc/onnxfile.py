@@ -2,12 +2,13 @@
 through protobuf.
 
 `onnx.numpy_helper.from_array`, `helper.make_graph` and `SerializeToString` each copy every
-weight (ResNet-50: 100 MB, four copies, 0.2 s of a 1.2 s compile). Here the skeleton (the model
-with its small initializers but not the parameters) is serialised by protobuf, and each
-parameter's bytes go to the file straight from its array, as the raw_data of a TensorProto
-whose framing is written by hand. The pieces are laid out in protobuf's canonical field order,
-so the file is byte for byte what `attach(skeleton, params).SerializeToString()` gives (tested):
-one ModelProto with a single graph field, readable by any protobuf reader.
+weight: four copies, a large share of a big model's compile (figures: docs/performance.md).
+Here the skeleton (the model with its small initializers but not the parameters) is serialised
+by protobuf, and each parameter's bytes go to the file straight from its array, as the raw_data
+of a TensorProto whose framing is written by hand. The pieces are laid out in protobuf's
+canonical field order, so the file is byte for byte what
+`attach(skeleton, params).SerializeToString()` gives (tested): one ModelProto with a single
+graph field, readable by any protobuf reader.
 """
 from __future__ import annotations
 
@@ -85,8 +86,8 @@ def attach(skeleton: onnx.ModelProto, params: list[tuple[str, np.ndarray]]) -> o
 def checkable(skeleton: onnx.ModelProto, params: list[tuple[str, np.ndarray]]) -> onnx.ModelProto:
     """The skeleton with each parameter declared as a graph input of its type instead of carried
     as data: what onnx.checker's full check (structure, types, shape inference) needs, without
-    100 MB to parse. The weights' dtypes and shapes are the arrays' own, so nothing is skipped
-    that the file could get wrong."""
+    the weights' bytes to parse. The weights' dtypes and shapes are the arrays' own, so nothing
+    is skipped that the file could get wrong."""
     model = onnx.ModelProto()
     model.CopyFrom(skeleton)
     model.graph.input.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, a.shape) for n, a in params)

@@ -27,7 +27,7 @@ def grammar_text() -> str:
 def parser() -> Lark:
     text = grammar_text()
     options = dict(parser="lalr", lexer="basic", propagate_positions=True, maybe_placeholders=True)
-    try:  # building the LALR tables takes ~0.1 s; Lark caches them by grammar hash in the temp folder
+    try:  # building the LALR tables is slow (docs/performance.md); Lark caches them by grammar hash in the temp folder
         return Lark(text, cache=True, **options)
     except OSError:
         return Lark(text, **options)

@@ -72,9 +72,9 @@ def session(model, device: str = "auto", threads: int | None = None, memory_patt
 
     `memory_pattern=False` for a training step: after its first run onnxruntime lays every
     intermediate out in one block of its own while the arena keeps the first run's chunks, so the
-    intermediates are held twice. A ResNet-18 step's peak resident memory goes 346 -> 277 MiB
-    without it, at the same speed. Inference keeps it: a LeNet call at batch 1 is 1 to 2 us faster
-    with it (fastest of 12 to 30 rounds: 26.4 to 27.7 against 28.3 to 29.7 us)."""
+    intermediates are held twice. Without it a ResNet-18 step's peak resident memory is
+    markedly lower, at the same speed. Inference keeps it: a small call (LeNet at batch 1) is
+    slightly faster with it (figures: docs/performance.md)."""
     import onnxruntime as ort
 
     providers = providers_for(device)

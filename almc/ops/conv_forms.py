@@ -117,10 +117,10 @@ def choose(geo: ConvGeo, target: str = "cpu") -> Form:
 # stage on 32x32 images (2x2 maps, 3x3 kernels) has none: each of the 16 pairs is a tap.
 # onnxruntime's strided Conv and ConvTranspose are slow for their work, so a strided convolution
 # goes dense up to twice that share, for its forward and input gradient only: ResNet-18's 4x4 ->
-# 2x2 stride-2 convolution (128 -> 256 channels, 64 pairs for 25 links) takes 0.88 against 1.30
-# ms forward and 1.05 against 2.2 ms for the input gradient, but 1.07 against 0.68 ms for the
-# weight gradient per tap. A stride-1 4x4 map has the same share (256 pairs, 100 links) and loses
-# (1.86 against 1.49 ms forward); 8x8 -> 4x4 with stride 2 (8.5) loses in every pass.
+# 2x2 stride-2 convolution (128 -> 256 channels, 64 pairs for 25 links) is faster dense in those
+# two, but its weight gradient is faster per tap. A stride-1 4x4 map has the same share (256
+# pairs, 100 links) and loses; 8x8 -> 4x4 with stride 2 (8.5) loses in every pass (figures:
+# docs/performance.md).
 DENSE_MAX_WASTE = 1.5
 DENSE_STRIDED_MAX_WASTE = 3.0
 
@@ -184,8 +184,8 @@ def _tap_matrix(form: Form) -> np.ndarray:
 
 # Taking taps out of a kernel, or putting them back, is a product with a constant 0/1 matrix
 # (exact: each result is one value times 1 plus zeros). onnxruntime's Slice and Pad copy one
-# innermost row at a time: 3.4 ms to slice a [512, 512, 3, 3] weight to [512, 512, 1, 1] and
-# 7 ms to pad its gradient back, against about 1 ms for each product.
+# innermost row at a time, so slicing a [512, 512, 3, 3] weight to [512, 512, 1, 1] and padding
+# its gradient back are each several times slower than the product (figures: docs/performance.md).
 
 def _taps_of(g, w, form: Form, lead: list[int], shape: list[int]):
     """The weight [*lead, *kernel] restricted to the kept taps, reshaped to `shape`."""
@@ -268,9 +268,8 @@ def grad_input(g, gy, w, form: Form, channels_out: int, channels_in: int, out):
 
 # With stride 1 the input gradient is also a plain Conv of the output gradient by the weight
 # flipped in space, channels swapped, padded by (kernel - 1) * dilation - pad. onnxruntime's
-# Conv beats its ConvTranspose from 32 channels on maps of 64 positions or more (64 channels:
-# 1.0 against 1.6 ms on 8x8 maps, 39 against 47 ms on 56x56) and loses below (LeNet's 16
-# channels on 10x10: 1.7 against 1.3 ms).
+# Conv beats its ConvTranspose from 32 channels on maps of 64 positions or more (64 channels on
+# 8x8 and 56x56 maps) and loses below (LeNet's 16 channels on 10x10; figures: docs/performance.md).
 FLIP_MIN_CHANNELS, FLIP_MIN_POSITIONS = 32, 64
 
 
@@ -294,9 +293,9 @@ def _grad_input_flipped(g, gy, w, geo: ConvGeo, lead: list[int], out):
 
 # Otherwise the input gradient is the columns w^T @ gy of all examples in one MatMul, put back by
 # Col2Im (onnxruntime has it for the CPU only, in a training step chosen only for the CPU). It
-# beats ConvTranspose, which runs one example at a time, while an example's columns are small:
-# LeNet's 16 -> 6 channels on 10x10, 0.46 against 1.10 ms; 64 channels 16x16, 3.17 against 3.57;
-# and loses on larger ones (64 -> 128 channels 56x56 -> 28x28: 31 against 22 ms).
+# beats ConvTranspose, which runs one example at a time, while an example's columns are small
+# (LeNet's 16 -> 6 channels on 10x10; 64 channels 16x16), and loses on larger ones (64 -> 128
+# channels 56x56 -> 28x28; figures: docs/performance.md).
 COL2IM_MAX_COLUMNS = 160_000  # values of an example's columns, C x taps x output positions
 
 
@@ -337,9 +336,9 @@ def grad_weight(g, gy, x, form: Form, channels_in: int, channels_out: int, out):
     return _place_taps(g, dw, form, lead, out) if form.pruned else dw
 
 
-# Below this many input channels the weight gradient stays a Conv (LeNet's 6-channel conv:
-# 0.6 ms as a Conv, 1.2 ms per tap). From 64 channels up the per-tap products take 0.35x (2x2
-# maps) to 0.55x (56x56) of the Conv's time.
+# Below this many input channels the weight gradient stays a Conv (LeNet's 6-channel conv is
+# slower per tap). From 64 channels up the per-tap products take well under the Conv's time, the
+# more so the smaller the maps (figures: docs/performance.md).
 MIN_CHANNELS_PER_TAP = 16
 
 

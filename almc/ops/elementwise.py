@@ -45,8 +45,9 @@ GRADS = {"add": _add_grad, "sub": _sub_grad, "mul": _mul_grad, "div": _div_grad}
 
 def full_rank_scalars(g, ins: list[str], types, rank: int) -> list[str]:
     """Each rank-0 input given shape [1] * rank. onnxruntime broadcasts a rank-0 scalar over a
-    tensor with size-1 axes one element at a time: Mul([32, 512, 1, 1], []) takes 140 us, against
-    2 us with the scalar as [1, 1, 1, 1] (1x1 maps, 1x1 conv weights in the optimiser update).
+    tensor with size-1 axes one element at a time: Mul([32, 512, 1, 1], []) is far slower than
+    with the scalar as [1, 1, 1, 1] (1x1 maps, 1x1 conv weights in the optimiser update; figures:
+    docs/performance.md).
     A constant becomes a constant of that shape; a computed scalar (the learning rate) is
     reshaped, and onnxruntime's common-subexpression elimination merges the equal Reshapes."""
     if rank < 2:

@@ -66,9 +66,9 @@ def per_channel(v: np.ndarray, ndim: int) -> np.ndarray:
 
 # onnxruntime broadcasts a per-channel operand ([1, C, 1, 1]) one run of positions at a time, a
 # call per example and channel: on small maps that dominates (Sub([32, 256, 2, 2], [1, 256, 1, 1])
-# takes 65 us, against 4 us for two operands of one shape; 4x4 maps 41 against 7). There the
-# tensor is viewed as [N, C x positions] and the per-channel values repeated into one such row,
-# which broadcasts over whole rows. On CUDA a broadcast costs nothing extra, and the four nodes
+# is many times slower than two operands of one shape, and so are 4x4 maps; figures:
+# docs/performance.md). There the tensor is viewed as [N, C x positions] and the per-channel
+# values repeated into one such row, which broadcasts over whole rows. On CUDA a broadcast costs nothing extra, and the four nodes
 # more would (a step there is bound by launching kernels).
 FLAT_MAX_POSITIONS = 16
 

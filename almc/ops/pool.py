@@ -99,8 +99,8 @@ def _maxpool_grad_lower(g, ins, p, a, types, out):
     """Route each output gradient to the input element that won its window, through
     MaxPool's indices (flat positions in the unpadded input). Windows that do not overlap
     (stride >= kernel) send at most one gradient to each element: MaxUnpool places them
-    (LeNet's 2x2 pools: 0.86 ms against 1.1 ms for the scatter); overlapping windows add theirs up
-    with ScatterElements."""
+    (faster than the scatter on LeNet's 2x2 pools; figures: docs/performance.md); overlapping
+    windows add theirs up with ScatterElements."""
     gy, x = ins
     idx = g.tmp("indices")
     g.node("MaxPool", [x], outputs=[g.tmp("max"), idx], kernel_shape=list(a.kernel), strides=list(a.stride),
@@ -123,8 +123,8 @@ def share_pool_indices(nodes: list) -> None:
     """A max pool's gradient recomputes the pool with its indices (above). onnxruntime's
     common-subexpression elimination merges two equal MaxPools only when both produce the
     indices, so the forward pool of such a pair produces them too, unread: the pool then runs
-    once, with its indices, in the forward pass (LeNet's step, alternating in one process: median
-    4.88 against 4.92 ms, faster in 8 rounds of 10)."""
+    once, with its indices, in the forward pass (LeNet's step is slightly faster, alternating in
+    one process; figures: docs/performance.md)."""
     def key(n):
         return n.input[0], tuple(sorted((a.name, tuple(a.ints) or a.i) for a in n.attribute))
 
