@@ -28,7 +28,7 @@ from .graph import INPUT, Graph, Node
 from .ops.attrs import describe_value
 from .ops.elementwise import OPERATORS
 from .ops.registry import Attrs, all_ops, lookup, resolve_attrs, signature
-from .shapes import infer_node
+from .shapes import DEFAULT_LIMITS, infer_node
 from .types import DTYPES, TensorType
 
 MAX_BLOCK_DEPTH = 64
@@ -45,6 +45,10 @@ class _Poison:
 
 
 POISON = _Poison()
+
+
+class BudgetExceeded(Exception):
+    """Building ran past Limits.max_eval_steps; the error is in the collector."""
 
 
 def _poisoned(*vals) -> bool:
@@ -89,6 +93,18 @@ class Builder:
         self.calls: list[tuple[str, Span]] = []  # block call stack
         self.layer = ""
         self.limits = limits
+        self.steps = 0  # work done so far, against limits.max_eval_steps
+
+    def spend(self, n: int, span: Span) -> None:
+        """Count `n` steps of evaluation (before the work is done); past the budget, building stops
+        at once with a located error, so that a runaway model costs no more than the budget."""
+        self.steps += n
+        budget = (self.limits or DEFAULT_LIMITS).max_eval_steps
+        if self.steps > budget:
+            self.err(f"building the model takes more than {budget:,} evaluation steps (loop iterations, block "
+                     "calls, statements and list elements)", span,
+                     "check the loops and the recursion; a larger model may raise the budget with --max-eval-steps")
+            raise BudgetExceeded()
 
     # -- errors -----------------------------------------------------------
     def err(self, message, span, hint=None, notes=()):
@@ -200,6 +216,7 @@ class Builder:
                 self.exec_stmt(st, frame)
 
     def exec_stmt(self, st, frame: Frame) -> None:
+        self.spend(1, st.span)
         frame.done.add(id(st))
         names = _defines(st)
         saved_layer = self.layer
@@ -312,6 +329,7 @@ class Builder:
                          "declare inputs and outputs in the model body; loops update names instead")
                 return
         for k, item in enumerate(it):  # iterations are named by their index: c0/, c1/, ...
+            self.spend(1, st.span)
             body = Frame(prefix=self.fresh(f"{frame.prefix}{st.var}{k}") + "/", parent=frame)
             body.vars[st.var] = item
             body.defined_at[st.var] = st.span
@@ -435,8 +453,10 @@ class Builder:
             return self.tensor_op(names[e.op], [a, b], e.span, top)
         if isinstance(a, tuple) or isinstance(b, tuple) or isinstance(a, str) or isinstance(b, str):
             if e.op == "+" and type(a) is type(b):
+                self.spend(len(a) + len(b), e.span)  # before the list is made
                 return a + b
             if e.op == "*" and isinstance(a, tuple) and isinstance(b, int) and not isinstance(b, bool):
+                self.spend(len(a) * max(b, 0), e.span)
                 return a * b
             return self.err(f"cannot apply '{e.op}' to {describe(a)} and {describe(b)}", e.span)
         if isinstance(a, bool) or isinstance(b, bool):
@@ -477,9 +497,12 @@ class Builder:
             if _poisoned(*args):
                 return POISON
             try:
-                return BUILTINS[e.func](*args)
+                v = BUILTINS[e.func](*args)
             except (TypeError, ValueError) as x:
                 return self.err(f"{e.func}(): {x}", e.span)
+            if isinstance(v, tuple):
+                self.spend(len(v), e.span)
+            return v
         if e.func in self.blocks:
             return self.call_block(self.blocks[e.func], e, frame, top)
         op = lookup(e.func)
@@ -599,6 +622,7 @@ class Builder:
         return None
 
     def call_block(self, b: s.BlockDef, e: s.Call, frame: Frame, top):
+        self.spend(1, e.span)
         if len(self.calls) >= MAX_BLOCK_DEPTH:
             chain = [n for n, _ in self.calls]
             rec = next((n for n in chain if chain.count(n) > 1), chain[0])
@@ -726,7 +750,10 @@ def build_model(blocks: dict[str, s.BlockDef], model: s.ModelDef, collector: Col
         b.err(f"model {model.name} has no parameter '{name}'", model.span,
               f"its parameters are: {', '.join(known)}" if known else "it takes no parameters")
     b.layer = ""
-    b.exec_body(model.body, frame)
+    try:
+        b.exec_body(model.body, frame)
+    except BudgetExceeded:
+        collector.check()
     for st in model.body:
         if isinstance(st, s.Return):
             b.err("a model declares outputs, not a return", st.span, "write: output NAME = ...")

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from .errors import AlmError, FileError, UsageError
+from .shapes import Limits
 
 EXIT_OK, EXIT_MODEL, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -44,6 +45,9 @@ def model_options(p: argparse.ArgumentParser) -> None:
                    help="refuse a layer with more parameters than this (default 2e9)")
     p.add_argument("--max-activations", type=int, default=2_000_000_000, metavar="N",
                    help="refuse a layer whose output has more elements per example (default 2e9)")
+    p.add_argument("--max-eval-steps", type=int, default=Limits.max_eval_steps, metavar="N",
+                   help="stop building a model after this many evaluation steps: loop iterations, block calls, "
+                        f"statements, list elements (default {Limits.max_eval_steps:,})")
 
 
 def build_parser() -> Parser:
@@ -131,7 +135,6 @@ def build_parser() -> Parser:
 
 def load_model(args):
     from .api import load
-    from .shapes import Limits
 
     params = {}
     for item in args.params:
@@ -141,7 +144,8 @@ def load_model(args):
         params[k.strip()] = parse_value(v)
     if not Path(args.file).exists():
         raise UsageError(f"no such file: {args.file}")
-    limits = Limits(getattr(args, "max_params", 2_000_000_000), getattr(args, "max_activations", 2_000_000_000))
+    limits = Limits(getattr(args, "max_params", 2_000_000_000), getattr(args, "max_activations", 2_000_000_000),
+                    getattr(args, "max_eval_steps", Limits.max_eval_steps))
     m = load(Path(args.file), model=args.model, allow_outside=args.allow_outside_imports, limits=limits,
              seed=getattr(args, "seed", 0), **params)
     for w in m.warnings:
@@ -201,16 +205,12 @@ def cmd_summary(args) -> int:
 
 
 def cmd_compile(args) -> int:
-    from .files import atomic_write
+    from .files import atomic_write, check_output
 
     t0 = time.perf_counter()
     m = load_model(args)
     default = Path(args.file).stem + (".train.onnx" if args.train else ".onnx")
-    out = Path(args.output) if args.output else Path(default)
-    if out.is_dir():
-        raise UsageError(f"{out} is a directory; give a file name with -o")
-    if not out.parent.exists():
-        raise UsageError(f"the folder {out.parent} does not exist")
+    out = check_output(Path(args.output) if args.output else Path(default), [*m.graph.files, args.weights])
     if args.weights:
         m.load_weights(args.weights)
     if args.train:
@@ -243,13 +243,16 @@ def read_array(path: str):
 def cmd_run(args) -> int:
     import numpy as np
 
-    from .files import atomic_write
+    from .files import atomic_write, check_output
     from .runtime import session
 
-    arrays = {}
+    arrays, paths = {}, [args.file]
     for item in args.input:
         name, _, path = item.rpartition("=")
         arrays[name or None] = read_array(path)
+        paths.append(path)
+    if args.output:
+        check_output(args.output, paths)
     if args.file.endswith(".onnx"):
         import onnx
 
@@ -301,12 +304,13 @@ def cmd_run(args) -> int:
 
 def cmd_graph(args) -> int:
     from .draw import render
-    from .files import atomic_write
+    from .files import atomic_write, check_output
 
     fmt = Path(args.output).suffix.lstrip(".").lower()
     if fmt not in ("dot", "svg", "png", "pdf"):
         raise UsageError(f"cannot tell the format of {args.output}: use .dot, .svg or .png")
     m = load_model(args)
+    check_output(args.output, m.graph.files)
     atomic_write(args.output, render(m.graph, fmt))
     print(f"wrote {args.output}")
     return EXIT_OK
@@ -346,16 +350,14 @@ def cmd_train(args) -> int:
 
 def cmd_weights(args) -> int:
     from .checkpoint import check_weights, read_checkpoint, write_checkpoint
-    from .files import atomic_write
+    from .files import atomic_write, check_output
     from .naming import DESCRIBE, resolve_scheme
     from .weights import export_weights, import_weights, npz_bytes
 
     if args.weights_command is None:
         raise UsageError("weights needs a subcommand: import or export")
-    out = Path(args.output)
-    if out.is_dir() or not (out.parent.exists() if str(out.parent) else True):
-        raise UsageError(f"{out} is a directory; give a file name with -o" if out.is_dir()
-                         else f"the folder {out.parent} does not exist")
+    read = [args.weights] if args.weights_command == "import" else [args.checkpoint, args.alm]
+    out = check_output(args.output, [getattr(args, "file", None), *read])
     if args.weights_command == "import":
         m = load_model(args)
         weights, report = import_weights(m, args.weights, args.names, args.seed)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .build import build_model
+from .build import BudgetExceeded, build_model
 from .errors import AlmError, Collector, Diagnostic
 from .graph import Graph
 from .shapes import Limits
@@ -56,12 +56,16 @@ def check(path=None, text=None, *, model: str | None = None, params: dict | None
     if trains and not c.errors:
         from .objective import build_training
 
-        graph.train = build_training(builder, frame, trains[0])
+        try:
+            graph.train = build_training(builder, frame, trains[0])
+        except BudgetExceeded:
+            c.check()
         graph.inputs = [i for i in graph.inputs if i not in graph.train.labels]
     c.check()
     graph = validate(graph, c)
     c.check()
     graph.sources = dict(c.sources)
+    graph.files = tuple(prog.files)
     return graph, c.warnings
 
 

@@ -24,7 +24,7 @@ class Span:
     end_col: int  # exclusive
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.col}"
+        return f"{self.file}:{self.line}:{self.col}" if self.line else self.file  # line 0: the file as a whole
 
 
 UNKNOWN = Span("<unknown>", 0, 0, 0, 0)

@@ -1,19 +1,90 @@
-"""Atomic output: write to a temporary file beside the target, then rename.
+"""Safe output: check an output path before the work starts, then write it atomically.
 
-A failing or interrupted command leaves neither a partial file nor a damaged
-existing one.
+`check_output` refuses, before any long work, an output that would destroy something the user
+has: a path that is the same file as one of the command's inputs (by identity, not spelling), a
+directory, a device, FIFO or socket, a missing or read-only folder, a name too long to write.
+`atomic_write` writes to a temporary file beside the target and renames it into place, so a
+failing or interrupted command leaves neither a partial file nor a damaged existing one; it
+removes the temporary files that killed writers of the same target left behind.
 """
 from __future__ import annotations
 
 import os
+import re
 import secrets
+import stat
+import time
 from pathlib import Path
+
+from .errors import FileError, UsageError
+
+NAME_MAX = 255  # bytes in a file name, on every common file system
+TMP_EXTRA = len("..00000000.tmp")  # what the temporary name adds to the target's
+STALE_SECONDS = 60  # an unlocked temporary file at least this old belongs to a writer that died
+
+
+def elide(text: str, limit: int = 80) -> str:
+    """`text`, or its head and tail around an ellipsis when it is longer than `limit`."""
+    return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-(limit // 2 - 3):]}"
+
+
+def check_output(path, inputs=(), flag: str = "-o") -> Path:
+    """The output path, once it is safe to write there; raises UsageError (exit 2) otherwise.
+    `inputs`: the files the command reads (None entries are skipped)."""
+    path = Path(path)
+    shown = elide(str(path))
+    if path.is_dir():
+        raise UsageError(f"{shown} is a directory; give a file name with {flag}")
+    if os.path.lexists(path) and path.exists() and not path.is_file():
+        raise UsageError(f"{shown} is not a regular file (a device, FIFO or socket): almc writes only regular "
+                         f"files; give another name with {flag}")
+    if len(os.fsencode(path.name)) + TMP_EXTRA > NAME_MAX:
+        raise UsageError(f"the file name of {shown} is too long ({len(os.fsencode(path.name))} bytes; the file "
+                         f"system takes {NAME_MAX} and almc's temporary name adds {TMP_EXTRA})")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise UsageError(f"the folder {elide(str(folder))} does not exist" if not folder.exists()
+                         else f"{elide(str(folder))} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write in the folder {elide(str(folder))} (permission denied)")
+    if path.exists():
+        for src in inputs:
+            if src is not None and os.path.exists(src) and os.path.samefile(path, src):
+                rel = os.path.relpath(src)
+                rel = rel if not rel.startswith("..") else str(src)
+                same = "" if os.path.abspath(src) == os.path.abspath(path) else f" ({elide(rel)})"
+                raise UsageError(f"the output {shown} is an input of this command{same}: writing it would destroy "
+                                 f"it; give another name with {flag}")
+    return path
+
+
+def check_output_folder(path, flag: str) -> Path:
+    """A folder almc will write into later (--checkpoint DIR): an existing writable folder, or a
+    new one whose nearest existing parent is a writable folder."""
+    path = Path(path)
+    shown = elide(str(path))
+    if path.exists():
+        if not path.is_dir():
+            raise UsageError(f"{flag} {shown} is a file, not a folder")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UsageError(f"cannot write in the folder {shown} (permission denied)")
+        return path
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot create the folder {shown}: {elide(str(parent))} is not a writable folder")
+    return path
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | list) -> Path:
-    """Write `data` (bytes, or a list of bytes-like pieces written in turn) to `path`, atomically."""
+    """Write `data` (bytes, or a list of bytes-like pieces written in turn) to `path`, atomically.
+    Only a regular file or a new path is written; OS errors become FileError (exit 1)."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
+    if path.exists() and not path.is_file():
+        raise FileError(path, "is not a regular file (a directory, device, FIFO or socket); nothing was written")
+    _sweep_stale(folder, path.name)
     # The name is chosen before the file exists, so that an interrupt arriving at any point after
     # the file is created (even inside the call that creates it) finds the name to remove.
     # tempfile.mkstemp has such a window: SIGTERM right after its open() left the file behind.
@@ -25,15 +96,58 @@ def atomic_write(path: str | os.PathLike, data: bytes | list) -> Path:
         # 0o666 less the umask, as any written file; O_EXCL: never reuse an existing file
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         with os.fdopen(fd, "wb") as f:
+            _lock(f.fileno())  # held while writing: a sweeper leaves a live writer's file alone
             for piece in [data] if isinstance(data, (bytes, bytearray, memoryview)) else data:
                 f.write(piece)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError):
+            raise FileError(elide(str(path)), f"cannot write it: {e.strerror or e}; nothing was written") from None
         raise
     return path
+
+
+def _lock(fd: int, blocking: bool = True) -> bool:
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks here: the sweep then goes by age alone
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        return True
+    except OSError:
+        return False
+
+
+def _sweep_stale(folder: Path, name: str) -> None:
+    """Remove `.NAME.xxxxxxxx.tmp` files in `folder` that no writer holds: a compile killed by
+    SIGKILL leaves its temporary file, which nothing else would ever remove."""
+    pattern = re.compile(rf"\.{re.escape(name)}\.[0-9a-f]{{8}}\.tmp")
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    now = time.time()
+    for e in entries:
+        if not pattern.fullmatch(e.name):
+            continue
+        try:
+            st = e.stat(follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode) or now - st.st_mtime < STALE_SECONDS:
+                continue
+            fd = os.open(e.path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            if _lock(fd, blocking=False):
+                os.unlink(e.path)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)

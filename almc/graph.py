@@ -43,6 +43,7 @@ class Graph:
     inputs: list[str] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)  # output name -> node id
     sources: dict[str, str] = field(default_factory=dict)  # file -> text (diagnostics, hashing)
+    files: tuple = ()  # the source files read, resolved: a command's output must not be one of them
     span: Span = UNKNOWN  # the model's name in its source
     train: object = None  # the training section (objective.TrainSpec), when the file has one
 

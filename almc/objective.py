@@ -18,6 +18,7 @@ parameter, and `biases` the biases: regularisers take them, `l2(weights)`.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from . import syntax as s
@@ -31,6 +32,29 @@ from .optimizers import OPTIMIZERS as OPTIMIZER_RECORDS
 from .shapes import infer_node
 
 OPTIMIZERS = {name: o.defaults for name, o in OPTIMIZER_RECORDS.items()}  # the settings each takes
+# The counts a training section and almc train's flags set, with their bounds: one rule, one message.
+COUNTS = {"batch": (1, 1 << 20), "epochs": (1, 1_000_000), "seed": (0, 2 ** 32 - 1)}
+
+
+def count_error(name: str, v) -> str | None:
+    """Why `v` cannot be the training section's `name` (batch, epochs, seed), or None."""
+    lo, hi = COUNTS[name]
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        return f"{name} must be an integer from {lo:,} to {hi:,}, got {describe(v)}"
+    return None
+
+
+def rate_error(optimizer: str, name: str, v) -> str | None:
+    """Why `v` cannot be an optimiser's or schedule's number setting `name`, or None."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return f"{optimizer}'s {name} expects a number, got {describe(v)}"
+    if not math.isfinite(v):
+        return f"{optimizer}'s {name} must be a finite number, got {v}"
+    if v < 0:
+        return f"{optimizer}'s {name} must not be negative, got {v}"
+    return None
+
+
 SETTINGS = ("minimize", "optimizer", "schedule", "batch", "epochs", "freeze", "lr_scale", "data", "seed", "classes")
 
 
@@ -100,9 +124,9 @@ def build_training(b: Builder, model_frame: Frame, train: s.TrainDef) -> TrainSp
             v = _one(b, st, frame)
             if v is POISON:
                 continue
-            low = 0 if st.name == "seed" else 1
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                b.err(f"{st.name} must be an integer of at least {low}, got {describe(v)}", st.values[0].span)
+            problem = count_error(st.name, v)
+            if problem:
+                b.err(problem, st.values[0].span)
             else:
                 setattr(spec, st.name, v)
         elif st.name == "classes":
@@ -180,12 +204,12 @@ def _choice(b: Builder, st: s.Setting, frame: Frame, spec: TrainSpec) -> None:
             if v is POISON:
                 continue
             want = type(values[kw.name])
-            if want is bool and not isinstance(v, bool) or want is float and (isinstance(v, bool) or not isinstance(v, (int, float))):
-                b.err(f"{kind}'s {kw.name} expects {'true or false' if want is bool else 'a number'}, got {describe(v)}",
-                      kw.value.span)
+            if want is bool and not isinstance(v, bool):
+                b.err(f"{kind}'s {kw.name} expects true or false, got {describe(v)}", kw.value.span)
                 continue
-            if want is float and v < 0:
-                b.err(f"{kind}'s {kw.name} must not be negative, got {v}", kw.value.span)
+            problem = rate_error(kind, kw.name, v) if want is float else None
+            if problem:
+                b.err(problem, kw.value.span)
                 continue
             values[kw.name] = float(v) if want is float else v
     if st.name == "optimizer":

@@ -6,6 +6,8 @@ Syntax errors become located diagnostics that say what was expected.
 """
 from __future__ import annotations
 
+import os
+import stat
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -33,17 +35,32 @@ def parser() -> Lark:
         return Lark(text, **options)
 
 
+MAX_SOURCE_BYTES = 16 << 20  # a .alm file; the largest model in models/ is under 5 KB
+
+
 def read_source(path: str | Path, shown: str | None = None) -> str:
-    """Read a source file as UTF-8 text; binary or undecodable files are model errors."""
+    """Read a source file as UTF-8 text. Only a regular file is read (a FIFO would block forever,
+    a device never end), at most MAX_SOURCE_BYTES; binary or undecodable files are model errors."""
     shown = shown or str(path)
+    where = Span(shown, 0, 0, 0, 0)
     try:
-        data = Path(path).read_bytes()
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            raise AlmError(Diagnostic(f"{shown} is a directory, not a .alm file", where))
+        if not stat.S_ISREG(st.st_mode):
+            raise AlmError(Diagnostic(f"{shown} is not a regular file (a FIFO, device or socket), not a .alm file",
+                                      where))
+        if st.st_size > MAX_SOURCE_BYTES:
+            raise AlmError(Diagnostic(f"{shown} is {st.st_size:,} bytes: more than a model file's "
+                                      f"{MAX_SOURCE_BYTES:,}", where))
+        with open(path, "rb") as f:
+            data = f.read(MAX_SOURCE_BYTES + 1)
+        if len(data) > MAX_SOURCE_BYTES:  # it grew while we read it
+            raise AlmError(Diagnostic(f"{shown} is more than a model file's {MAX_SOURCE_BYTES:,} bytes", where))
     except FileNotFoundError:
-        raise AlmError(Diagnostic(f"no such file: {shown}", Span(shown, 0, 0, 0, 0)))
-    except IsADirectoryError:
-        raise AlmError(Diagnostic(f"{shown} is a directory, not a .alm file", Span(shown, 0, 0, 0, 0)))
+        raise AlmError(Diagnostic(f"no such file: {shown}", where)) from None
     except OSError as e:
-        raise AlmError(Diagnostic(f"cannot read {shown}: {e.strerror}", Span(shown, 0, 0, 0, 0)))
+        raise AlmError(Diagnostic(f"cannot read {shown}: {e.strerror}", where)) from None
     if b"\0" in data:
         line, col = _position(data, data.index(b"\0"))
         raise AlmError(Diagnostic("this is a binary file, not .alm text (it contains a NUL byte)",

@@ -21,6 +21,10 @@ from .types import TensorType
 class Limits:
     max_params_per_layer: int = 2_000_000_000
     max_activations_per_example: int = 2_000_000_000
+    # Building a model is a program run: loop iterations, block calls, statements and the elements
+    # of every list made all count against one budget, so no model can make almc work without end.
+    # models/resnet50.alm takes 229.
+    max_eval_steps: int = 1_000_000
 
 
 DEFAULT_LIMITS = Limits()

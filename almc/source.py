@@ -25,6 +25,7 @@ class Program:
     root: s.Module
     blocks: dict[str, s.BlockDef] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)  # every file read, resolved (outputs must not be one)
 
 
 def stdlib_dir() -> Path:
@@ -42,7 +43,7 @@ def load_program(c: Collector, path: str | os.PathLike | None = None, text: str 
         shown, root_path, base = name, None, Path.cwd().resolve()
     c.sources[shown] = text
     root = parse(text, shown)
-    prog = Program(root, sources=c.sources)
+    prog = Program(root, sources=c.sources, files=[root_path] if root_path else [])
     seen: dict[Path, s.Module] = {}
     origin: dict[str, Span] = {}
     chain = [root_path] if root_path else []
@@ -71,6 +72,10 @@ def load_program(c: Collector, path: str | os.PathLike | None = None, text: str 
             if imp.path.startswith(STDLIB_PREFIX):
                 target = (stdlib_dir() / imp.path[len(STDLIB_PREFIX):]).resolve()
                 shown_t = imp.path
+                if not _inside(target, stdlib_dir().resolve()):
+                    c.error(f'import "{imp.path}" leaves the standard library', imp.span,
+                            "std/ names a file of almc's standard library, e.g. std/resnet.alm", notes)
+                    continue
             else:
                 target = (here / imp.path).resolve()
                 shown_t = os.path.normpath(os.path.join(os.path.dirname(here_shown), imp.path))
@@ -105,6 +110,7 @@ def load_program(c: Collector, path: str | os.PathLike | None = None, text: str 
                 c.sources.update(e.sources)
                 continue
             seen[target] = sub
+            prog.files.append(target)
             shown_of[target] = shown_t
             sub_notes = (f"imported from {imp.span}",) + notes
             chain.append(target)

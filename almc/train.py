@@ -24,7 +24,7 @@ import numpy as np
 
 from .checkpoint import CHECKPOINT, load_checkpoint, match_weights, save_checkpoint
 from .errors import AlmError, Diagnostic, UsageError
-from .files import atomic_write
+from .files import atomic_write, check_output, check_output_folder
 from .graph import Graph
 
 
@@ -53,12 +53,21 @@ def _spec_with(graph: Graph, opts: TrainOptions):
     if spec is None:
         raise AlmError(Diagnostic(f"model {graph.name} has no training section", graph.span,
                                   f"add one: train {graph.name} {{ input label: i64[N]  minimize ... }}"), graph.sources)
+    from .objective import count_error, rate_error
+
     changes = {}
-    if opts.epochs is not None:
-        changes["epochs"] = opts.epochs
-    if opts.batch is not None:
-        changes["batch"] = opts.batch
+    for name in ("epochs", "batch", "seed"):  # the training section's own bounds and messages
+        v = getattr(opts, name)
+        if v is not None and (name != "seed" or v != 0):
+            problem = count_error(name, v)
+            if problem:
+                raise UsageError(f"--{name}: {problem}")
+            if name != "seed":
+                changes[name] = v
     if opts.lr is not None:
+        problem = rate_error(spec.optimizer, "lr", opts.lr)
+        if problem:
+            raise UsageError(f"--lr: {problem}")
         changes["opt"] = {**spec.opt, "lr": opts.lr}
     return replace(spec, **changes)
 
@@ -80,6 +89,16 @@ def prepare_data(graph: Graph, spec, opts: TrainOptions):
         raise UsageError(f"the data do not fit input '{graph.inputs[0]}' ({x_type}): {e}") from None
     ys = [y.astype(y_type.numpy_dtype) for y in (ds.y_train, ds.y_val, ds.y_test)]
     return ds, fit, ys
+
+
+def check_outputs(graph: Graph, opts: TrainOptions) -> None:
+    """Every file the run will write is checked before it starts: not an input, a writable place."""
+    inputs = [*graph.files, opts.data if opts.data and Path(opts.data).exists() else None]
+    for flag, path in (("--metrics", opts.metrics), ("--out", opts.out)):
+        if path:
+            check_output(path, inputs, flag)
+    if opts.checkpoint:
+        check_output_folder(opts.checkpoint, "--checkpoint")
 
 
 def _keep_classes(ds, classes):
@@ -111,6 +130,7 @@ def train(model, opts: TrainOptions) -> dict:
 
     graph = model.graph
     spec = _spec_with(graph, opts)
+    check_outputs(graph, opts)  # before any work: a bad output path must not cost the run
     graph_t = replace(graph, train=spec)
     target = "cuda" if providers_for(opts.device)[0] == "CUDAExecutionProvider" else "cpu"
     compiled = compile_step(graph_t, gradients=False, target=target, checked=False)

@@ -24,6 +24,7 @@ from .checkpoint import WeightMatch, match_weights
 from .errors import FileError, UsageError
 from .graph import Graph, param_specs
 from .naming import DESCRIBE, name_map, resolve_scheme
+from .ops.registry import lookup
 
 COUNTER = "num_batches_tracked"  # PyTorch's batch-norm step counter: almc has no such buffer
 PT_SUFFIXES = (".pt", ".pth")
@@ -170,8 +171,9 @@ def import_weights(model, path, names: str = "auto", seed: int | None = None):
             skipped.append(key)
         else:
             unexpected.append(key)
-    norms = [full for full in own if full.endswith(".running_mean")]
-    if file_weights.folded and norms and not any(n in mapped for n in norms):
+    # the parameters of layers that fold into the one before them at export (batch norm's)
+    folds = [full for nid, full, _ in param_specs(graph) if lookup(graph.node(nid).op).fold]
+    if file_weights.folded and folds and not any(n in mapped for n in folds):
         raise FileError(path, f"this almc ONNX model of {graph.name} was compiled with batch norm folded into the "
                               "layers before it (the default), so its weights are not the model's parameters; "
                               "compile it with --no-fold, or import the checkpoint it was compiled from")

@@ -59,7 +59,7 @@ the terminal also shows the source line, a caret under the span and a hint).
 Each entry is a file of `tests/corpus/`, and `tests/test_corpus.py` checks that
 almc still prints exactly these lines, so this page cannot go stale. Errors
 that need several files (imports), odd bytes or the command line are tested in
-`tests/test_errors.py`:
+`tests/test_errors.py` and `tests/test_hostile.py`:
 
 - an empty file: `m.alm:1:1: error: m.alm is empty`;
 - a binary file: `this is a binary file, not .alm text (it contains a NUL byte)`;
@@ -69,10 +69,43 @@ that need several files (imports), odd bytes or the command line are tested in
   `circular import: a.alm → b.alm → a.alm`; a self import: `m.alm imports itself`;
   an import outside the model's folder: `import "../shared.alm" leaves the directory of m.alm`
   (allowed with `--allow-outside-imports`);
-- errors inside an imported file name that file and add `imported from m.alm:1:1`.
+- errors inside an imported file name that file and add `imported from m.alm:1:1`;
+- a `std/` import that climbs out of the standard library:
+  `import "std/../../b.alm" leaves the standard library`;
+- a model file that is not a regular file, or too large to be one:
+  `fifo.alm: error: fifo.alm is not a regular file (a FIFO, device or socket), not a .alm file`,
+  `dir.alm: error: dir.alm is a directory, not a .alm file`,
+  `big.alm: error: big.alm is 1,099,511,627,776 bytes: more than a model file's 16,777,216`;
+- a model whose evaluation runs away (nested loops, a list doubled 40 times, a block that
+  calls itself twice per level): `building the model takes more than 1,000,000 evaluation
+  steps (loop iterations, block calls, statements and list elements)`, at the statement or
+  expression where the budget ran out, with the hint
+  `check the loops and the recursion; a larger model may raise the budget with --max-eval-steps`.
 
 Data, weights and ONNX files that cannot be read are reported as
 `path: error: message` (exit status 1): see docs/training.md.
+
+Outputs are checked before any work starts, and refused with exit status 2
+(`tests/test_hostile.py`):
+
+- an output that is one of the command's inputs, whatever its spelling (`./m.alm`,
+  a hard link, a symbolic link): `the output m.alm is an input of this command: writing it
+  would destroy it; give another name with -o` (`--out`, `--metrics` for `almc train`;
+  a link adds the input's name: `... is an input of this command (m.alm): ...`);
+- an output that is not a regular file: `pipe is not a regular file (a device, FIFO or
+  socket): almc writes only regular files; give another name with -o`;
+- `the folder missing does not exist`, `m.alm is not a folder`, `d is a directory; give a
+  file name with -o`, `cannot write in the folder out (permission denied)`, a file name too
+  long for the file system (`the file name of ... is too long (254 bytes; the file system
+  takes 255 and almc's temporary name adds 14)`);
+- `almc train` checks `--out`, `--metrics` and `--checkpoint DIR` (`--checkpoint afile is a
+  file, not a folder`) before it compiles anything;
+- `almc train`'s `--batch`, `--epochs`, `--seed` and `--lr` keep the bounds and messages of
+  the training section: `--epochs: epochs must be an integer from 1 to 1,000,000, got the
+  integer 0`, `--lr: sgd's lr must not be negative, got -1.0`.
+
+A compile killed mid-write leaves its temporary file (`.m.onnx.1a2b3c4d.tmp`) beside the
+output; the next write of the same output removes it once no writer holds it.
 """
 
 

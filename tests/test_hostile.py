@@ -1,0 +1,276 @@
+"""Hostile and careless input: nothing almc is given may destroy a file the user has, hang, or
+read without bound. Each case asserts the exit status, the message, and that the files the
+command was given are unchanged."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from almc.cli import main
+
+MODEL = "model M {\n input x: f32[N, 4]\n output y = dense(x, 3)\n}\n"
+TRAINED = MODEL + ("train M {\n input label: i64[N]\n minimize mean(cross_entropy(y, label))\n"
+                   " epochs 1\n batch 8\n}\n")
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err
+    return code, out.err.strip()
+
+
+@pytest.fixture
+def here(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.alm").write_text(MODEL)
+    return tmp_path
+
+
+# ---- an output that is an input ------------------------------------------------------------------
+
+@pytest.mark.parametrize("spelling", ["m.alm", "./m.alm", "sub/../m.alm", "hard.alm", "link.alm"])
+def test_compile_refuses_to_write_over_its_model(here, capsys, spelling):
+    (here / "sub").mkdir()
+    os.link(here / "m.alm", here / "hard.alm")
+    os.symlink("m.alm", here / "link.alm")
+    code, err = run(capsys, "compile", "m.alm", "-o", spelling)
+    assert code == 2
+    assert err.startswith(f"almc: error: the output {Path(spelling)} is an input of this command")
+    if spelling in ("hard.alm", "link.alm"):
+        assert "is an input of this command (m.alm): " in err
+    assert err.endswith("writing it would destroy it; give another name with -o")
+    assert (here / "m.alm").read_text() == MODEL
+
+
+def test_compile_refuses_to_write_over_an_imported_file(here, capsys):
+    (here / "blocks.alm").write_text("block twice(x) {\n return relu(x)\n}\n")
+    (here / "m.alm").write_text('import "blocks.alm"\n' + MODEL.replace("dense(x, 3)", "twice(dense(x, 3))"))
+    code, err = run(capsys, "compile", "m.alm", "-o", "blocks.alm")
+    assert code == 2 and "the output blocks.alm is an input of this command" in err
+    assert (here / "blocks.alm").read_text().startswith("block twice")
+
+
+def test_run_refuses_to_write_its_output_over_the_model_or_an_input(here, capsys):
+    assert run(capsys, "compile", "m.alm", "-o", "t.onnx")[0] == 0
+    np.save(here / "x.npy", np.ones((2, 4), np.float32))
+    before = (here / "t.onnx").read_bytes(), (here / "x.npy").read_bytes()
+    for target in ("t.onnx", "x.npy"):
+        code, err = run(capsys, "run", "t.onnx", "--input", "x.npy", "--output", target)
+        assert code == 2 and f"the output {target} is an input of this command" in err
+    assert ((here / "t.onnx").read_bytes(), (here / "x.npy").read_bytes()) == before
+
+
+def test_train_refuses_an_output_that_is_its_model_before_training(here, capsys):
+    (here / "m.alm").write_text(TRAINED)
+    t0 = time.perf_counter()
+    code, err = run(capsys, "train", "m.alm", "--out", "m.alm", "--no-progress")
+    assert code == 2 and "the output m.alm is an input of this command" in err and "--out" in err
+    assert time.perf_counter() - t0 < 5  # refused before any training
+    assert (here / "m.alm").read_text() == TRAINED
+
+
+def test_weights_import_refuses_to_write_over_the_weights_it_reads(here, capsys):
+    np.savez(here / "w.npz", **{"y.weight": np.zeros((3, 4), np.float32)})
+    before = (here / "w.npz").read_bytes()
+    code, err = run(capsys, "weights", "import", "m.alm", "w.npz", "-o", "w.npz")
+    assert code == 2 and "the output w.npz is an input of this command" in err
+    assert (here / "w.npz").read_bytes() == before
+
+
+# ---- outputs that are not regular files ----------------------------------------------------------
+
+def test_a_fifo_as_output_is_refused_and_stays_a_fifo(here, capsys):
+    os.mkfifo(here / "pipe")
+    code, err = run(capsys, "compile", "m.alm", "-o", "pipe")
+    assert code == 2 and err == ("almc: error: pipe is not a regular file (a device, FIFO or socket): almc writes only "
+                                 "regular files; give another name with -o")
+    assert (here / "pipe").is_fifo()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mknod of a character device needs root")
+def test_a_device_node_as_output_is_refused_and_kept(here, capsys):
+    os.mknod(here / "null", 0o666 | 0o020000, os.makedev(1, 3))  # a copy of /dev/null
+    code, err = run(capsys, "compile", "m.alm", "-o", "null")
+    assert code == 2 and "null is not a regular file" in err
+    assert (here / "null").is_char_device()
+
+
+def test_the_api_never_replaces_a_device_or_fifo(here):
+    import almc
+    from almc.errors import FileError
+
+    os.mkfifo(here / "pipe")
+    with pytest.raises(FileError, match="is not a regular file"):
+        almc.load(here / "m.alm").export(here / "pipe")
+    assert (here / "pipe").is_fifo()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["compile", "m.alm", "-o", "missing/m.onnx"], "almc: error: the folder missing does not exist"),
+    (["compile", "m.alm", "-o", "m.alm/x.onnx"], "almc: error: m.alm is not a folder"),
+    (["compile", "m.alm", "-o", "d"], "almc: error: d is a directory; give a file name with -o"),
+    (["compile", "m.alm", "-o", "a" * 250 + ".onnx"], "almc: error: the file name of aaaa"),
+], ids=["missing-folder", "file-as-folder", "directory", "long-name"])
+def test_bad_output_paths(here, capsys, argv, message):
+    (here / "d").mkdir()
+    code, err = run(capsys, *argv)
+    assert code == 2 and err.startswith(message)
+    assert len(err) < 300  # a long name is elided
+
+
+def test_train_checks_its_output_folders_before_it_starts(here, capsys):
+    (here / "m.alm").write_text(TRAINED)
+    (here / "afile").write_text("keep")
+    cases = {("--metrics", "nowhere/metrics.json"): "the folder nowhere does not exist",
+             ("--out", "nowhere/t.onnx"): "the folder nowhere does not exist",
+             ("--checkpoint", "afile"): "--checkpoint afile is a file, not a folder"}
+    for (flag, value), message in cases.items():
+        t0 = time.perf_counter()
+        code, err = run(capsys, "train", "m.alm", flag, value, "--no-progress")
+        assert code == 2 and message in err, err
+        assert time.perf_counter() - t0 < 5
+    assert (here / "afile").read_text() == "keep"
+
+
+# ---- leftovers -------------------------------------------------------------------------------------
+
+def test_stale_temporary_files_of_a_killed_writer_are_swept(here, capsys):
+    stale = here / ".m.onnx.deadbeef.tmp"
+    fresh = here / ".m.onnx.0123abcd.tmp"
+    other = here / ".other.onnx.deadbeef.tmp"
+    for p in (stale, fresh, other):
+        p.write_bytes(b"partial")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    assert run(capsys, "compile", "m.alm", "-o", "m.onnx")[0] == 0
+    assert not stale.exists()  # no writer holds it: removed
+    assert fresh.exists()  # it may be a concurrent writer's
+    assert other.exists()  # another target's
+
+
+def test_a_killed_compile_leaves_a_file_the_next_write_removes(here):
+    import almc
+
+    ready = here / "ready"
+    code = (f"import os, signal, almc.files as f\n"
+            f"def data():\n"
+            f"    yield b'x' * 1000\n"
+            f"    open({str(ready)!r}, 'w').close()\n"
+            f"    os.kill(os.getpid(), signal.SIGKILL)\n"
+            f"f.atomic_write({str(here / 'm.onnx')!r}, data())\n")
+    subprocess.run([sys.executable, "-c", code], timeout=60)
+    assert ready.exists()
+    left = list(here.glob(".m.onnx.*.tmp"))
+    assert len(left) == 1
+    old = time.time() - 3600
+    os.utime(left[0], (old, old))
+    almc.load(here / "m.alm").export(here / "m.onnx")
+    assert not left[0].exists() and (here / "m.onnx").stat().st_size > 0
+
+
+# ---- sources that are not files, or too big ----------------------------------------------------------
+
+def test_a_fifo_as_the_model_file_is_refused_without_hanging(here):
+    os.mkfifo(here / "fifo.alm")
+    r = subprocess.run([sys.executable, "-m", "almc.cli", "check", "fifo.alm"], cwd=here, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[0] == ("fifo.alm: error: fifo.alm is not a regular file (a FIFO, device or "
+                                                "socket), not a .alm file")
+
+
+def test_a_huge_model_file_is_refused_before_it_is_read(here, capsys):
+    with open(here / "big.alm", "wb") as f:
+        f.truncate(1 << 40)  # sparse: claims a terabyte, holds nothing
+    code, err = run(capsys, "check", "big.alm")
+    assert code == 1
+    assert err.splitlines()[0] == ("big.alm: error: big.alm is 1,099,511,627,776 bytes: more than a model file's "
+                                   "16,777,216")
+
+
+def test_a_directory_as_the_model_names_no_position(here, capsys):
+    (here / "dir.alm").mkdir()
+    code, err = run(capsys, "check", "dir.alm")
+    assert (code, err.splitlines()[0]) == (1, "dir.alm: error: dir.alm is a directory, not a .alm file")
+
+
+def test_a_stdlib_import_cannot_climb_out_of_the_standard_library(here, capsys):
+    outside = Path(here / "b.alm")
+    outside.write_text("block b(x) {\n return x\n}\n")
+    import almc.source
+
+    up = os.path.relpath(here / "b.alm", almc.source.stdlib_dir())
+    (here / "m.alm").write_text(f'import "std/{up}"\n' + MODEL)
+    code, err = run(capsys, "check", "m.alm")
+    assert code == 1
+    assert err.splitlines()[0] == f'm.alm:1:1: error: import "std/{up}" leaves the standard library'
+
+
+# ---- counts and rates: the same bounds in the file and on the command line -------------------------
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--batch", "0", "batch must be an integer from 1 to 1,048,576, got the integer 0"),
+    ("--batch", "-4", "batch must be an integer from 1 to 1,048,576, got the integer -4"),
+    ("--epochs", "0", "epochs must be an integer from 1 to 1,000,000, got the integer 0"),
+    ("--epochs", "-3", "epochs must be an integer from 1 to 1,000,000, got the integer -3"),
+    ("--epochs", "1000000000000", "epochs must be an integer from 1 to 1,000,000, got the integer 1000000000000"),
+    ("--seed", "-1", "seed must be an integer from 0 to 4,294,967,295, got the integer -1"),
+    ("--lr", "-1", "sgd's lr must not be negative, got -1.0"),
+    ("--lr", "nan", "sgd's lr must be a finite number, got nan"),
+], ids=["batch0", "batch-neg", "epochs0", "epochs-neg", "epochs-huge", "seed-neg", "lr-neg", "lr-nan"])
+def test_train_flags_keep_the_bounds_of_the_training_section(here, capsys, flag, value, message):
+    (here / "m.alm").write_text(TRAINED)
+    code, err = run(capsys, "train", "m.alm", flag, value, "--no-progress")
+    assert (code, err) == (2, f"almc: error: {flag}: {message}")
+
+
+def test_the_section_refuses_what_the_flags_refuse(here, capsys):
+    (here / "m.alm").write_text(TRAINED.replace(" epochs 1\n", " epochs 1000000000000\n"))
+    code, err = run(capsys, "check", "m.alm")
+    assert code == 1
+    assert err.splitlines()[0] == ("m.alm:8:9: error: epochs must be an integer from 1 to 1,000,000, got the "
+                                   "integer 1000000000000")
+
+
+# ---- evaluation budget --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("body,where", [
+    ("for i in range(100000) {\n  for j in range(100000) {\n   k = i\n  }\n }\n", "4:3"),
+    ("xs = (1, 2)\n" + "".join(f" xs{k + 1} = xs{k or ''} + xs{k or ''}\n" for k in range(40)).replace("xs0", "xs"),
+     None),
+], ids=["nested-loops", "doubling-list"])
+def test_runaway_evaluation_stops_at_the_budget_with_a_located_error(here, capsys, body, where):
+    (here / "m.alm").write_text("model M {\n input x: f32[N, 4]\n" + body + " output y = relu(x)\n}\n")
+    t0 = time.perf_counter()
+    code, err = run(capsys, "check", "m.alm")
+    assert time.perf_counter() - t0 < 20
+    assert code == 1
+    first = err.splitlines()[0]
+    assert "error: building the model takes more than 1,000,000 evaluation steps" in first
+    assert "hint: check the loops and the recursion; a larger model may raise the budget with --max-eval-steps" in err
+    if where:
+        assert first.startswith(f"m.alm:{where}: ")
+
+
+def test_exponential_recursion_stops_at_the_budget(here, capsys):
+    (here / "m.alm").write_text("block f(x, n) {\n y = f(x, n - 1) if n > 0 else x\n z = f(x, n - 1) if n > 0 else x\n"
+                                " return y\n}\nmodel M {\n input x: f32[N, 4]\n output y = f(relu(x), 40)\n}\n")
+    t0 = time.perf_counter()
+    code, err = run(capsys, "check", "m.alm")
+    assert time.perf_counter() - t0 < 30 and code == 1
+    assert "evaluation steps" in err.splitlines()[0]
+
+
+def test_the_budget_can_be_raised(here, capsys):
+    (here / "m.alm").write_text("model M {\n input x: f32[N, 4]\n for i in range(3000) {\n  k = i\n }\n"
+                                " output y = relu(x)\n}\n")
+    assert run(capsys, "check", "m.alm", "--max-eval-steps", "5000")[0] == 1
+    assert run(capsys, "check", "m.alm", "--max-eval-steps", "10000")[0] == 0
