@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .compiler import check, compile_inference, compile_step
-from .errors import UsageError
+from .errors import FileError, UsageError
 from .files import atomic_write
 from .graph import Graph
 from .shapes import Limits
@@ -133,16 +133,21 @@ class Model:
         return feeds
 
 
-def check_input(name: str, x: np.ndarray, t) -> np.ndarray:
-    """Check an array against a declared input type; casts between float widths and int widths."""
+def check_input(name: str, x: np.ndarray, t, path: str | None = None) -> np.ndarray:
+    """Check an array against a declared input type; casts between float widths and int widths.
+    A mismatch is a UsageError, or a FileError naming `path` (exit 1) for an array read from a file."""
+    def refuse(got: str):
+        message = f"input '{name}' must be {t}, got {got}"
+        raise FileError(path, message) if path else UsageError(message)
+
     want = np.dtype(t.numpy_dtype)
     if x.dtype != want:
         if x.dtype.kind == want.kind or (x.dtype.kind in "iu" and want.kind in "iu"):
             x = x.astype(want)
         else:
-            raise UsageError(f"input '{name}' must be {t}, got an array of {x.dtype}")
+            refuse(f"an array of {x.dtype}")
     if x.ndim != t.rank or any(isinstance(d, int) and d != s for d, s in zip(t.dims, x.shape)):
-        raise UsageError(f"input '{name}' must be {t}, got shape [{', '.join(map(str, x.shape))}]")
+        refuse(f"shape [{', '.join(map(str, x.shape))}]")
     return x
 
 

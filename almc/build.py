@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass, field
 
 from . import syntax as s
-from .errors import Collector, ShapeError, Span, did_you_mean
+from .errors import Collector, ShapeError, Span, did_you_mean, source_lines
 from .graph import INPUT, Graph, Node
 from .ops.attrs import describe_value
 from .ops.elementwise import OPERATORS
@@ -117,7 +117,8 @@ class Builder:
         text = self.c.sources.get(span.file)
         if text is None or span.line < 1 or span.end_line != span.line:
             return "..."
-        return text.splitlines()[span.line - 1][span.col - 1: span.end_col - 1]
+        lines = source_lines(text)
+        return lines[span.line - 1][span.col - 1: span.end_col - 1] if span.line <= len(lines) else "..."
 
     # -- names ------------------------------------------------------------
     def fresh(self, base: str) -> str:
@@ -156,8 +157,7 @@ class Builder:
                 return self.err(f"'{name}' is used before it is defined (at {ls.line}:{ls.col})", span,
                                 f"'{name}' is defined more than once, so it cannot be used before its first definition")
             f = f.parent
-        known = self.visible_names(frame)
-        hint = did_you_mean(name, sorted(known))
+        hint = did_you_mean(name, sorted(self.visible_names(frame))) if self.c.hints_wanted else None
         if name in self.blocks or lookup(name):
             hint = f"'{name}' is an op or block: call it, {name}(...)"
         return self.err(f"undefined name '{name}'", span, hint)

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import AlmError, FileError, UsageError
+from .errors import AlmError, FileError, UsageError, elide
 from .shapes import Limits
 
 EXIT_OK, EXIT_MODEL, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
@@ -226,17 +226,37 @@ def cmd_compile(args) -> int:
 
 
 def read_array(path: str):
+    """A .npy array, its header checked against the file's size before anything is allocated."""
     import numpy as np
 
     p = Path(path)
     if not p.exists():
         raise UsageError(f"no such file: {path}")
+    if not p.is_file():
+        raise FileError(path, "not a regular file")
     try:
+        with open(p, "rb") as f:
+            magic = f.read(6)
+            if magic != b"\x93NUMPY":
+                raise FileError(path, "expected a single array (.npy), got an archive" if magic[:2] == b"PK"
+                                else "not a readable .npy file (it has no .npy header)")
+            f.seek(0)
+            fmt = np.lib.format
+            version = fmt.read_magic(f)
+            header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = header(f)  # the header alone: nothing allocated yet
+            need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            have = p.stat().st_size - f.tell()
+            if dtype.hasobject:
+                raise FileError(path, "holds Python objects, which almc never unpickles")
+            if need > have:
+                raise FileError(path, f"its header claims {dtype}[{', '.join(map(str, shape))}] ({need:,} bytes), "
+                                      f"but the file holds {have:,}")
         x = np.load(p, allow_pickle=False)
+    except FileError:
+        raise
     except (ValueError, OSError, EOFError) as e:
         raise FileError(path, f"not a readable .npy file ({e})") from None
-    if not isinstance(x, np.ndarray):
-        raise FileError(path, "expected a single array (.npy), got an archive")
     return x
 
 
@@ -246,11 +266,12 @@ def cmd_run(args) -> int:
     from .files import atomic_write, check_output
     from .runtime import session
 
-    arrays, paths = {}, [args.file]
+    arrays, paths, path_of = {}, [args.file], {}
     for item in args.input:
         name, _, path = item.rpartition("=")
         arrays[name or None] = read_array(path)
         paths.append(path)
+        path_of[name or None] = path
     if args.output:
         check_output(args.output, paths)
     if args.file.endswith(".onnx"):
@@ -263,17 +284,29 @@ def cmd_run(args) -> int:
             onnx.checker.check_model(proto)
         except Exception as e:  # onnx raises several types for damaged files
             raise FileError(args.file, f"not a valid ONNX model ({str(e).splitlines()[0][:200]})") from None
-        inits = {i.name for i in proto.graph.initializer}
-        in_names = [i.name for i in proto.graph.input if i.name not in inits]
+        from .api import check_input
+        from .onnxfile import input_types
+
+        types = input_types(proto)
+        in_names = list(types)
         if None in arrays:
             if len(in_names) != 1:
                 raise UsageError(f"the model has inputs {', '.join(in_names)}: use --input NAME=X.npy")
             arrays = {in_names[0]: arrays.pop(None)}
+            path_of[in_names[0]] = path_of.pop(None)
+        unknown = [n for n in arrays if n not in types]
+        if unknown:
+            raise UsageError(f"{args.file} has no input '{unknown[0]}' (its inputs: {', '.join(in_names)})")
         missing = [n for n in in_names if n not in arrays]
         if missing:
-            raise UsageError(f"missing input '{missing[0]}'")
+            raise UsageError(f"missing input '{missing[0]}'" + (f" ({types[missing[0]]})" if types[missing[0]] else ""))
+        arrays = {n: check_input(n, arrays[n], types[n], path_of[n]) if types[n] else arrays[n] for n in in_names}
         sess = session(proto.SerializeToString(), args.device)
-        outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, arrays)))
+        try:
+            outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, arrays)))
+        except Exception as e:  # onnxruntime's own refusals (a value out of range, ...): the data, not almc
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise FileError(args.file, f"onnxruntime could not run it on these inputs: {elide(first, 300)}") from None
         provider = sess.get_providers()[0]
     else:
         args.max_params = args.max_activations = 2_000_000_000
@@ -281,7 +314,14 @@ def cmd_run(args) -> int:
         if None in arrays:
             if len(m.inputs) != 1:
                 raise UsageError(f"{m.name} has inputs {', '.join(m.inputs)}: use --input NAME=X.npy")
+            path_of[next(iter(m.inputs))] = path_of.pop(None)
             arrays = {next(iter(m.inputs)): arrays.pop(None)}
+        from .api import check_input
+
+        unknown = [n for n in arrays if n not in m.inputs]
+        if unknown:
+            raise UsageError(f"{m.name} has no input '{unknown[0]}' (its inputs: {', '.join(m.inputs)})")
+        arrays = {n: check_input(n, a, m.inputs[n], path_of.get(n)) for n, a in arrays.items()}
         outs = m.run(arrays, device=args.device)
         provider = m.provider
     print(f"ran on {provider}")

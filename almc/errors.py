@@ -12,7 +12,9 @@ mistake in one run. `render` formats a diagnostic the way compilers do:
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class Span:
 
 
 UNKNOWN = Span("<unknown>", 0, 0, 0, 0)
+MAX_SHOWN = 50  # diagnostics printed per run; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -52,8 +55,11 @@ class AlmError(Exception):
         self.sources = dict(sources or {})
         super().__init__("\n".join(f"{d.span}: {d.severity}: {d.message}" for d in self.diagnostics))
 
-    def render(self) -> str:
-        return "\n".join(render(d, self.sources) for d in self.diagnostics)
+    def render(self, limit: int = MAX_SHOWN) -> str:
+        """The first `limit` diagnostics, then how many more there are."""
+        shown = "\n".join(render(d, self.sources) for d in self.diagnostics[:limit])
+        rest = len(self.diagnostics) - limit
+        return shown + (f"\n... and {rest:,} more diagnostic{'s' * (rest != 1)} not shown" if rest > 0 else "")
 
 
 class UsageError(Exception):
@@ -75,11 +81,20 @@ class Collector:
 
     diagnostics: list[Diagnostic] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)
+    n_errors: int = 0
+    _seen: set = field(default_factory=set)
 
     def error(self, message: str, span: Span = UNKNOWN, hint: str | None = None, notes=()) -> None:
-        if any(d.message == message and d.span == span for d in self.diagnostics):
+        if (message, span) in self._seen:
             return  # the same mistake reached again (a block called in a loop): report it once
+        self._seen.add((message, span))
+        self.n_errors += 1
         self.diagnostics.append(Diagnostic(message, span, hint, "error", tuple(notes)))
+
+    @property
+    def hints_wanted(self) -> bool:
+        """Hints cost a search over the names in scope: made only for the errors that are shown."""
+        return self.n_errors < MAX_SHOWN
 
     def warning(self, message: str, span: Span = UNKNOWN, hint: str | None = None) -> None:
         self.diagnostics.append(Diagnostic(message, span, hint, "warning"))
@@ -106,11 +121,28 @@ def did_you_mean(name: str, candidates, otherwise: str | None = None, cutoff: fl
     return f"did you mean '{close[0]}'?" if close else otherwise
 
 
+def elide(text: str, limit: int = 80) -> str:
+    """`text`, or its head and tail around an ellipsis when it is longer than `limit`."""
+    return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-(limit // 2 - 3):]}"
+
+
+def normalize_newlines(text: str) -> str:
+    """A lone CR (old Mac files) ends a line as LF does; CRLF stays as it is."""
+    return re.sub("\r(?!\n)", "\n", text) if "\r" in text else text
+
+
+@lru_cache(maxsize=16)
+def source_lines(text: str) -> tuple[str, ...]:
+    """The lines positions count: split at LF only, as the parser counts them (CRLF's CR dropped).
+    Unicode line separators (U+2028, ...) are characters inside a line, not line ends."""
+    return tuple(line[:-1] if line.endswith("\r") else line for line in text.split("\n"))
+
+
 def render(d: Diagnostic, sources: dict[str, str]) -> str:
-    out = [f"{d.span}: {d.severity}: {d.message}"]
+    out = [f"{elide(str(d.span), 300)}: {d.severity}: {elide(d.message, 1000)}"]  # a 2 MB name prints 1 KB
     text = sources.get(d.span.file)
     if text is not None and d.span.line >= 1:
-        lines = text.splitlines()
+        lines = source_lines(text)
         if d.span.line <= len(lines):
             line = lines[d.span.line - 1].expandtabs(1)
             shown = line if len(line) <= 200 else line[: 200] + " ..."
@@ -122,7 +154,7 @@ def render(d: Diagnostic, sources: dict[str, str]) -> str:
                 out.append("    " + " " * start + "^" * max(end - start, 1))
     out.extend(f"  {n}" for n in d.notes)
     if d.hint:
-        out.append(f"  hint: {d.hint}")
+        out.append(f"  hint: {elide(d.hint, 1000)}")
     return "\n".join(out)
 
 

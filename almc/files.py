@@ -16,16 +16,11 @@ import stat
 import time
 from pathlib import Path
 
-from .errors import FileError, UsageError
+from .errors import FileError, UsageError, elide
 
 NAME_MAX = 255  # bytes in a file name, on every common file system
 TMP_EXTRA = len("..00000000.tmp")  # what the temporary name adds to the target's
 STALE_SECONDS = 60  # an unlocked temporary file at least this old belongs to a writer that died
-
-
-def elide(text: str, limit: int = 80) -> str:
-    """`text`, or its head and tail around an ellipsis when it is longer than `limit`."""
-    return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-(limit // 2 - 3):]}"
 
 
 def check_output(path, inputs=(), flag: str = "-o") -> Path:

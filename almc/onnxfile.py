@@ -92,3 +92,21 @@ def checkable(skeleton: onnx.ModelProto, params: list[tuple[str, np.ndarray]]) -
     model.CopyFrom(skeleton)
     model.graph.input.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, a.shape) for n, a in params)
     return model
+
+
+def input_types(model: onnx.ModelProto) -> dict:
+    """The inputs a caller feeds (not initializers), as almc TensorTypes: symbolic dimensions by
+    their names; None for an element type .alm has no name for."""
+    from .types import DTYPES, TensorType
+
+    by_enum = {getattr(onnx.TensorProto, enum): name for name, (_, enum) in DTYPES.items()}
+    inits = {i.name for i in model.graph.initializer}
+    out = {}
+    for i in model.graph.input:
+        if i.name in inits:
+            continue
+        t = i.type.tensor_type
+        dtype = by_enum.get(t.elem_type)
+        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim)
+        out[i.name] = TensorType(dtype, dims) if dtype else None
+    return out

@@ -16,7 +16,7 @@ from lark import Lark, Token, Transformer_NonRecursive, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from . import syntax as s
-from .errors import AlmError, Diagnostic, Span
+from .errors import AlmError, Diagnostic, Span, normalize_newlines, source_lines
 
 MAX_NESTING = 200  # brackets deeper than this are refused before parsing
 
@@ -66,7 +66,7 @@ def read_source(path: str | Path, shown: str | None = None) -> str:
         raise AlmError(Diagnostic("this is a binary file, not .alm text (it contains a NUL byte)",
                                   Span(shown, line, col, line, col + 1)))
     try:
-        return data.decode("utf-8")
+        return normalize_newlines(data.decode("utf-8"))
     except UnicodeDecodeError as e:
         line, col = _position(data, e.start)
         raise AlmError(Diagnostic(f"the file is not valid UTF-8 (byte 0x{data[e.start]:02x})",
@@ -191,7 +191,7 @@ def _syntax_error(e: UnexpectedInput, text: str, file: str) -> Diagnostic:
         expected = getattr(e, "accepts", None) or e.expected
         return Diagnostic(f"unexpected {_token_text(tok)}, expected {_describe_expected(expected)}", span, hint)
     # end of input
-    lines = text.splitlines() or [""]
+    lines = _lines(text) or [""]
     line, col = len(lines), len(lines[-1]) + 1
     expected = e.expected if isinstance(e, (UnexpectedToken, UnexpectedEOF)) else set()
     opener = _unclosed(text)
@@ -204,10 +204,17 @@ def _syntax_error(e: UnexpectedInput, text: str, file: str) -> Diagnostic:
                       Span(file, line, max(col - 1, 1), line, col))
 
 
+def _lines(text: str) -> list[str]:
+    """The lines as positions count them (errors.source_lines), without the empty one after a
+    final newline."""
+    lines = list(source_lines(text))
+    return lines[:-1] if len(lines) > 1 and lines[-1] == "" else lines
+
+
 def _unclosed(text: str):
     """The innermost bracket still open at the end of the text (line, col, char)."""
     stack = []
-    for ln, line in enumerate(text.splitlines(), 1):
+    for ln, line in enumerate(_lines(text), 1):
         in_string = False
         for cn, ch in enumerate(line, 1):
             if ch == '"':

@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from . import syntax as s
-from .errors import AlmError, Collector, Diagnostic, Span
+from .errors import AlmError, Collector, Diagnostic, Span, normalize_newlines
 from .parse import parse, read_source
 
 STDLIB_PREFIX = "std/"
@@ -41,6 +41,7 @@ def load_program(c: Collector, path: str | os.PathLike | None = None, text: str 
         base = root_path.parent
     else:
         shown, root_path, base = name, None, Path.cwd().resolve()
+        text = normalize_newlines(text)
     c.sources[shown] = text
     root = parse(text, shown)
     prog = Program(root, sources=c.sources, files=[root_path] if root_path else [])

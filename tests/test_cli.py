@@ -64,8 +64,8 @@ def test_run_rejects_a_damaged_onnx_file_and_wrong_shapes(tmp_path, capsys, monk
     (tmp_path / "bad.onnx").write_bytes(b"\x08\x07garbage")
     assert main(["run", "bad.onnx", "--input", "x.npy"]) == 1
     assert capsys.readouterr().err.startswith("bad.onnx: error: not a valid ONNX model")
-    assert main(["run", str(LENET), "--input", "x.npy"]) == 2
-    assert capsys.readouterr().err == "almc: error: input 'image' must be f32[N, 1, 32, 32], got shape [2, 3, 32, 32]\n"
+    assert main(["run", str(LENET), "--input", "x.npy"]) == 1  # the data file is wrong: named, exit 1
+    assert capsys.readouterr().err == "x.npy: error: input 'image' must be f32[N, 1, 32, 32], got shape [2, 3, 32, 32]\n"
 
 
 def test_graph_command_writes_dot_and_explains_missing_graphviz(tmp_path, capsys, monkeypatch):

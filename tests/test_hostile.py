@@ -274,3 +274,82 @@ def test_the_budget_can_be_raised(here, capsys):
                                 " output y = relu(x)\n}\n")
     assert run(capsys, "check", "m.alm", "--max-eval-steps", "5000")[0] == 1
     assert run(capsys, "check", "m.alm", "--max-eval-steps", "10000")[0] == 0
+
+
+# ---- positions and long diagnostics ------------------------------------------------------------------
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"], ids=["LF", "CRLF", "CR"])
+def test_positions_count_lines_under_every_line_ending(here, capsys, newline):
+    lines = ["model M {", " input x: f32[N, 4]", " y = relu(q)", " output z = y", "}", ""]
+    (here / "m.alm").write_bytes(newline.join(lines).encode())
+    code, err = run(capsys, "check", "m.alm")
+    assert code == 1
+    assert err.splitlines()[:3] == ["m.alm:3:11: error: undefined name 'q'", "     y = relu(q)", "              ^"]
+
+
+def test_a_unicode_line_separator_in_a_comment_does_not_move_the_shown_line(here, capsys):
+    (here / "m.alm").write_text("model M {\n input x: f32[N, 4] # a\u2028b\u2029c\n y = relu(q)\n output z = y\n}\n")
+    code, err = run(capsys, "check", "m.alm")
+    assert err.splitlines()[:2] == ["m.alm:3:11: error: undefined name 'q'", "     y = relu(q)"]
+
+
+def test_thousands_of_errors_are_reported_in_linear_time_and_capped(here, capsys):
+    def timed(n):
+        (here / "m.alm").write_text("model M {\n input x: f32[N, 4]\n" + "".join(f" v{i} = relu(u{i})\n" for i in range(n))
+                                    + " output y = relu(x)\n}\n")
+        t0 = time.perf_counter()
+        code, err = run(capsys, "check", "m.alm")
+        return code, err, time.perf_counter() - t0
+
+    _, _, small = timed(500)
+    code, err, large = timed(4000)
+    assert code == 1
+    assert large < 20 and large < 16 * small  # 8x the errors: linear, with room for noise
+    lines = err.splitlines()
+    assert sum(": error: " in ln for ln in lines) == 50  # the first 50 shown
+    assert lines[-2:] == ["... and 3,950 more diagnostics not shown", "4000 errors"]
+
+
+def test_a_huge_undefined_name_is_elided_in_the_message(here, capsys):
+    name = "n" * 2_000_000
+    (here / "m.alm").write_text(f"model M {{\n input x: f32[N, 4]\n output y = relu({name})\n}}\n")
+    code, err = run(capsys, "check", "m.alm")
+    assert code == 1 and len(err) < 3000
+    assert err.startswith("m.alm:3:18: error: undefined name 'nnnn") and "..." in err.splitlines()[0]
+
+
+# ---- almc run: data errors name the file (exit 1), for .onnx models as for .alm -----------------------
+
+def _header_claiming(rows: int) -> bytes:
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (%d, 4), }" % rows
+    header += " " * (118 - len(header)) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + b"\0" * 64
+
+
+@pytest.mark.parametrize("array,message", [
+    (np.ones((2, 4), np.int64), "x.npy: error: input 'x' must be f32[N, 4], got an array of int64"),
+    (np.ones((2, 4, 1), np.float32), "x.npy: error: input 'x' must be f32[N, 4], got shape [2, 4, 1]"),
+    (np.float32(1), "x.npy: error: input 'x' must be f32[N, 4], got shape []"),
+    (np.ones((2, 7), np.float32), "x.npy: error: input 'x' must be f32[N, 4], got shape [2, 7]"),
+    (_header_claiming(10 ** 12), "x.npy: error: its header claims float32[1000000000000, 4] (16,000,000,000,000 "
+                                 "bytes), but the file holds 64"),
+    (b"PK\x03\x04zip", "x.npy: error: expected a single array (.npy), got an archive"),
+], ids=["int64", "rank3", "scalar", "wrong-width", "huge-header", "archive"])
+@pytest.mark.parametrize("model", ["m.alm", "t.onnx"])
+def test_run_checks_every_input_against_the_model(here, capsys, array, message, model):
+    assert run(capsys, "compile", "m.alm", "-o", "t.onnx")[0] == 0
+    if isinstance(array, bytes):
+        (here / "x.npy").write_bytes(array)
+    else:
+        np.save(here / "x.npy", array)
+    code, err = run(capsys, "run", model, "--input", "x.npy")
+    assert (code, err) == (1, message)
+
+
+def test_run_names_an_input_the_model_does_not_have(here, capsys):
+    assert run(capsys, "compile", "m.alm", "-o", "t.onnx")[0] == 0
+    np.save(here / "x.npy", np.ones((2, 4), np.float32))
+    assert run(capsys, "run", "t.onnx", "--input", "foo=x.npy") == (2, "almc: error: t.onnx has no input 'foo' "
+                                                                       "(its inputs: x)")
+    assert run(capsys, "run", "m.alm", "--input", "foo=x.npy") == (2, "almc: error: M has no input 'foo' "
+                                                                      "(its inputs: x)")
