@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass, field
 
 from . import syntax as s
-from .errors import Collector, ShapeError, Span, did_you_mean, source_lines
+from .errors import Collector, ShapeError, Span, did_you_mean, elide, source_lines
 from .graph import INPUT, Graph, Node
 from .ops.attrs import describe_value
 from .ops.elementwise import OPERATORS
@@ -45,6 +45,9 @@ class _Poison:
 
 
 POISON = _Poison()
+
+
+FLOAT32_MAX = 3.4028234663852886e38  # a number beside a tensor becomes a float32 constant
 
 
 class BudgetExceeded(Exception):
@@ -498,7 +501,7 @@ class Builder:
                 return POISON
             try:
                 v = BUILTINS[e.func](*args)
-            except (TypeError, ValueError) as x:
+            except (TypeError, ValueError, OverflowError) as x:
                 return self.err(f"{e.func}(): {x}", e.span)
             if isinstance(v, tuple):
                 self.spend(len(v), e.span)
@@ -586,7 +589,13 @@ class Builder:
             if isinstance(v, Tensor):
                 ids.append(v.id)
             else:
-                c = self.add_node("constant", [], Attrs(value=float(v)), span, None, "")
+                try:
+                    value = float(v)
+                except OverflowError:
+                    value = math.inf
+                if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
+                    return self.err(f"the number {elide(str(v), 40)} does not fit in a float32 tensor", span)
+                c = self.add_node("constant", [], Attrs(value=value), span, None, "")
                 if c is POISON:
                     return POISON
                 ids.append(c.id)
@@ -717,6 +726,8 @@ def _len(v):
 def _int(v):
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise TypeError(f"expects a number, got {describe(v)}")
+    if isinstance(v, float) and not math.isfinite(v):
+        raise ValueError(f"cannot make an integer of {v}")
     return int(v)
 
 

@@ -23,7 +23,12 @@ def parse_value(text: str):
     """A -D value: integer, float, true/false, a comma-separated tuple, or else a string."""
     t = text.strip()
     if "," in t:
-        return tuple(parse_value(x) for x in t.strip("()[]").split(",") if x.strip())
+        items = t.strip("()[]").split(",")
+        if items and not items[-1].strip():  # a trailing comma: (1, 2,)
+            items = items[:-1]
+        if any(not x.strip() for x in items):
+            raise UsageError(f"-D: the list '{elide(t, 60)}' has an empty item")
+        return tuple(parse_value(x) for x in items)
     for conv in (int, float):
         try:
             return conv(t)
@@ -34,6 +39,16 @@ def parse_value(text: str):
     return t.strip('"')
 
 
+def positive_int(text: str) -> int:
+    try:
+        v = int(float(text)) if "e" in text.lower() else int(text)
+    except (ValueError, OverflowError):
+        raise argparse.ArgumentTypeError(f"expects a positive integer, got '{elide(text, 40)}'") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expects a positive integer, got {v}")
+    return v
+
+
 def model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="the .alm model file")
     p.add_argument("--model", help="which model, when the file defines several")
@@ -41,11 +56,11 @@ def model_options(p: argparse.ArgumentParser) -> None:
                    help="set a model parameter, e.g. -D classes=100 (repeatable)")
     p.add_argument("--allow-outside-imports", action="store_true",
                    help="allow imports from outside the model file's directory")
-    p.add_argument("--max-params", type=int, default=2_000_000_000, metavar="N",
+    p.add_argument("--max-params", type=positive_int, default=2_000_000_000, metavar="N",
                    help="refuse a layer with more parameters than this (default 2e9)")
-    p.add_argument("--max-activations", type=int, default=2_000_000_000, metavar="N",
+    p.add_argument("--max-activations", type=positive_int, default=2_000_000_000, metavar="N",
                    help="refuse a layer whose output has more elements per example (default 2e9)")
-    p.add_argument("--max-eval-steps", type=int, default=Limits.max_eval_steps, metavar="N",
+    p.add_argument("--max-eval-steps", type=positive_int, default=Limits.max_eval_steps, metavar="N",
                    help="stop building a model after this many evaluation steps: loop iterations, block calls, "
                         f"statements, list elements (default {Limits.max_eval_steps:,})")
 
@@ -480,6 +495,18 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("almc: interrupted; nothing was written", file=sys.stderr)
         return 130
+    except MemoryError:
+        if debug:
+            raise
+        print("almc: error: out of memory: the model or the data need more memory than this machine has; "
+              "make them smaller (or lower --max-params, which bounds every layer)", file=sys.stderr)
+        return EXIT_MODEL
+    except OSError as e:  # the machine's, not almc's: a full disk, a file that vanished, a read-only folder
+        if debug:
+            raise
+        where = f"{elide(str(e.filename), 200)}: " if e.filename else ""
+        print(f"almc: error: {where}{e.strerror or e}", file=sys.stderr)
+        return EXIT_MODEL
     except RecursionError:
         if debug:
             raise

@@ -148,6 +148,15 @@ def build_training(b: Builder, model_frame: Frame, train: s.TrainDef) -> TrainSp
     if "minimize" not in seen:
         b.err(f"the training section of {train.model} has no objective", train.span,
               "add one: minimize mean(cross_entropy(logits, label))")
+    elif spec.loss:
+        import networkx as nx
+
+        used = nx.ancestors(g.nx, spec.loss)
+        for st in train.body:
+            v = frame.vars.get(st.name) if isinstance(st, s.Input) else None
+            if isinstance(v, Tensor) and v.id not in used:
+                b.err(f"the objective does not use the input '{st.name}'", st.span,
+                      "use it in the objective (minimize ... cross_entropy(logits, label)), or remove the input")
     return spec
 
 

@@ -6,6 +6,7 @@ Syntax errors become located diagnostics that say what was expected.
 """
 from __future__ import annotations
 
+import math
 import os
 import stat
 from functools import lru_cache
@@ -16,9 +17,10 @@ from lark import Lark, Token, Transformer_NonRecursive, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from . import syntax as s
-from .errors import AlmError, Diagnostic, Span, normalize_newlines, source_lines
+from .errors import AlmError, Diagnostic, Span, elide, normalize_newlines, source_lines
 
 MAX_NESTING = 200  # brackets deeper than this are refused before parsing
+MAX_INT_DIGITS = 4000  # Python refuses to convert more than 4300
 
 
 def grammar_text() -> str:
@@ -359,10 +361,18 @@ class ToAst(Transformer_NonRecursive):
         return s.Attribute(self.sp(meta), value, str(name))
 
     def int_(self, meta, tok):
-        return s.Num(self.sp(meta), int(str(tok).replace("_", "")))
+        digits = str(tok).replace("_", "")
+        if len(digits) > MAX_INT_DIGITS:
+            raise AlmError(Diagnostic(f"an integer of {len(digits):,} digits is more than the {MAX_INT_DIGITS} "
+                                      "almc reads", self.sp(meta)))
+        return s.Num(self.sp(meta), int(digits))
 
     def float_(self, meta, tok):
-        return s.Num(self.sp(meta), float(tok))
+        v = float(tok)
+        if not math.isfinite(v):
+            raise AlmError(Diagnostic(f"the number {elide(str(tok), 40)} is too large: it is infinite as a float",
+                                      self.sp(meta)))
+        return s.Num(self.sp(meta), v)
 
     def string(self, meta, tok):
         return s.Str(self.sp(meta), str(tok)[1:-1])

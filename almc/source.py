@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from . import syntax as s
-from .errors import AlmError, Collector, Diagnostic, Span, normalize_newlines
+from .errors import AlmError, Collector, Diagnostic, Span, elide, normalize_newlines
 from .parse import parse, read_source
 
 STDLIB_PREFIX = "std/"
@@ -70,15 +70,18 @@ def load_program(c: Collector, path: str | os.PathLike | None = None, text: str 
                 c.error(f'cannot import "{imp.path.encode("unicode_escape").decode()}": an import names a .alm file',
                         imp.span, 'for example: import "blocks.alm" or import "std/resnet.alm"', notes)
                 continue
+            try:
+                target = _resolve(imp.path, here)
+            except (RuntimeError, OSError) as e:  # a symbolic-link loop, a name too long, ...
+                c.error(f'cannot import "{elide(imp.path, 200)}": {_reason(e)}', imp.span, None, notes)
+                continue
             if imp.path.startswith(STDLIB_PREFIX):
-                target = (stdlib_dir() / imp.path[len(STDLIB_PREFIX):]).resolve()
                 shown_t = imp.path
                 if not _inside(target, stdlib_dir().resolve()):
                     c.error(f'import "{imp.path}" leaves the standard library', imp.span,
                             "std/ names a file of almc's standard library, e.g. std/resnet.alm", notes)
                     continue
             else:
-                target = (here / imp.path).resolve()
                 shown_t = os.path.normpath(os.path.join(os.path.dirname(here_shown), imp.path))
                 if not allow_outside and not _inside(target, base):
                     c.error(f'import "{imp.path}" leaves the directory of {shown}', imp.span,
@@ -93,6 +96,10 @@ def load_program(c: Collector, path: str | os.PathLike | None = None, text: str 
                     c.error(f"circular import: {loop}", imp.span, None, notes)
                 continue
             if target in seen:
+                continue
+            if target.exists() and not target.is_file():
+                what = "a directory" if target.is_dir() else "not a regular file (a FIFO, device or socket)"
+                c.error(f'cannot import "{imp.path}": it is {what}, not a .alm file', imp.span, None, notes)
                 continue
             if not target.is_file():
                 c.error(f'cannot find the imported file "{imp.path}"', imp.span,
@@ -122,6 +129,18 @@ def load_program(c: Collector, path: str | os.PathLike | None = None, text: str 
     visit(root, base, (), shown)
     add_blocks(root, ())
     return prog
+
+
+def _resolve(name: str, here: Path) -> Path:
+    if name.startswith(STDLIB_PREFIX):
+        return (stdlib_dir() / name[len(STDLIB_PREFIX):]).resolve()
+    return (here / name).resolve()
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, RuntimeError):
+        return "its symbolic links form a loop"
+    return e.strerror or str(e)
 
 
 def _inside(target: Path, base: Path) -> bool:

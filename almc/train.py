@@ -80,9 +80,18 @@ def prepare_data(graph: Graph, spec, opts: TrainOptions):
                          f"{', '.join(graph.inputs)} and labels {', '.join(spec.labels) or 'none'}")
     ds = datasets.load(opts.data or spec.data, seed=opts.seed)
     if spec.classes:
+        absent = [c for c in spec.classes if not (np.any(ds.y_train == c) or np.any(ds.y_val == c)
+                                                  or np.any(ds.y_test == c))]
+        if absent:
+            raise UsageError(f"classes {', '.join(map(str, spec.classes))}: the data ({ds.describe()}) have no "
+                             f"example labelled {absent[0]}")
         ds = _keep_classes(ds, spec.classes)
     x_type = graph.node(graph.inputs[0]).type
     y_type = graph.node(spec.labels[0]).type
+    if x_type.dtype.startswith("i"):
+        raise UsageError(f"input '{graph.inputs[0]}' takes {x_type} (integer ids), but the data "
+                         f"({ds.describe()}) are float examples")
+    _check_label_range(graph, spec, ds, y_type)
     try:
         fit = [datasets.fit_input(x, x_type.dims[1:]) for x in (ds.x_train, ds.x_val, ds.x_test)]
     except ValueError as e:
@@ -99,6 +108,21 @@ def check_outputs(graph: Graph, opts: TrainOptions) -> None:
             check_output(path, inputs, flag)
     if opts.checkpoint:
         check_output_folder(opts.checkpoint, "--checkpoint")
+
+
+def _check_label_range(graph: Graph, spec, ds, y_type) -> None:
+    """Integer labels must index the classes of the model's first output [N, C], or training would
+    end in onnxruntime's Gather error on the first batch that holds one."""
+    out = graph.node(next(iter(graph.outputs.values()))).type
+    if not y_type.dtype.startswith("i") or out.rank != 2 or not isinstance(out.dims[1], int) or out.dims[1] < 2:
+        return
+    top = max(int(y.max()) for y in (ds.y_train, ds.y_val, ds.y_test) if len(y))
+    low = min(int(y.min()) for y in (ds.y_train, ds.y_val, ds.y_test) if len(y))
+    first = next(iter(graph.outputs))
+    if top >= out.dims[1] or low < 0:
+        raise UsageError(f"the data ({ds.describe()}) have labels {low} to {top}, but output '{first}' ({out}) "
+                         f"has {out.dims[1]} classes: give the model {top + 1} outputs, or keep some classes "
+                         "with `classes 0, 1, ...` in the training section")
 
 
 def _keep_classes(ds, classes):

@@ -353,3 +353,76 @@ def test_run_names_an_input_the_model_does_not_have(here, capsys):
                                                                        "(its inputs: x)")
     assert run(capsys, "run", "m.alm", "--input", "foo=x.npy") == (2, "almc: error: M has no input 'foo' "
                                                                       "(its inputs: x)")
+
+
+# ---- user mistakes that used to end in "internal error" -----------------------------------------------
+
+@pytest.mark.parametrize("line,message", [
+    (" k = " + "1" * 5000, "m.alm:3:6: error: an integer of 5,000 digits is more than the 4000 almc reads"),
+    (" k = int(1e400)", "m.alm:3:10: error: the number 1e400 is too large: it is infinite as a float"),
+    (" k = int(1e308 * 10.0)", "m.alm:3:10: error: the result is not a finite number"),
+    (" k = relu(x) * 10 ** 40", "m.alm:3:6: error: the number 10000000000000000000...00000000000000000 does not "
+                                "fit in a float32 tensor"),
+], ids=["huge-int", "inf-literal", "inf-arithmetic", "huge-constant"])
+def test_numbers_beyond_what_a_model_can_hold(here, capsys, line, message):
+    (here / "m.alm").write_text("model M {\n input x: f32[N, 4]\n" + line + "\n output y = relu(x)\n}\n")
+    code, err = run(capsys, "check", "m.alm")
+    assert (code, err.splitlines()[0]) == (1, message)
+
+
+def test_imports_of_a_directory_or_a_symlink_loop(here, capsys):
+    (here / "dir.alm").mkdir()
+    os.symlink("b.alm", here / "a.alm")
+    os.symlink("a.alm", here / "b.alm")
+    for target, message in (("dir.alm", 'cannot import "dir.alm": it is a directory, not a .alm file'),
+                            ("a.alm", 'cannot import "a.alm": its symbolic links form a loop')):
+        (here / "m.alm").write_text(f'import "{target}"\n' + MODEL)
+        code, err = run(capsys, "check", "m.alm")
+        assert (code, err.splitlines()[0]) == (1, f"m.alm:1:1: error: {message}")
+
+
+def test_an_objective_that_ignores_a_label_is_a_located_error(here, capsys):
+    (here / "m.alm").write_text(MODEL + "train M {\n input label: i64[N]\n minimize mean(y * y)\n}\n")
+    code, err = run(capsys, "check", "m.alm")
+    assert (code, err.splitlines()[0]) == (1, "m.alm:6:2: error: the objective does not use the input 'label'")
+
+
+DIGITS = "digits: 1,258 train / 180 val / 359 test, 10 classes, examples [1, 8, 8]"
+
+
+@pytest.mark.parametrize("model,message", [
+    ("model M {\n input x: f32[N, 1, 8, 8]\n output y = dense(flatten(x), 3)\n}\n"
+     "train M {\n input label: i64[N]\n minimize mean(cross_entropy(y, label))\n}\n",
+     f"the data ({DIGITS}) have labels 0 to 9, but output 'y' (f32[N, 3]) has 3 classes: give the model 10 "
+     "outputs, or keep some classes with `classes 0, 1, ...` in the training section"),
+    ("model M {\n input x: f32[N, 1, 8, 8]\n output y = dense(flatten(x), 10)\n}\n"
+     "train M {\n input label: i64[N]\n minimize mean(cross_entropy(y, label))\n classes 3, 42\n}\n",
+     f"classes 3, 42: the data ({DIGITS}) have no example labelled 42"),
+    ("model M {\n input x: i64[N, 64]\n output y = dense(flatten(embedding(x, 5, 2)), 10)\n}\n"
+     "train M {\n input label: i64[N]\n minimize mean(cross_entropy(y, label))\n}\n",
+     f"input 'x' takes i64[N, 64] (integer ids), but the data ({DIGITS}) are float examples"),
+], ids=["labels-beyond-classes", "absent-class", "ids-from-images"])
+def test_data_that_cannot_feed_the_model_are_refused_before_training(here, capsys, model, message):
+    (here / "m.alm").write_text(model)
+    code, err = run(capsys, "train", "m.alm", "--no-progress")
+    assert (code, err) == (2, f"almc: error: {message}")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--max-params", "-5"], "almc: error: argument --max-params: expects a positive integer, got -5"),
+    (["--max-activations", "0"], "almc: error: argument --max-activations: expects a positive integer, got 0"),
+    (["-D", "hidden=1,,2"], "almc: error: -D: the list '1,,2' has an empty item"),
+], ids=["max-params", "max-activations", "empty-item"])
+def test_bad_flags(here, capsys, argv, message):
+    assert run(capsys, "check", "m.alm", *argv) == (2, message)
+
+
+def test_out_of_memory_is_the_models_size_not_a_bug(here, capsys, monkeypatch):
+    import almc.api
+
+    def exhausted(self, seed=None):
+        raise MemoryError("Unable to allocate 3.6 TiB")
+
+    monkeypatch.setattr(almc.api.Model, "initial_weights", exhausted)
+    code, err = run(capsys, "compile", "m.alm")
+    assert code == 1 and err.startswith("almc: error: out of memory: the model or the data need more memory")
