@@ -92,6 +92,7 @@ class Builder:
         self.c = collector
         self.graph = Graph()
         self.used_ids: set[str] = set()
+        self.next_suffix: dict[str, int] = {}  # base name -> where fresh() resumes its search
         self.active: list[tuple[int, str, Span]] = []  # statements being evaluated (cycle detection)
         self.calls: list[tuple[str, Span]] = []  # block call stack
         self.layer = ""
@@ -128,9 +129,12 @@ class Builder:
         if base not in self.used_ids:
             self.used_ids.add(base)
             return base
-        k = 2
+        # the smallest unused suffix from 2; ids are never freed, so it only grows: start where the
+        # last search for this base ended (a 50,000-node chain was quadratic here)
+        k = self.next_suffix.get(base, 2)
         while f"{base}_{k}" in self.used_ids:
             k += 1
+        self.next_suffix[base] = k + 1
         self.used_ids.add(f"{base}_{k}")
         return f"{base}_{k}"
 

@@ -11,19 +11,35 @@ nothing else, so that what is benchmarked is what users run.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 from .build import BudgetExceeded, build_model
 from .errors import AlmError, Collector, Diagnostic
 from .graph import Graph
+from .parse import MAX_EXPR_DEPTH
 from .shapes import Limits
 from .source import load_program
 from .validate import validate
 
+# build evaluates an expression recursively, up to about 5 Python frames a level of nesting; parse
+# refuses expressions deeper than MAX_EXPR_DEPTH, so this stack always suffices (Python 3.11 and
+# later run Python-to-Python calls without growing the C stack)
+RECURSION_LIMIT = 5 * MAX_EXPR_DEPTH + 10_000
 
-def check(path=None, text=None, *, model: str | None = None, params: dict | None = None,
-          name: str = "<string>", allow_outside: bool = False, limits: Limits | None = None) -> tuple[Graph, list]:
+
+def check(path=None, text=None, **options) -> tuple[Graph, list]:
     """Parse, build, validate and type a model. Returns (graph, warnings); raises AlmError."""
+    saved = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(saved, RECURSION_LIMIT))
+    try:
+        return _check(path, text, **options)
+    finally:
+        sys.setrecursionlimit(saved)
+
+
+def _check(path=None, text=None, *, model: str | None = None, params: dict | None = None,
+           name: str = "<string>", allow_outside: bool = False, limits: Limits | None = None) -> tuple[Graph, list]:
     c = Collector()
     prog = load_program(c, path=path, text=text, name=name, allow_outside=allow_outside)
     c.check()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import stat
+from dataclasses import fields, is_dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -21,6 +22,7 @@ from .errors import AlmError, Diagnostic, Span, elide, normalize_newlines, sourc
 
 MAX_NESTING = 200  # brackets deeper than this are refused before parsing
 MAX_INT_DIGITS = 4000  # Python refuses to convert more than 4300
+MAX_EXPR_DEPTH = 100_000  # expressions deeper than this are refused after parsing (cli.py sizes the stack)
 
 
 def grammar_text() -> str:
@@ -89,12 +91,40 @@ def parse(text: str, file: str = "<string>") -> s.Module:
     except UnexpectedInput as e:
         raise AlmError(_syntax_error(e, text, file), {file: text}) from None
     try:
-        return ToAst(file).transform(tree)
+        module = ToAst(file).transform(tree)
     except VisitError as e:  # an error raised inside the transformer
         if isinstance(e.orig_exc, AlmError):
             e.orig_exc.sources.setdefault(file, text)
             raise e.orig_exc from None
         raise e.orig_exc from None
+    _check_depth(module, file, text)
+    return module
+
+
+def _check_depth(module: s.Module, file: str, text: str) -> None:
+    """Refuse an expression nested deeper than MAX_EXPR_DEPTH (50,000 unary minuses, a chain of
+    100,000 `**`): build evaluates expressions recursively, and its stack is bounded. Iterative,
+    so that the check itself cannot run out of stack."""
+    depth = {}
+    stack = [(module, False)]
+    while stack:
+        node, done = stack.pop()
+        kids = [v for f in fields(node) for v in _children(getattr(node, f.name))]
+        if not done:
+            stack.append((node, True))
+            stack.extend((k, False) for k in kids)
+            continue
+        d = 1 + max((depth[id(k)] for k in kids), default=0) if isinstance(node, s.Expr) else 0
+        if d > MAX_EXPR_DEPTH:
+            raise AlmError(Diagnostic(f"an expression nested more than {MAX_EXPR_DEPTH:,} levels deep", node.span,
+                                      "split it into named steps"), {file: text})
+        depth[id(node)] = d
+
+
+def _children(v):
+    if isinstance(v, tuple):
+        return [x for x in v if is_dataclass(x) and not isinstance(x, Span)]
+    return [v] if is_dataclass(v) and not isinstance(v, Span) else []
 
 
 def _check_nesting(text: str, file: str) -> None:

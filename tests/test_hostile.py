@@ -426,3 +426,25 @@ def test_out_of_memory_is_the_models_size_not_a_bug(here, capsys, monkeypatch):
     monkeypatch.setattr(almc.api.Model, "initial_weights", exhausted)
     code, err = run(capsys, "compile", "m.alm")
     assert code == 1 and err.startswith("almc: error: out of memory: the model or the data need more memory")
+
+
+# ---- long expressions: valid ones compile, over-deep ones get a located error --------------------------
+
+@pytest.mark.parametrize("expr", ["x" + " |> relu" * 20_000, "-" * 50_000 + "x"], ids=["pipe-20000", "minus-50000"])
+def test_long_valid_expressions_build(here, capsys, expr):
+    (here / "m.alm").write_text(f"model M {{\n input x: f32[N, 4]\n output y = {expr}\n}}\n")
+    code, err = run(capsys, "check", "m.alm")
+    assert (code, err) == (0, "")
+
+
+@pytest.mark.parametrize("expr", ["not " * 30_000 + "true", "1 ** " * 20_000 + "1"], ids=["not-30000", "pow-20000"])
+def test_long_number_expressions_evaluate(here, capsys, expr):
+    (here / "m.alm").write_text(f"model M {{\n input x: f32[N, 4]\n k = {expr}\n output y = relu(x)\n}}\n")
+    assert run(capsys, "check", "m.alm")[0] == 0
+
+
+def test_an_expression_deeper_than_the_limit_is_located(here, capsys):
+    (here / "m.alm").write_text("model M {\n input x: f32[N, 4]\n output y = " + "-" * 100_001 + "x\n}\n")
+    code, err = run(capsys, "check", "m.alm")
+    assert code == 1
+    assert err.splitlines()[0] == "m.alm:3:14: error: an expression nested more than 100,000 levels deep"
