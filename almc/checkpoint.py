@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FileError
-from .files import atomic_write
+from .files import atomic_write, check_npz
 from .graph import Graph
 
 CHECKPOINT = "last.npz"  # the file name in a --checkpoint folder
@@ -41,6 +41,7 @@ def read_checkpoint(path) -> tuple[dict, dict, dict]:
     path = Path(path)
     if not path.exists():
         raise FileError(path, "no such checkpoint")
+    check_npz(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}

@@ -12,6 +12,7 @@ from .errors import AlmError, FileError, UsageError, elide
 from .shapes import Limits
 
 EXIT_OK, EXIT_MODEL, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+MAX_GRADCHECK_PARAMS = 20_000_000  # almc check --grad: float64 copies and finite differences in numpy
 
 
 class Parser(argparse.ArgumentParser):
@@ -181,6 +182,10 @@ def cmd_check(args) -> int:
 
         if m.graph.train is None:
             raise UsageError(f"--grad needs a training section (train {m.name} {{ ... }}) to differentiate")
+        if s.total_params > MAX_GRADCHECK_PARAMS:
+            raise UsageError(f"--grad runs {m.name} in float64 numpy, several times per parameter tensor: its "
+                             f"{s.total_params:,} parameters are more than the {MAX_GRADCHECK_PARAMS:,} it checks; "
+                             "check a smaller configuration of it (fewer channels or a smaller input, with -D)")
         reports = gradient_check(m.graph)
         width = max(len(r.param) for r in reports)
         print("gradient check (float64, central differences, batch 2):")
@@ -278,7 +283,7 @@ def read_array(path: str):
 def cmd_run(args) -> int:
     import numpy as np
 
-    from .files import atomic_write, check_output
+    from .files import atomic_write, check_input_file, check_output
     from .runtime import session
 
     arrays, paths, path_of = {}, [args.file], {}
@@ -294,6 +299,7 @@ def cmd_run(args) -> int:
 
         if not Path(args.file).exists():
             raise UsageError(f"no such file: {args.file}")
+        check_input_file(args.file)
         try:
             proto = onnx.load(args.file)
             onnx.checker.check_model(proto)

@@ -44,6 +44,7 @@ from typing import Iterator
 import numpy as np
 
 from .errors import FileError
+from .files import check_input_file, check_npz
 
 
 @dataclass
@@ -155,6 +156,7 @@ _NPZ_KEYS = "x_train, y_train, x_test, y_test"
 
 
 def _npz(path: Path, seed, val_fraction) -> Dataset:
+    check_input_file(path)
     head = _read(path, 6)
     if head.startswith(b"\x93NUMPY"):
         raise FileError(path, f"a single array (.npy), expected an .npz archive holding {_NPZ_KEYS} "
@@ -190,6 +192,7 @@ _UNREADABLE = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error)
 
 def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
     """The archive's x_train, y_train, x_test, y_test (and x_val, y_val when either is there)."""
+    check_npz(path)
     try:
         archive = np.load(path, allow_pickle=False)
     except _UNREADABLE as e:

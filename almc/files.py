@@ -42,6 +42,7 @@ def check_output(path, inputs=(), flag: str = "-o") -> Path:
                          else f"{elide(str(folder))} is not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UsageError(f"cannot write in the folder {elide(str(folder))} (permission denied)")
+    _probe(folder)
     if path.exists():
         for src in inputs:
             if src is not None and os.path.exists(src) and os.path.samefile(path, src):
@@ -50,6 +51,27 @@ def check_output(path, inputs=(), flag: str = "-o") -> Path:
                 same = "" if os.path.abspath(src) == os.path.abspath(path) else f" ({elide(rel)})"
                 raise UsageError(f"the output {shown} is an input of this command{same}: writing it would destroy "
                                  f"it; give another name with {flag}")
+    return path
+
+
+def _probe(folder: Path) -> None:
+    """Create and remove a file in `folder`: some folders refuse what their permissions allow
+    (/proc, a read-only mount), and a long run must not learn that at its end."""
+    probe = folder / f".almc-probe.{secrets.token_hex(4)}.tmp"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"cannot write in the folder {elide(str(folder))} ({e.strerror or e})") from None
+
+
+def check_input_file(path) -> Path:
+    """A file almc reads: it must be a regular file (a FIFO would block the read forever, a
+    device never end it)."""
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        raise FileError(elide(str(path)), "is a directory, not a file" if path.is_dir()
+                        else "is not a regular file (a FIFO, device or socket)")
     return path
 
 
@@ -63,6 +85,7 @@ def check_output_folder(path, flag: str) -> Path:
             raise UsageError(f"{flag} {shown} is a file, not a folder")
         if not os.access(path, os.W_OK | os.X_OK):
             raise UsageError(f"cannot write in the folder {shown} (permission denied)")
+        _probe(path)
         return path
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
@@ -146,3 +169,42 @@ def _sweep_stale(folder: Path, name: str) -> None:
             pass
         finally:
             os.close(fd)
+
+
+MAX_ARCHIVE_BYTES = 4 << 30  # what an .npz may inflate to (data sets, weights, checkpoints)
+
+
+def check_npz(path, limit: int = MAX_ARCHIVE_BYTES) -> None:
+    """Refuse, before anything is inflated or allocated, an .npz whose members would inflate past
+    `limit` in all, or one whose .npy header claims more bytes than its member holds (numpy would
+    allocate the claimed array first). Anything else wrong is left to numpy's own reader."""
+    import zipfile
+
+    import numpy as np
+
+    shown = elide(str(path))
+    check_input_file(path)
+    try:
+        with zipfile.ZipFile(path) as z:
+            members = z.infolist()
+            total = sum(m.file_size for m in members)
+            if total > limit:
+                raise FileError(shown, f"its arrays would inflate to {total:,} bytes, more than the {limit:,} "
+                                       "almc reads from an archive")
+            for m in members:
+                if not m.filename.endswith(".npy"):
+                    continue
+                with z.open(m) as f:
+                    fmt = np.lib.format
+                    try:
+                        version = fmt.read_magic(f)
+                        header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                        shape, _, dtype = header(f)
+                    except ValueError:
+                        continue  # not an array header: numpy's reader says what is wrong
+                need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                if need > m.file_size:
+                    raise FileError(shown, f"array '{m.filename[:-4]}' claims {dtype}[{', '.join(map(str, shape))}] "
+                                           f"({need:,} bytes), but its member holds {m.file_size:,}")
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return  # not a zip, or damaged: numpy's reader reports it

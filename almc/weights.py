@@ -22,6 +22,7 @@ import numpy as np
 
 from .checkpoint import WeightMatch, match_weights
 from .errors import FileError, UsageError
+from .files import check_npz
 from .graph import Graph, param_specs
 from .naming import DESCRIBE, name_map, resolve_scheme
 from .ops.registry import lookup
@@ -48,6 +49,7 @@ def _as_array(path, name, value) -> np.ndarray:
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    check_npz(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             if not hasattr(z, "files"):
@@ -177,6 +179,12 @@ def import_weights(model, path, names: str = "auto", seed: int | None = None):
         raise FileError(path, f"this almc ONNX model of {graph.name} was compiled with batch norm folded into the "
                               "layers before it (the default), so its weights are not the model's parameters; "
                               "compile it with --no-fold, or import the checkpoint it was compiled from")
+    for target, array in mapped.items():
+        if array.dtype.kind not in "f":
+            raise FileError(path, f"array '{shown[target]}' is {array.dtype}, but {target} is a float parameter: "
+                                  "save the weights as floats")
+        if not np.isfinite(array).all():
+            raise FileError(path, f"array '{shown[target]}' holds NaN or infinite values; nothing was written")
     weights, m = match_weights(own, mapped)
     if m.fresh or m.mismatched:
         initial = model.initial_weights(seed)

@@ -104,6 +104,25 @@ Outputs are checked before any work starts, and refused with exit status 2
   the training section: `--epochs: epochs must be an integer from 1 to 1,000,000, got the
   integer 0`, `--lr: sgd's lr must not be negative, got -1.0`.
 
+Data, weights and checkpoints are checked before they are read or allocated: a FIFO or
+a directory given as a file (`thing.npz: error: is not a regular file (a FIFO, device or
+socket)`), an `.npy` whose header claims more than the file holds (`its header claims
+float32[1000000000000, 4] (16,000,000,000,000 bytes), but the file holds 64`), an `.npz`
+that would inflate past 4 GiB or whose member's header lies (`array 'x_train' claims ...
+but its member holds 193`), weights that are not finite floats (`array 'y.weight' holds
+NaN or infinite values`, `array 'y.weight' is int64, but y.weight is a float parameter`).
+`almc run` checks every input against the model, `.onnx` or `.alm` (`x.npy: error: input
+'x' must be f32[N, 4], got shape [2, 7]`). Before training, the data must fit the model
+(`the data (...) have labels 0 to 9, but output 'y' (f32[N, 3]) has 3 classes: ...`,
+`classes 3, 42: the data (...) have no example labelled 42`), and every input of the
+training section must reach the objective (`the objective does not use the input 'label'`).
+Numbers a model cannot hold are located errors (`an integer of 5,000 digits is more than
+the 4000 almc reads`, `the number 1e400 is too large: it is infinite as a float`, `the
+number ... does not fit in a float32 tensor`), and so are imports of a directory or a
+symbolic-link loop and expressions nested more than 100,000 levels deep. `almc check
+--grad` refuses a model of more than 20,000,000 parameters (it runs in float64 numpy).
+At most 50 diagnostics are printed, then `... and N more diagnostics not shown`.
+
 A compile killed mid-write leaves its temporary file (`.m.onnx.1a2b3c4d.tmp`) beside the
 output; the next write of the same output removes it once no writer holds it.
 """

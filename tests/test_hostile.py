@@ -448,3 +448,182 @@ def test_an_expression_deeper_than_the_limit_is_located(here, capsys):
     code, err = run(capsys, "check", "m.alm")
     assert code == 1
     assert err.splitlines()[0] == "m.alm:3:14: error: an expression nested more than 100,000 levels deep"
+
+
+# ---- archives, weights and folders that would cost the run --------------------------------------------
+
+def _npz_with_lying_header(path: Path, key: str) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(f"{key}.npy", _header_claiming(10 ** 12))
+
+
+@pytest.mark.parametrize("command", [
+    ["train", "m.alm", "--data", "w.npz", "--no-progress"],
+    ["weights", "import", "m.alm", "w.npz", "-o", "ck.npz"],
+    ["compile", "m.alm", "--weights", "w.npz"],
+], ids=["data", "weights", "checkpoint"])
+def test_an_archive_whose_header_lies_is_refused_before_allocating(here, capsys, command):
+    (here / "m.alm").write_text(TRAINED)
+    _npz_with_lying_header(here / "w.npz", "x_train")
+    code, err = run(capsys, *command)
+    assert code == 1
+    assert err.splitlines()[0] == ("w.npz: error: array 'x_train' claims float32[1000000000000, 4] "
+                                   "(16,000,000,000,000 bytes), but its member holds 193")
+
+
+def test_an_archive_that_would_inflate_past_the_limit_is_refused(here, capsys, monkeypatch):
+    import almc.files
+
+    monkeypatch.setattr(almc.files, "MAX_ARCHIVE_BYTES", 1000)
+    monkeypatch.setattr(almc.files.check_npz, "__defaults__", (1000,))
+    (here / "m.alm").write_text(TRAINED)
+    np.savez_compressed(here / "w.npz", x_train=np.zeros((100, 100), np.float32))  # 40 KB inflated, tiny on disk
+    code, err = run(capsys, "train", "m.alm", "--data", "w.npz", "--no-progress")
+    assert code == 1 and "its arrays would inflate to 40,128 bytes, more than the 1,000 almc reads" in err
+
+
+@pytest.mark.parametrize("value,message", [
+    (np.full((3, 4), np.nan, np.float32), "array 'y.weight' holds NaN or infinite values; nothing was written"),
+    (np.ones((3, 4), np.int64), "array 'y.weight' is int64, but y.weight is a float parameter: save the weights as floats"),
+], ids=["nan", "int64"])
+def test_weights_import_refuses_arrays_that_are_not_finite_floats(here, capsys, value, message):
+    np.savez(here / "w.npz", **{"y.weight": value, "y.bias": np.zeros(3, np.float32)})
+    code, err = run(capsys, "weights", "import", "m.alm", "w.npz", "-o", "ck.npz")
+    assert (code, err) == (1, f"w.npz: error: {message}")
+    assert not (here / "ck.npz").exists()
+
+
+def test_a_folder_that_refuses_files_is_found_before_the_work(here, capsys):
+    code, err = run(capsys, "compile", "m.alm", "-o", "/proc/m.onnx")
+    assert code == 2 and err.startswith("almc: error: cannot write in the folder /proc (")
+
+
+def test_gradient_checking_refuses_a_model_too_large_for_numpy(here, capsys):
+    (here / "m.alm").write_text("model M {\n input x: f32[N, 5000]\n output y = dense(x, 5000)\n}\n"
+                                "train M {\n input label: i64[N]\n minimize mean(cross_entropy(y, label))\n}\n")
+    code, err = run(capsys, "check", "m.alm", "--grad")
+    assert code == 2 and err.startswith("almc: error: --grad runs M in float64 numpy, several times per parameter "
+                                        "tensor: its 25,005,000 parameters are more than the 20,000,000 it checks")
+
+
+# ---- every command that writes, against every kind of bad output ---------------------------------------
+
+WRITERS = {  # command -> (argv with {out}, the flag it names, the suffix its output needs)
+    "compile": (["compile", "m.alm", "-o", "{out}"], "-o", ".onnx"),
+    "compile-train": (["compile", "m.alm", "--train", "-o", "{out}"], "-o", ".onnx"),
+    "run": (["run", "m.alm", "--input", "x.npy", "--output", "{out}"], "-o", ".npy"),
+    "graph": (["graph", "m.alm", "-o", "{out}"], "-o", ".dot"),
+    "weights-import": (["weights", "import", "m.alm", "w.npz", "-o", "{out}"], "-o", ".npz"),
+    "weights-export": (["weights", "export", "ck.npz", "-o", "{out}"], "-o", ".npz"),
+    "train-out": (["train", "m.alm", "--no-progress", "--out", "{out}"], "--out", ".onnx"),
+    "train-metrics": (["train", "m.alm", "--no-progress", "--metrics", "{out}"], "--metrics", ".json"),
+}
+BAD_OUTPUTS = {  # kind -> (output path given the suffix, expected message given the path and the flag)
+    "directory": (lambda sfx: f"d{sfx}", lambda p, flag: f"almc: error: {p} is a directory; give a file name with {flag}"),
+    "fifo": (lambda sfx: f"pipe{sfx}", lambda p, flag: f"almc: error: {p} is not a regular file (a device, FIFO or "
+                                                        f"socket): almc writes only regular files; give another "
+                                                        f"name with {flag}"),
+    "missing-folder": (lambda sfx: f"nowhere/out{sfx}", lambda p, flag: "almc: error: the folder nowhere does not exist"),
+    "file-as-folder": (lambda sfx: f"m.alm/out{sfx}", lambda p, flag: "almc: error: m.alm is not a folder"),
+    "proc": (lambda sfx: f"/proc/out{sfx}", lambda p, flag: "almc: error: cannot write in the folder /proc ("),
+    "long-name": (lambda sfx: "n" * 250 + sfx, lambda p, flag: "almc: error: the file name of nnnnnnnn"),
+    "same-as-input": (lambda sfx: f"in{sfx}", lambda p, flag: f"almc: error: the output {p} is an input of this "
+                                                               "command"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_OUTPUTS))
+@pytest.mark.parametrize("command", list(WRITERS))
+def test_every_writer_refuses_every_bad_output(here, capsys, command, kind):
+    argv, flag, sfx = WRITERS[command]
+    make_path, expected = BAD_OUTPUTS[kind]
+    out = make_path(sfx)
+    (here / "m.alm").write_text(TRAINED)
+    np.save(here / "x.npy", np.ones((2, 4), np.float32))
+    np.savez(here / "w.npz", **{"y.weight": np.zeros((3, 4), np.float32)})
+    assert run(capsys, "weights", "import", "m.alm", "w.npz", "-o", "ck.npz")[0] == 0
+    (here / f"d{sfx}").mkdir()
+    os.mkfifo(here / f"pipe{sfx}")
+    if kind == "same-as-input":  # the command's own input under another name: a hard link
+        source = {"run": "x.npy", "weights-import": "w.npz", "weights-export": "ck.npz"}.get(command, "m.alm")
+        os.link(here / source, here / out)
+    before = {p.name: p.read_bytes() for p in here.iterdir() if p.is_file()}
+    code, err = run(capsys, *[a.replace("{out}", out) for a in argv])
+    assert code == 2, err
+    assert err.startswith(expected(out, flag)), err
+    assert {p.name: p.read_bytes() for p in here.iterdir() if p.is_file()} == before  # nothing changed
+    assert (here / f"pipe{sfx}").is_fifo()
+
+
+# ---- every reader, given a FIFO or a directory: refused at once, never a hang ------------------------
+
+READERS = {  # reader -> argv with {path} (the file it reads), and what the path needs to end with
+    "run-input": (["run", "m.alm", "--input", "{path}"], ".npy"),
+    "run-model": (["run", "{path}", "--input", "x.npy"], ".onnx"),
+    "compile-weights": (["compile", "m.alm", "--weights", "{path}", "-o", "out.onnx"], ".npz"),
+    "weights-import": (["weights", "import", "m.alm", "{path}", "-o", "ck.npz"], ".npz"),
+    "train-data": (["train", "m.alm", "--data", "{path}", "--no-progress"], ".npz"),
+    "train-init": (["train", "m.alm", "--init", "{path}", "--no-progress"], ".npz"),
+}
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+@pytest.mark.parametrize("reader", list(READERS))
+def test_every_reader_refuses_a_fifo_or_directory_without_hanging(here, reader, kind):
+    argv, sfx = READERS[reader]
+    (here / "m.alm").write_text(TRAINED)
+    np.save(here / "x.npy", np.ones((2, 4), np.float32))
+    path = here / f"thing{sfx}"
+    os.mkfifo(path) if kind == "fifo" else path.mkdir()
+    r = subprocess.run([sys.executable, "-m", "almc.cli", *[a.replace("{path}", path.name) for a in argv]],
+                       cwd=here, capture_output=True, text=True, timeout=60)
+    assert r.returncode in (1, 2), r.stderr
+    assert "Traceback" not in r.stderr and "internal error" not in r.stderr
+    assert f"thing{sfx}" in r.stderr.splitlines()[0]
+    assert path.is_fifo() if kind == "fifo" else path.is_dir()
+
+
+# ---- time and memory stay bounded on the inputs built to exhaust them -----------------------------------
+
+PEAK = ("import resource, subprocess, sys\n"
+        "r = subprocess.run([sys.executable, '-m', 'almc.cli', *sys.argv[1:]], capture_output=True, text=True)\n"
+        "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
+
+
+@pytest.mark.parametrize("case", ["npy-header", "npz-header", "doubling-list", "terabyte-model"])
+def test_hostile_files_cost_little_time_and_memory(here, case):
+    (here / "m.alm").write_text(TRAINED)
+    if case == "npy-header":
+        (here / "x.npy").write_bytes(_header_claiming(10 ** 12))
+        argv = ["run", "m.alm", "--input", "x.npy"]
+    elif case == "npz-header":
+        _npz_with_lying_header(here / "w.npz", "x_train")
+        argv = ["train", "m.alm", "--data", "w.npz", "--no-progress"]
+    elif case == "doubling-list":
+        (here / "m.alm").write_text("model M {\n input x: f32[N, 4]\n xs0 = (1, 2)\n"
+                                    + "".join(f" xs{k + 1} = xs{k} + xs{k}\n" for k in range(40))
+                                    + " output y = relu(x)\n}\n")
+        argv = ["check", "m.alm"]
+    else:
+        with open(here / "big.alm", "wb") as f:
+            f.truncate(1 << 40)
+        argv = ["check", "big.alm"]
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", PEAK, *argv], cwd=here, capture_output=True, text=True, timeout=120)
+    code, peak_kib = map(int, r.stdout.split())
+    assert code == 1
+    assert time.perf_counter() - t0 < 30
+    assert peak_kib < 400 * 1024  # an almc process that only checks: well under 400 MiB
+
+
+def test_concurrent_writers_of_one_output_leave_one_complete_file(here):
+    procs = [subprocess.Popen([sys.executable, "-m", "almc.cli", "compile", "m.alm", "-o", "out.onnx", "--seed",
+                               str(k)], cwd=here, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for k in range(4)]
+    for p in procs:
+        assert p.wait(timeout=120) == 0
+    import onnx
+
+    onnx.checker.check_model(onnx.load(here / "out.onnx"), full_check=True)
+    assert not list(here.glob(".out.onnx.*.tmp"))
