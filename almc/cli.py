@@ -538,6 +538,12 @@ def entry() -> None:
             stream.flush()
         except (BrokenPipeError, ValueError):  # the reader left (`almc summary | head`), or it is closed
             pass
+        except OSError as e:  # stdout on a full device: the output is lost, and the exit status says so
+            try:
+                os.write(2, f"almc: error: cannot write the output: {e.strerror or e}\n".encode())
+            except OSError:
+                pass
+            code = code or EXIT_MODEL
     os._exit(code)
 
 

@@ -33,6 +33,11 @@ DEFAULT_LIMITS = Limits()
 def infer_node(opname: str, types: list[TensorType], attrs, limits: Limits | None = None) -> TensorType:
     op = lookup(opname)
     limits = limits or DEFAULT_LIMITS
+    if op.params is not None:  # parameters are float32, and ONNX does not mix float widths in one op
+        for t in types:
+            if t.dtype in ("f16", "f64"):
+                raise ShapeError(f"{opname} computes in float32 (its parameters are float32), got {t}",
+                                 "declare the input f32")
     out = op.shape(types, attrs)
     for d in out.dims:
         if isinstance(d, int) and d <= 0:

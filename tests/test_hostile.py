@@ -627,3 +627,19 @@ def test_concurrent_writers_of_one_output_leave_one_complete_file(here):
 
     onnx.checker.check_model(onnx.load(here / "out.onnx"), full_check=True)
     assert not list(here.glob(".out.onnx.*.tmp"))
+
+
+@pytest.mark.parametrize("dtype", ["f16", "f64"])
+def test_a_layer_with_float32_parameters_refuses_another_float_width_at_check(here, capsys, dtype):
+    (here / "m.alm").write_text(MODEL.replace("f32", dtype))
+    code, err = run(capsys, "check", "m.alm")
+    assert (code, err.splitlines()[0]) == (1, f"m.alm:3:13: error: dense computes in float32 (its parameters are "
+                                              f"float32), got {dtype}[N, 4]")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_stdout_on_a_full_device_is_an_error_not_a_success(here):
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "almc.cli", "summary", "m.alm"], cwd=here, stdout=full,
+                           stderr=subprocess.PIPE, text=True, timeout=60)
+    assert r.returncode == 1 and "No space left on device" in r.stderr and "Traceback" not in r.stderr
