@@ -89,8 +89,8 @@ def prepare_data(graph: Graph, spec, opts: TrainOptions):
     x_type = graph.node(graph.inputs[0]).type
     y_type = graph.node(spec.labels[0]).type
     if x_type.dtype.startswith("i"):
-        raise UsageError(f"input '{graph.inputs[0]}' takes {x_type} (integer ids), but the data "
-                         f"({ds.describe()}) are float examples")
+        raise UsageError(f"input '{graph.inputs[0]}' takes {x_type} (integer ids), but almc train feeds float "
+                         f"examples ({ds.describe()})")
     _check_label_range(graph, spec, ds, y_type)
     try:
         fit = [datasets.fit_input(x, x_type.dims[1:]) for x in (ds.x_train, ds.x_val, ds.x_test)]

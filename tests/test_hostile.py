@@ -400,7 +400,7 @@ DIGITS = "digits: 1,258 train / 180 val / 359 test, 10 classes, examples [1, 8, 
      f"classes 3, 42: the data ({DIGITS}) have no example labelled 42"),
     ("model M {\n input x: i64[N, 64]\n output y = dense(flatten(embedding(x, 5, 2)), 10)\n}\n"
      "train M {\n input label: i64[N]\n minimize mean(cross_entropy(y, label))\n}\n",
-     f"input 'x' takes i64[N, 64] (integer ids), but the data ({DIGITS}) are float examples"),
+     f"input 'x' takes i64[N, 64] (integer ids), but almc train feeds float examples ({DIGITS})"),
 ], ids=["labels-beyond-classes", "absent-class", "ids-from-images"])
 def test_data_that_cannot_feed_the_model_are_refused_before_training(here, capsys, model, message):
     (here / "m.alm").write_text(model)
