@@ -343,7 +343,13 @@ def cmd_run(args) -> int:
         if unknown:
             raise UsageError(f"{m.name} has no input '{unknown[0]}' (its inputs: {', '.join(m.inputs)})")
         arrays = {n: check_input(n, a, m.inputs[n], path_of.get(n)) for n, a in arrays.items()}
-        outs = m.run(arrays, device=args.device)
+        try:
+            outs = m.run(arrays, device=args.device)
+        except (AlmError, FileError, UsageError):
+            raise
+        except Exception as e:  # onnxruntime's own refusals (an embedding id past the table, ...)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise FileError(args.file, f"onnxruntime could not run it on these inputs: {elide(first, 300)}") from None
         provider = m.provider
     print(f"ran on {provider}")
     for name, y in outs.items():

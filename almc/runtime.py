@@ -80,9 +80,11 @@ def session(model, device: str = "auto", threads: int | None = None, memory_patt
     providers = providers_for(device)
     # A CUDA provider that fails to load (missing cuDNN, say) falls back to the CPU; its loading
     # errors are noise to the user, who is told which provider ran instead.
-    ort.set_default_logger_severity(4 if "CUDAExecutionProvider" in providers else 3)
+    # Nor are its run-time error logs: the same error reaches the caller as the exception, which
+    # almc turns into a message naming the file (an embedding id past the table, say).
+    ort.set_default_logger_severity(4)
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         opts.intra_op_num_threads = threads

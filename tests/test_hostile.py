@@ -643,3 +643,16 @@ def test_stdout_on_a_full_device_is_an_error_not_a_success(here):
         r = subprocess.run([sys.executable, "-m", "almc.cli", "summary", "m.alm"], cwd=here, stdout=full,
                            stderr=subprocess.PIPE, text=True, timeout=60)
     assert r.returncode == 1 and "No space left on device" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("model", ["e.alm", "e.onnx"])
+def test_an_embedding_id_past_the_table_is_a_data_error_without_onnxruntimes_log(here, model):
+    (here / "e.alm").write_text("model M {\n input x: i64[N, 3]\n output y = embedding(x, 5, 2)\n}\n")
+    np.save(here / "ids.npy", np.array([[1, 2, 9]], np.int64))
+    assert subprocess.run([sys.executable, "-m", "almc.cli", "compile", "e.alm", "-o", "e.onnx"], cwd=here,
+                          capture_output=True, timeout=60).returncode == 0
+    r = subprocess.run([sys.executable, "-m", "almc.cli", "run", model, "--input", "ids.npy"], cwd=here,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert r.stderr.startswith(f"{model}: error: onnxruntime could not run it on these inputs: ")
+    assert "idx=9" in r.stderr and "\x1b[" not in r.stderr and len(r.stderr.splitlines()) == 1
