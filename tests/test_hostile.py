@@ -19,10 +19,15 @@ TRAINED = MODEL + ("train M {\n input label: i64[N]\n minimize mean(cross_entrop
                    " epochs 1\n batch 8\n}\n")
 
 
+WALL_LIMIT_S = 60  # every case, whatever it is given: no hang, no runaway work
+
+
 def run(capsys, *argv):
+    t0 = time.perf_counter()
     code = main([str(a) for a in argv])
+    assert time.perf_counter() - t0 < WALL_LIMIT_S
     out = capsys.readouterr()
-    assert "Traceback" not in out.err
+    assert "Traceback" not in out.err and "internal error" not in out.err
     return code, out.err.strip()
 
 
