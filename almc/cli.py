@@ -249,6 +249,8 @@ def read_array(path: str):
     """A .npy array, its header checked against the file's size before anything is allocated."""
     import numpy as np
 
+    from .files import npy_header
+
     p = Path(path)
     if not p.exists():
         raise UsageError(f"no such file: {path}")
@@ -261,11 +263,7 @@ def read_array(path: str):
                 raise FileError(path, "expected a single array (.npy), got an archive" if magic[:2] == b"PK"
                                 else "not a readable .npy file (it has no .npy header)")
             f.seek(0)
-            fmt = np.lib.format
-            version = fmt.read_magic(f)
-            header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-            shape, _, dtype = header(f)  # the header alone: nothing allocated yet
-            need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            shape, dtype, need = npy_header(f)
             have = p.stat().st_size - f.tell()
             if dtype.hasobject:
                 raise FileError(path, "holds Python objects, which almc never unpickles")
@@ -278,6 +276,26 @@ def read_array(path: str):
     except (ValueError, OSError, EOFError) as e:
         raise FileError(path, f"not a readable .npy file ({e})") from None
     return x
+
+
+def _feeds(what: str, types: dict, arrays: dict, path_of: dict) -> dict:
+    """The run's inputs by name, each checked against its type (None: a type .alm cannot name);
+    an array given without a name goes to the model's only input."""
+    from .api import check_input
+
+    names = list(types)
+    if None in arrays:
+        if len(names) != 1:
+            raise UsageError(f"{what} has inputs {', '.join(names)}: use --input NAME=X.npy")
+        arrays = {names[0]: arrays.pop(None)}
+        path_of = {names[0]: path_of.pop(None)}
+    unknown = [n for n in arrays if n not in types]
+    if unknown:
+        raise UsageError(f"{what} has no input '{unknown[0]}' (its inputs: {', '.join(names)})")
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise UsageError(f"missing input '{missing[0]}'" + (f" ({types[missing[0]]})" if types[missing[0]] else ""))
+    return {n: check_input(n, arrays[n], types[n], path_of[n]) if types[n] else arrays[n] for n in names}
 
 
 def cmd_run(args) -> int:
@@ -297,6 +315,8 @@ def cmd_run(args) -> int:
     if args.file.endswith(".onnx"):
         import onnx
 
+        from .onnxfile import input_types
+
         if not Path(args.file).exists():
             raise UsageError(f"no such file: {args.file}")
         check_input_file(args.file)
@@ -305,52 +325,26 @@ def cmd_run(args) -> int:
             onnx.checker.check_model(proto)
         except Exception as e:  # onnx raises several types for damaged files
             raise FileError(args.file, f"not a valid ONNX model ({str(e).splitlines()[0][:200]})") from None
-        from .api import check_input
-        from .onnxfile import input_types
+        what, types = args.file, input_types(proto)
 
-        types = input_types(proto)
-        in_names = list(types)
-        if None in arrays:
-            if len(in_names) != 1:
-                raise UsageError(f"the model has inputs {', '.join(in_names)}: use --input NAME=X.npy")
-            arrays = {in_names[0]: arrays.pop(None)}
-            path_of[in_names[0]] = path_of.pop(None)
-        unknown = [n for n in arrays if n not in types]
-        if unknown:
-            raise UsageError(f"{args.file} has no input '{unknown[0]}' (its inputs: {', '.join(in_names)})")
-        missing = [n for n in in_names if n not in arrays]
-        if missing:
-            raise UsageError(f"missing input '{missing[0]}'" + (f" ({types[missing[0]]})" if types[missing[0]] else ""))
-        arrays = {n: check_input(n, arrays[n], types[n], path_of[n]) if types[n] else arrays[n] for n in in_names}
-        sess = session(proto.SerializeToString(), args.device)
-        try:
-            outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, arrays)))
-        except Exception as e:  # onnxruntime's own refusals (a value out of range, ...): the data, not almc
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise FileError(args.file, f"onnxruntime could not run it on these inputs: {elide(first, 300)}") from None
-        provider = sess.get_providers()[0]
+        def execute(feeds):
+            sess = session(proto.SerializeToString(), args.device)
+            return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds))), sess.get_providers()[0]
     else:
         args.max_params = args.max_activations = 2_000_000_000
         m = load_model(args)
-        if None in arrays:
-            if len(m.inputs) != 1:
-                raise UsageError(f"{m.name} has inputs {', '.join(m.inputs)}: use --input NAME=X.npy")
-            path_of[next(iter(m.inputs))] = path_of.pop(None)
-            arrays = {next(iter(m.inputs)): arrays.pop(None)}
-        from .api import check_input
+        what, types = m.name, m.inputs
 
-        unknown = [n for n in arrays if n not in m.inputs]
-        if unknown:
-            raise UsageError(f"{m.name} has no input '{unknown[0]}' (its inputs: {', '.join(m.inputs)})")
-        arrays = {n: check_input(n, a, m.inputs[n], path_of.get(n)) for n, a in arrays.items()}
-        try:
-            outs = m.run(arrays, device=args.device)
-        except (AlmError, FileError, UsageError):
-            raise
-        except Exception as e:  # onnxruntime's own refusals (an embedding id past the table, ...)
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise FileError(args.file, f"onnxruntime could not run it on these inputs: {elide(first, 300)}") from None
-        provider = m.provider
+        def execute(feeds):
+            return m.run(feeds, device=args.device), m.provider
+    feeds = _feeds(what, types, arrays, path_of)
+    try:
+        outs, provider = execute(feeds)
+    except (AlmError, FileError, UsageError):
+        raise
+    except Exception as e:  # onnxruntime's own refusals (an embedding id past the table, ...): the data, not almc
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FileError(args.file, f"onnxruntime could not run it on these inputs: {elide(first, 300)}") from None
     print(f"ran on {provider}")
     for name, y in outs.items():
         print(f"{name}: {y.dtype}[{', '.join(map(str, y.shape))}]")

@@ -30,7 +30,7 @@ def check_output(path, inputs=(), flag: str = "-o") -> Path:
     shown = elide(str(path))
     if path.is_dir():
         raise UsageError(f"{shown} is a directory; give a file name with {flag}")
-    if os.path.lexists(path) and path.exists() and not path.is_file():
+    if path.exists() and not path.is_file():
         raise UsageError(f"{shown} is not a regular file (a device, FIFO or socket): almc writes only regular "
                          f"files; give another name with {flag}")
     if len(os.fsencode(path.name)) + TMP_EXTRA > NAME_MAX:
@@ -174,13 +174,22 @@ def _sweep_stale(folder: Path, name: str) -> None:
 MAX_ARCHIVE_BYTES = 4 << 30  # what an .npz may inflate to (data sets, weights, checkpoints)
 
 
+def npy_header(f) -> tuple[tuple, object, int]:
+    """(shape, dtype, bytes of data) from the .npy header at `f`'s position: the header alone is
+    read and nothing is allocated. Raises ValueError for a file that is not .npy."""
+    import numpy as np
+
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    shape, _, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
+    return shape, dtype, int(np.prod(shape, dtype=object)) * dtype.itemsize
+
+
 def check_npz(path, limit: int = MAX_ARCHIVE_BYTES) -> None:
     """Refuse, before anything is inflated or allocated, an .npz whose members would inflate past
     `limit` in all, or one whose .npy header claims more bytes than its member holds (numpy would
     allocate the claimed array first). Anything else wrong is left to numpy's own reader."""
     import zipfile
-
-    import numpy as np
 
     shown = elide(str(path))
     check_input_file(path)
@@ -195,14 +204,10 @@ def check_npz(path, limit: int = MAX_ARCHIVE_BYTES) -> None:
                 if not m.filename.endswith(".npy"):
                     continue
                 with z.open(m) as f:
-                    fmt = np.lib.format
                     try:
-                        version = fmt.read_magic(f)
-                        header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-                        shape, _, dtype = header(f)
+                        shape, dtype, need = npy_header(f)
                     except ValueError:
                         continue  # not an array header: numpy's reader says what is wrong
-                need = int(np.prod(shape, dtype=object)) * dtype.itemsize
                 if need > m.file_size:
                     raise FileError(shown, f"array '{m.filename[:-4]}' claims {dtype}[{', '.join(map(str, shape))}] "
                                            f"({need:,} bytes), but its member holds {m.file_size:,}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .graph import INPUT, Graph
+from .graph import Graph
 from .ops.registry import lookup
 
 
@@ -16,7 +16,7 @@ def fold_layers(graph: Graph, weights: dict[str, np.ndarray],
     g = graph.copy()
     w = dict(weights)
     for node in graph.nodes():
-        op = lookup(node.op) if node.op != INPUT else None
+        op = lookup(node.op)  # None for a graph input
         if op is not None and op.fold is not None:
             op.fold(g, node, w, overwrite)
     return g, w

@@ -55,12 +55,12 @@ class Layer:
 
     @property
     def cls(self) -> str | None:
-        return self.torch.cls if self.torch else None
+        return cls_of(self.node)
 
 
 def torch_of(node) -> TorchModule | None:
     """The PyTorch module a node's op is (its Op record says), or None."""
-    op = lookup(node.op) if node.op != INPUT else None
+    op = lookup(node.op)  # None for a graph input
     return op.torch if op is not None else None
 
 

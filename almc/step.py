@@ -51,7 +51,7 @@ def to_training(graph: Graph) -> tuple[Graph, Mode]:
     mode = Mode()
     for node in graph.nodes():
         node = g.node(node.id)  # its inputs may already be rewired
-        op = lookup(node.op) if node.op != INPUT else None
+        op = lookup(node.op)  # None for a graph input
         if op is None or op.training is None:
             continue
         try:

@@ -58,7 +58,7 @@ def _spec_with(graph: Graph, opts: TrainOptions):
     changes = {}
     for name in ("epochs", "batch", "seed"):  # the training section's own bounds and messages
         v = getattr(opts, name)
-        if v is not None and (name != "seed" or v != 0):
+        if v is not None:
             problem = count_error(name, v)
             if problem:
                 raise UsageError(f"--{name}: {problem}")

@@ -68,8 +68,8 @@ def per_channel(v: np.ndarray, ndim: int) -> np.ndarray:
 # call per example and channel: on small maps that dominates (Sub([32, 256, 2, 2], [1, 256, 1, 1])
 # is many times slower than two operands of one shape, and so are 4x4 maps; figures:
 # docs/performance.md). There the tensor is viewed as [N, C x positions] and the per-channel
-# values repeated into one such row, which broadcasts over whole rows. On CUDA a broadcast costs nothing extra, and the four nodes
-# more would (a step there is bound by launching kernels).
+# values repeated into one such row, which broadcasts over whole rows. On CUDA a broadcast costs
+# nothing extra, and the four nodes more would (a step there is bound by launching kernels).
 FLAT_MAX_POSITIONS = 16
 
 
