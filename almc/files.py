@@ -60,9 +60,13 @@ def _probe(folder: Path) -> None:
     probe = folder / f".almc-probe.{secrets.token_hex(4)}.tmp"
     try:
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        os.unlink(probe)
     except OSError as e:
         raise UsageError(f"cannot write in the folder {elide(str(folder))} ({e.strerror or e})") from None
+    finally:  # also when an interrupt lands between the create and the remove
+        try:
+            os.unlink(probe)
+        except OSError:
+            pass
 
 
 def check_input_file(path) -> Path:
