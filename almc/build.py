@@ -27,7 +27,8 @@ from .errors import Collector, ShapeError, Span, did_you_mean, elide, source_lin
 from .graph import INPUT, Graph, Node
 from .ops.attrs import describe_value
 from .ops.elementwise import OPERATORS
-from .ops.registry import Attrs, all_ops, lookup, resolve_attrs, signature
+from .ops.reduce import TENSOR_FORMS
+from .ops.registry import Attrs, all_ops, lookup, resolve_attrs, signature, user_callable
 from .shapes import DEFAULT_LIMITS, infer_node
 from .types import DTYPES, TensorType
 
@@ -353,49 +354,45 @@ class Builder:
 
     # -- expressions ------------------------------------------------------
     def eval(self, e, frame: Frame, top: str | None = None):
-        if isinstance(e, s.Num | s.Str | s.Bool):
-            return e.value
-        if isinstance(e, s.Name):
-            return self.lookup(e.id, e.span, frame)
-        if isinstance(e, (s.TupleExpr, s.ListExpr)):
-            return tuple(self.eval(i, frame) for i in e.items)
-        if isinstance(e, s.Call):
-            return self.eval_call(e, frame, top)
-        if isinstance(e, s.BinOp):
-            return self.eval_binop(e, frame, top)
-        if isinstance(e, s.Unary):
-            return self.eval_unary(e, frame, top)
-        if isinstance(e, s.Compare):
-            return self.eval_compare(e, frame)
-        if isinstance(e, s.BoolOp):
-            a = self.eval(e.left, frame)
-            if a is POISON:
-                return POISON
-            if not isinstance(a, bool):
-                return self.err(f"'{e.op}' needs true or false on its left, got {describe(a)}", e.left.span)
-            if (e.op == "and" and not a) or (e.op == "or" and a):
-                return a
-            b = self.eval(e.right, frame)
-            if b is POISON:
-                return POISON
-            if not isinstance(b, bool):
-                return self.err(f"'{e.op}' needs true or false on its right, got {describe(b)}", e.right.span)
-            return b
-        if isinstance(e, s.IfElse):
-            c = self.eval(e.cond, frame)
-            if c is POISON:
-                return POISON
-            if not isinstance(c, bool):
-                return self.err(f"a condition must be true or false, got {describe(c)}", e.cond.span,
-                                "conditions choose between layers at compile time; compare hyper-parameters or shapes")
-            return self.eval(e.then if c else e.other, frame, top)
-        if isinstance(e, s.Index):
-            return self.eval_index(e, frame)
-        if isinstance(e, s.Attribute):
-            return self.eval_attribute(e, frame)
-        raise AssertionError(f"unknown expression {type(e).__name__}")
+        return EVAL[type(e)](self, e, frame, top)  # one dict lookup: eval runs millions of times in a large model
 
-    def eval_index(self, e: s.Index, frame: Frame):
+    def eval_literal(self, e, frame, top):
+        return e.value
+
+    def eval_name(self, e: s.Name, frame, top):
+        return self.lookup(e.id, e.span, frame)
+
+    def eval_items(self, e, frame, top):
+        return tuple(self.eval(i, frame) for i in e.items)
+
+    def eval_boolop(self, e: s.BoolOp, frame, top):
+        a = self.eval(e.left, frame)
+        if a is POISON:
+            return POISON
+        if not isinstance(a, bool):
+            return self.err(f"'{e.op}' needs true or false on its left, got {describe(a)}", e.left.span)
+        if (e.op == "and" and not a) or (e.op == "or" and a):
+            return a
+        b = self.eval(e.right, frame)
+        if b is POISON:
+            return POISON
+        if not isinstance(b, bool):
+            return self.err(f"'{e.op}' needs true or false on its right, got {describe(b)}", e.right.span)
+        return b
+
+    def eval_ifelse(self, e: s.IfElse, frame, top):
+        c = self.eval(e.cond, frame)
+        if c is POISON:
+            return POISON
+        if not isinstance(c, bool):
+            return self.err(f"a condition must be true or false, got {describe(c)}", e.cond.span,
+                            "conditions choose between layers at compile time; compare hyper-parameters or shapes")
+        return self.eval(e.then if c else e.other, frame, top)
+
+    def eval_subscript_part(self, e, frame, top):
+        return self.err("':' and '...' belong inside a subscript, x[...]", e.span)
+
+    def eval_index(self, e: s.Index, frame: Frame, top=None):
         v, i = self.eval(e.value, frame), self.eval(e.index, frame)
         if _poisoned(v) or i is POISON:
             return POISON
@@ -409,7 +406,7 @@ class Builder:
             return self.err(f"index {i} is out of range for a list of {len(v)}", e.index.span)
         return v[i]
 
-    def eval_attribute(self, e: s.Attribute, frame: Frame):
+    def eval_attribute(self, e: s.Attribute, frame: Frame, top=None):
         v = self.eval(e.value, frame)
         if v is POISON:
             return POISON
@@ -425,7 +422,7 @@ class Builder:
             return self.err(f"a tensor of rank {t.rank} has no channel axis", e.span)
         return props[e.name]
 
-    def eval_compare(self, e: s.Compare, frame: Frame):
+    def eval_compare(self, e: s.Compare, frame: Frame, top=None):
         a, b = self.eval(e.left, frame), self.eval(e.right, frame)
         if _poisoned(a, b):
             return POISON
@@ -461,8 +458,13 @@ class Builder:
             return POISON
         if isinstance(a, Tensor) or isinstance(b, Tensor):
             names = OPERATORS
+            if e.op == "**":
+                if not isinstance(a, Tensor) or isinstance(b, (Tensor, bool)) or not isinstance(b, (int, float)):
+                    return self.err("'**' on tensors needs a tensor base and a number exponent, as in x ** 2",
+                                    e.span, "for e^x write exp(x)")
+                return self.add_node("pow", [a.id], resolve_attrs(lookup("pow"), {"exponent": b}), e.span, top, "")
             if e.op not in names:
-                return self.err(f"'{e.op}' is not defined on tensors", e.span, "tensors support + - * /")
+                return self.err(f"'{e.op}' is not defined on tensors", e.span, "tensors support + - * / and ** a number")
             for v, sub in ((a, e.left), (b, e.right)):
                 if not isinstance(v, Tensor) and (isinstance(v, bool) or not isinstance(v, (int, float))):
                     return self.err(f"cannot apply '{e.op}' to a tensor and {describe(v)}", sub.span)
@@ -508,10 +510,13 @@ class Builder:
     def eval_call(self, e: s.Call, frame: Frame, top):
         if e.func in BUILTINS:
             args = [self.eval(a, frame) for a in e.args]
+            kwargs = {kw.name: (kw, self.eval(kw.value, frame)) for kw in e.kwargs}
+            if _poisoned(*args, *(v for _, v in kwargs.values())):
+                return POISON
+            if e.func in TENSOR_FORMS and (any(isinstance(a, Tensor) for a in args) or kwargs):
+                return self.call_tensor_form(e, args, kwargs, top)
             if e.kwargs:
                 return self.err(f"{e.func}() takes no keyword arguments", e.kwargs[0].span)
-            if _poisoned(*args):
-                return POISON
             try:
                 v = BUILTINS[e.func](*args)
             except (TypeError, ValueError, OverflowError) as x:
@@ -522,11 +527,46 @@ class Builder:
         if e.func in self.blocks:
             return self.call_block(self.blocks[e.func], e, frame, top)
         op = lookup(e.func)
+        if op is not None and not user_callable(op):
+            return self.err(f"'{e.func}' is made by the compiler (for gradients, updates or constants) and cannot "
+                            "be called from a model", e.func_span, "see docs/language.md for the ops a model may call")
         if op is None:
-            names = sorted(set(all_ops()) | set(self.blocks) | set(BUILTINS))
+            names = sorted({n for n, o in all_ops().items() if user_callable(o)} | set(self.blocks) | set(BUILTINS))
             return self.err(f"unknown op or block '{e.func}'", e.func_span,
                             did_you_mean(e.func, names, "see docs/language.md for the list of ops"))
         return self.call_op(op, e, frame, top)
+
+    def call_tensor_form(self, e: s.Call, args, kwargs, top):
+        """min, max and abs of tensors: max(x) and max(x, axis = 1) reduce, max(a, b, ...) is the
+        elementwise maximum (numbers among the operands broadcast), abs(x) is the op abs."""
+        elementwise, reduction = TENSOR_FORMS[e.func]
+        if len(args) >= 2 and elementwise:
+            if kwargs:
+                return self.err(f"{e.func}() of two or more operands is elementwise and takes no keyword arguments",
+                                next(iter(kwargs.values()))[0].span,
+                                f"to reduce one tensor over axes, write {e.func}(x, axis = 1)")
+            for a, v in zip(e.args, args):
+                if not isinstance(v, Tensor) and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                    return self.err(f"{e.func}() takes tensors and numbers, got {describe(v)}", a.span)
+            out = args[0]
+            for k, v in enumerate(args[1:]):
+                out = self.tensor_op(elementwise, [out, v], e.span, top if k == len(args) - 2 else None)
+                if out is POISON:
+                    return POISON
+            return out
+        op = lookup(reduction)
+        if len(args) != 1 or not isinstance(args[0], Tensor):
+            return self.err(f"{e.func}() of a tensor takes one tensor" + (" and keyword arguments" if op.attrs else ""),
+                            e.span, f"{e.func}({signature(op)})")
+        for name, (kw, _) in kwargs.items():
+            if op.attr(name) is None:
+                return self.err(f"{e.func} has no argument '{name}'", kw.span,
+                                did_you_mean(name, [x.name for x in op.attrs], f"{e.func}({signature(op)})"))
+        try:
+            resolved = resolve_attrs(op, {k: v for k, (_, v) in kwargs.items()})
+        except TypeError as x:
+            return self.err(x.args[0], kwargs[x.args[1]][0].value.span if len(x.args) > 1 else e.span)
+        return self.add_node(reduction, [args[0].id], resolved, e.span, top, self.source_text(e.args[0].span))
 
     def call_op(self, op, e: s.Call, frame: Frame, top):
         pos = [(a, self.eval(a, frame)) for a in e.args]
@@ -703,6 +743,14 @@ class Builder:
             self.layer = saved_layer
 
 
+EVAL = {s.Num: Builder.eval_literal, s.Str: Builder.eval_literal, s.Bool: Builder.eval_literal,
+        s.Name: Builder.eval_name, s.TupleExpr: Builder.eval_items, s.ListExpr: Builder.eval_items,
+        s.Call: Builder.eval_call, s.BinOp: Builder.eval_binop, s.Unary: Builder.eval_unary,
+        s.Compare: Builder.eval_compare, s.BoolOp: Builder.eval_boolop, s.IfElse: Builder.eval_ifelse,
+        s.Index: Builder.eval_index, s.Attribute: Builder.eval_attribute, s.Slice: Builder.eval_subscript_part,
+        s.Rest: Builder.eval_subscript_part}
+
+
 def _defines(st) -> tuple[str, ...]:
     if isinstance(st, s.Assign):
         return st.targets
@@ -722,7 +770,7 @@ def _range(*args):
     return tuple(r)
 
 
-def _num(name, fn):
+def _num(fn):
     def f(*args):
         if not args or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
             raise TypeError("expects numbers")
@@ -744,11 +792,8 @@ def _int(v):
     return int(v)
 
 
-BUILTINS = {
-    "range": _range, "len": _len, "min": _num("min", min), "max": _num("max", max),
-    "int": _int, "float": _num("float", float), "round": _num("round", lambda x: int(round(x))),
-    "abs": _num("abs", abs),
-}
+BUILTINS = dict(range=_range, len=_len, min=_num(min), max=_num(max), int=_int, float=_num(float),
+                round=_num(lambda x: int(round(x))), abs=_num(abs))
 
 
 def build_model(blocks: dict[str, s.BlockDef], model: s.ModelDef, collector: Collector,

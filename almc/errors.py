@@ -5,10 +5,10 @@ a `Span` (file, line, column, end) and an optional hint. Passes collect them and
 raise one `AlmError` holding all of them, so a user sees every independent
 mistake in one run. `render` formats a diagnostic the way compilers do:
 
-    models/lenet.alm:9:10: error: dense expects a 2-D input [N, features], got f32[N, 16, 5, 5]
-        f6 = dense(s4, 84)
-             ^^^^^^^^^^^^^
-      hint: insert flatten(s4) first
+    models/lenet.alm:5:10: error: conv: the kernel (7) is larger than the padded input (5)
+        c5 = conv(s4, 120, 7)
+             ^^^^^^^^^^^^^^^^
+      hint: pad = 3 keeps the size 5
 """
 from __future__ import annotations
 

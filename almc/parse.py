@@ -384,8 +384,14 @@ class ToAst(Transformer_NonRecursive):
     def power(self, meta, a, _op, b):
         return s.BinOp(self.sp(meta), "**", a, b)
 
-    def index(self, meta, value, idx):
-        return s.Index(self.sp(meta), value, idx)
+    def index(self, meta, value, *subscripts):
+        return s.Index(self.sp(meta), value, subscripts[0] if len(subscripts) == 1 else tuple(subscripts))
+
+    def slice_(self, meta, start, stop, step):
+        return s.Slice(self.sp(meta), start, stop, step)
+
+    def rest(self, meta):
+        return s.Rest(self.sp(meta))
 
     def attribute(self, meta, value, name):
         return s.Attribute(self.sp(meta), value, str(name))

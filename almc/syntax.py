@@ -91,9 +91,22 @@ class IfElse(Expr):
 
 
 @dataclass(frozen=True)
+class Slice(Expr):
+    """start:stop:step in a subscript; each part may be absent (None)."""
+    start: Expr | None
+    stop: Expr | None
+    step: Expr | None
+
+
+@dataclass(frozen=True)
+class Rest(Expr):
+    """`...` in a subscript: every axis not named."""
+
+
+@dataclass(frozen=True)
 class Index(Expr):
     value: Expr
-    index: Expr
+    index: Expr  # one subscript, or a tuple of them (x[:, 0])
 
 
 @dataclass(frozen=True)

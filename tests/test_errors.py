@@ -19,13 +19,13 @@ def check(capsys, *args):
 
 def test_rendering_shows_the_line_a_caret_and_the_hint(write, capsys, monkeypatch):
     monkeypatch.chdir(write("m.alm", "").parent)
-    write("m.alm", "model M {\n    input x: f32[N, 16, 5, 5]\n    f6 = dense(x, 84)\n    output y = f6\n}\n")
+    write("m.alm", "model M {\n    input x: f32[N, 16, 5, 5]\n    f6 = conv(x, 8, 7)\n    output y = f6\n}\n")
     code, err = check(capsys, "m.alm")
     assert code == 1
-    assert err == ("m.alm:3:10: error: dense expects a 2-D input [N, features], got f32[N, 16, 5, 5]\n"
-                   "        f6 = dense(x, 84)\n"
-                   "             ^^^^^^^^^^^^\n"
-                   "  hint: insert flatten(x) first\n")
+    assert err == ("m.alm:3:10: error: conv: the kernel (7) is larger than the padded input (5)\n"
+                   "        f6 = conv(x, 8, 7)\n"
+                   "             ^^^^^^^^^^^^^\n"
+                   "  hint: pad = 3 keeps the size 5\n")
 
 
 def test_all_independent_errors_are_reported_in_order(write, capsys, monkeypatch):

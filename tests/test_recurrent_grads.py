@@ -31,7 +31,7 @@ def loss_graph(opname, attrs, x_type):
     y = g.add(Node("y", opname, ("x",), a, type=op.shape([x_type], a))).type
     g.add(Node("r", INPUT, type=y))
     g.add(Node("yr", "mul", ("y", "r"), Attrs(), type=infer_node("mul", [y, y], Attrs())))
-    g.add(Node("loss", "sum", ("yr",), Attrs(axis=None), type=TensorType("f32", ())))
+    g.add(Node("loss", "sum", ("yr",), Attrs(axis=None, keepdims=False), type=TensorType("f32", ())))
     g.outputs = {"loss": "loss"}
     return g
 

@@ -1,4 +1,5 @@
-"""dense (fully connected, ONNX Gemm) and the ops that reshape into it: flatten, reshape."""
+"""dense (fully connected over the last axis, ONNX Gemm) and the ops that reshape into it:
+flatten, reshape."""
 from __future__ import annotations
 
 from math import prod
@@ -12,18 +13,17 @@ from .registry import Attr, Op, Param, TorchModule, register
 
 def dense_shape(types, a):
     (x,) = types
-    if x.rank != 2:
-        raise ShapeError(f"dense expects a 2-D input [N, features], got {x}",
-                         "insert flatten({input}) first" if x.rank > 2 else None)
-    if isinstance(x.dims[1], str):
-        raise ShapeError(f"dense needs a known number of input features, got {x}")
+    if x.rank < 2:
+        raise ShapeError(f"dense expects an input [N, ..., features], got {x}")
+    if isinstance(x.dims[-1], str):
+        raise ShapeError(f"dense needs a known number of input features (the last axis), got {x}")
     if a.units <= 0:
         raise ShapeError(f"dense needs a positive number of units, got {a.units}")
-    return x.with_dims((x.dims[0], a.units))
+    return x.with_dims((*x.dims[:-1], a.units))
 
 
 def dense_params(types, a):
-    fin = types[0].dims[1]
+    fin = types[0].dims[-1]
     ps = [Param("weight", (a.units, fin), a.init, fan_in=fin, fan_out=a.units)]
     if a.bias:
         ps.append(Param("bias", (a.units,), "zeros"))
@@ -31,8 +31,17 @@ def dense_params(types, a):
 
 
 def dense_lower(g, ins, p, a, types, out):
+    """Gemm; over [N, ..., F] Gemm of the rows [-1, F], reshaped back. That keeps the weight
+    [units, F] as PyTorch stores it, where MatMul would need its transpose as a second copy."""
+    x = types[0]
     args = [ins[0], p["weight"]] + ([p["bias"]] if a.bias else [])
-    return g.node("Gemm", args, out=g.out, transB=1)
+    if x.rank == 2:
+        return g.node("Gemm", args, out=g.out, transB=1)
+    rows = g.node("Reshape", [ins[0], g.const("rows", [-1, x.dims[-1]], np.int64)])
+    y = g.node("Gemm", [rows, *args[1:]], transB=1)
+    lead = g.node("Shape", [ins[0]], end=-1)
+    shape = g.node("Concat", [lead, g.const("units", [a.units], np.int64)], axis=0)
+    return g.node("Reshape", [y, shape], out=g.out)
 
 
 def dense_reference(xs, p, a):
@@ -42,11 +51,31 @@ def dense_reference(xs, p, a):
 
 def dense_grad(d, n, gy):
     x = n.inputs[0]
-    gx = d.op("gemm", [gy, d.param("weight")]) if d.wants(x) else None
-    grads = {"weight": d.op("gemm", [gy, x], {"trans_a": True})}
+    rank = d.type(x).rank
+    if rank == 2:
+        gx = d.op("gemm", [gy, d.param("weight")]) if d.wants(x) else None
+        grads = {"weight": d.op("gemm", [gy, x], {"trans_a": True})}
+    else:
+        gx = d.op("matmul", [gy, d.param("weight")]) if d.wants(x) else None
+        grads = {"weight": d.op("dense_weight_grad", [gy, x])}
     if n.attrs.bias:
-        grads["bias"] = d.op("sum", [gy], {"axis": 0})
+        grads["bias"] = d.op("sum", [gy], {"axis": tuple(range(rank - 1)) if rank > 2 else 0})
     return [gx], grads
+
+
+def _rows(g, t, width):
+    return g.node("Reshape", [t, g.const(f"rows{width}", [-1, width], np.int64)])
+
+
+register(Op(
+    name="dense_weight_grad", inputs=("g", "x"),
+    shape=lambda types, a: TensorType(types[0].dtype, (types[0].dims[-1], types[1].dims[-1])),
+    lower=lambda g, ins, p, a, types, out: g.node(
+        "Gemm", [_rows(g, ins[0], types[0].dims[-1]), _rows(g, ins[1], types[1].dims[-1])], out=g.out, transA=1),
+    reference=lambda xs, p, a: np.tensordot(xs[0], xs[1], axes=(list(range(xs[0].ndim - 1)),) * 2),
+    category="gradient", doc="The weight gradient of dense over [N, ..., F]: the sum over rows of g^T x.",
+    examples=(((("f32", (2, 3, 4)), ("f32", (2, 3, 5))), {}),),
+))
 
 
 def reshape_back(d, n, gy):
@@ -60,10 +89,12 @@ register(Op(
     attrs=(Attr("units", "int", doc="output features"), Attr("bias", "bool", True),
            Attr("init", "str", "auto", ("auto", "he", "glorot", "normal", "uniform_fan_in"))),
     shape=dense_shape, params=dense_params, lower=dense_lower, reference=dense_reference,
-    macs=lambda types, out, a: types[0].dims[1] * a.units,
+    macs=lambda types, out, a: out.per_example() * types[0].dims[-1],
     window=lambda types, a: "global",
-    doc="Fully connected layer y = x W^T + b (ONNX Gemm); weight [units, features] as in PyTorch.",
-    examples=(((("f32", (3, 7)),), dict(units=5)), ((("f32", (2, 4)),), dict(units=3, bias=False))),
+    doc="Fully connected layer y = x W^T + b over the last axis, as torch.nn.Linear: [N, features] or "
+        "[N, ..., features] (each token of a sequence); weight [units, features] as in PyTorch.",
+    examples=(((("f32", (3, 7)),), dict(units=5)), ((("f32", (2, 4)),), dict(units=3, bias=False)),
+              ((("f32", (2, 3, 7)),), dict(units=5)), ((("f32", (2, 2, 3, 4)),), dict(units=3, bias=False))),
 ))
 
 

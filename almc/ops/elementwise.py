@@ -39,8 +39,18 @@ def _div_grad(d, n, gy):  # d(a/b) = g/b, -g*a/b^2 = -(g/b) * y
             d.sum_to(_neg(d, d.op("mul", [ga, n.id])), b) if d.wants(b) else None], {}
 
 
+def _pick_grad(which):
+    """maximum / minimum: the gradient goes to the operand picked, half to each on a tie (as PyTorch)."""
+    def grad(d, n, gy):
+        a, b = n.inputs
+        pick = lambda x, y: d.sum_to(d.op("pick_grad", [gy, x, y], {"which": which}), x) if d.wants(x) else None  # noqa: E731
+        return [pick(a, b), pick(b, a)], {}
+    return grad
+
+
 OPERATORS = {"+": "add", "-": "sub", "*": "mul", "/": "div"}  # the op each operator of .alm builds on tensors
-GRADS = {"add": _add_grad, "sub": _sub_grad, "mul": _mul_grad, "div": _div_grad}
+GRADS = {"add": _add_grad, "sub": _sub_grad, "mul": _mul_grad, "div": _div_grad, "maximum": _pick_grad("max"),
+         "minimum": _pick_grad("min")}
 
 
 def full_rank_scalars(g, ins: list[str], types, rank: int) -> list[str]:
@@ -81,6 +91,30 @@ binary("add", "Add", np.add, "a + b with numpy broadcasting")
 binary("sub", "Sub", np.subtract, "a - b with numpy broadcasting")
 binary("mul", "Mul", np.multiply, "a * b with numpy broadcasting")
 binary("div", "Div", np.divide, "a / b with numpy broadcasting")
+binary("maximum", "Max", np.maximum, "the larger of a and b, elementwise with broadcasting; max(a, b) of tensors")
+binary("minimum", "Min", np.minimum, "the smaller of a and b, elementwise with broadcasting; min(a, b) of tensors")
+
+
+def _pick_lower(g, ins, p, a, types, out):  # g * ((a > b) + 0.5 (a == b)), with < for min
+    gy, x, y = ins
+    won = g.node("Cast", [g.node("Greater" if a.which == "max" else "Less", [x, y])], to=1)
+    tie = g.node("Mul", [g.node("Cast", [g.node("Equal", [x, y])], to=1), g.const("half", 0.5)])
+    return g.node("Mul", [gy, g.node("Add", [won, tie])], out=g.out)
+
+
+def _pick_reference(xs, p, a):
+    gy, x, y = xs
+    won = (x > y) if a.which == "max" else (x < y)
+    return (gy * (won + 0.5 * (x == y))).astype(gy.dtype)
+
+
+register(Op(
+    name="pick_grad", inputs=("g", "a", "b"), attrs=(Attr("which", "str", "max", ("max", "min")),),
+    shape=lambda types, a: types[0], lower=_pick_lower, reference=_pick_reference, category="gradient",
+    doc="Gradient of maximum / minimum for operand a: g where a won, g / 2 on a tie, else 0.",
+    examples=(((("f32", (2, 3, 4)), ("f32", (2, 3, 4)), ("f32", (3, 1))), {}),
+              ((("f32", (2, 3, 4)), ("f32", (2, 3, 4)), ("f32", (2, 3, 4))), dict(which="min"))),
+))
 
 
 def concat_shape(types, a):

@@ -413,10 +413,3 @@ register(Op(
     doc="Sum of absolute values of every element of its tensors (lasso); its gradient is sign(w).",
     examples=(((("f32", (3, 4)), ("f32", (5,))), {}),),
 ))
-
-register(Op(
-    name="sign", inputs=("x",), shape=lambda types, a: types[0],
-    lower=lambda g, ins, p, a, types, out: g.node("Sign", ins, out=g.out),
-    reference=lambda xs, p, a: np.sign(xs[0]), category="gradient", doc="-1, 0 or 1 by the sign of x.",
-    examples=(((("f32", (3, 4)),), {}),),
-))

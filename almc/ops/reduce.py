@@ -43,34 +43,124 @@ def _reduce_grad(mean: bool):
     """The gradient of sum (or mean) broadcasts back over the reduced axes (divided by their size)."""
     def grad(d, node, gy):
         axes = _axes(d.g.node(node.inputs[0]).type, node.attrs.axis)
-        return [d.op("expand_as", [gy, node.inputs[0]], {"axes": axes, "mean": mean})], {}
+        return [d.op("expand_as", [gy, node.inputs[0]], {"axes": axes, "mean": mean, "kept": node.attrs.keepdims})], {}
     return grad
 
 
+KEEPDIMS = Attr("keepdims", "bool", False, doc="keep each reduced axis with size 1")
+AXIS = Attr("axis", "any", None, doc="an axis or a tuple of axes; all when none")
+
+
+def _reduce_shape(types, a):
+    return _reduced(types[0], _axes(types[0], a.axis), a.keepdims)
+
+
+def _np_axis(x, a):
+    return None if a.axis is None else tuple(i % x.ndim for i in (a.axis if isinstance(a.axis, tuple) else (a.axis,)))
+
+
 register(Op(
-    name="mean", inputs=("x",), attrs=(Attr("axis", "any", None, doc="an axis or a tuple of axes; all when none"),),
-    shape=lambda types, a: _reduced(types[0], _axes(types[0], a.axis)),
-    lower=_lower_reduce("ReduceMean"),
-    reference=lambda xs, p, a: np.asarray(xs[0].mean(axis=None if a.axis is None else a.axis)),
+    name="mean", inputs=("x",), attrs=(AXIS, KEEPDIMS),
+    shape=_reduce_shape, lower=_lower_reduce("ReduceMean"),
+    reference=lambda xs, p, a: np.asarray(xs[0].mean(axis=_np_axis(xs[0], a), keepdims=a.keepdims)),
     grad=_reduce_grad(mean=True), category="reduction",
     doc="Mean over the given axes, or over every axis (a scalar); mean(loss) averages a batch of losses.",
-    examples=(((("f32", (4, 3)),), {}), ((("f32", (2, 3, 4)),), dict(axis=(1, 2))), ((("f32", (5,)),), dict(axis=0))),
+    examples=(((("f32", (4, 3)),), {}), ((("f32", (2, 3, 4)),), dict(axis=(1, 2))), ((("f32", (5,)),), dict(axis=0)),
+              ((("f32", (2, 3, 4)),), dict(axis=-1, keepdims=True))),
 ))
 
 register(Op(
-    name="sum", inputs=("x",), attrs=(Attr("axis", "any", None, doc="an axis or a tuple of axes; all when none"),),
-    shape=lambda types, a: _reduced(types[0], _axes(types[0], a.axis)),
-    lower=_lower_reduce("ReduceSum"),
-    reference=lambda xs, p, a: np.asarray(xs[0].sum(axis=None if a.axis is None else a.axis)),
+    name="sum", inputs=("x",), attrs=(AXIS, KEEPDIMS),
+    shape=_reduce_shape, lower=_lower_reduce("ReduceSum"),
+    reference=lambda xs, p, a: np.asarray(xs[0].sum(axis=_np_axis(xs[0], a), keepdims=a.keepdims)),
     grad=_reduce_grad(mean=False), category="reduction",
     doc="Sum over the given axes, or over every axis (a scalar).",
-    examples=(((("f32", (4, 3)),), {}), ((("f32", (2, 3, 4)),), dict(axis=-1))),
+    examples=(((("f32", (4, 3)),), {}), ((("f32", (2, 3, 4)),), dict(axis=-1)),
+              ((("f32", (2, 3, 4)),), dict(axis=(0, 2), keepdims=True))),
+))
+
+
+def _extreme_grad(d, node, gy):
+    return [d.op("extreme_grad", [gy, node.inputs[0], node.id], {"axis": node.attrs.axis,
+                                                                  "keepdims": node.attrs.keepdims})], {}
+
+
+for _name, _onnx, _fn in (("max", "ReduceMax", np.max), ("min", "ReduceMin", np.min)):
+    register(Op(
+        name=_name, inputs=("x",), attrs=(AXIS, KEEPDIMS),
+        shape=_reduce_shape, lower=_lower_reduce(_onnx),
+        reference=lambda xs, p, a, _fn=_fn: np.asarray(_fn(xs[0], axis=_np_axis(xs[0], a), keepdims=a.keepdims)),
+        grad=_extreme_grad, category="reduction",
+        doc=f"{'Largest' if _name == 'max' else 'Smallest'} value over the given axes, or over every axis, when "
+            f"{_name}() is given one tensor; with two or more operands it is the elementwise "
+            f"{'maximum' if _name == 'max' else 'minimum'}. Ties share the gradient equally.",
+        examples=(((("f32", (4, 3)),), {}), ((("f32", (2, 3, 4)),), dict(axis=1)),
+                  ((("f32", (2, 3, 4)),), dict(axis=(1, 2), keepdims=True))),
+    ))
+
+
+# Builtins of .alm that are ops when given a tensor: (elementwise op of several operands, op of one tensor)
+TENSOR_FORMS = {"max": ("maximum", "max"), "min": ("minimum", "min"), "abs": (None, "abs")}
+
+
+def _unreduce(g, t, rank_in, axes, keepdims):
+    """A reduced tensor with its reduced axes back as size 1."""
+    if keepdims or not axes or len(axes) == rank_in:
+        return t if keepdims or not axes else g.node("Reshape", [t, g.const("ones", [1] * rank_in, np.int64)])
+    return g.node("Unsqueeze", [t, g.const("axes", list(axes), np.int64)])
+
+
+def _extreme_grad_lower(g, ins, p, a, types, out):  # g * (x == y) / (number of elements equal to y)
+    gy, x, y = ins
+    axes = _axes(types[1], a.axis)
+    r = types[1].rank
+    hit = g.node("Cast", [g.node("Equal", [x, _unreduce(g, y, r, axes, a.keepdims)])], to=1)
+    count = g.node("Max", [g.node("ReduceSum", [hit, g.const("axes", list(axes), np.int64)], keepdims=1),
+                           g.const("one", 1.0)])  # y is the max of x, so at least 1; not 0 / 0 on other inputs
+    share = g.node("Div", [_unreduce(g, gy, r, axes, a.keepdims), count])
+    return g.node("Mul", [hit, share], out=g.out)
+
+
+def _extreme_grad_reference(xs, p, a):
+    gy, x, y = xs
+    axes = _np_axis(x, a) or tuple(range(x.ndim))
+    if not a.keepdims:
+        y, gy = np.expand_dims(y, axes), np.expand_dims(gy, axes)
+    hit = (x == y).astype(np.result_type(gy, x))
+    return hit * gy / np.maximum(hit.sum(axis=axes, keepdims=True), 1)
+
+
+register(Op(
+    name="extreme_grad", inputs=("g", "x", "y"), attrs=(AXIS, KEEPDIMS),
+    shape=lambda types, a: types[1], lower=_extreme_grad_lower, reference=_extreme_grad_reference,
+    category="gradient", doc="Gradient of max / min over axes: g where x equals the result y, shared among ties.",
+    examples=(((("f32", ()), ("f32", (4, 3)), ("f32", ())), {}),
+              ((("f32", (2, 4)), ("f32", (2, 3, 4)), ("f32", (2, 4))), dict(axis=1)),
+              ((("f32", (2, 1, 1)), ("f32", (2, 3, 4)), ("f32", (2, 1, 1))), dict(axis=(1, 2), keepdims=True))),
+))
+
+
+def _argmax_shape(types, a):
+    x = types[0]
+    axis = _axes(x, a.axis)[0]
+    return TensorType("i64", _reduced(x, (axis,), a.keepdims).dims)
+
+
+register(Op(
+    name="argmax", inputs=("x",), attrs=(Attr("axis", "int", -1), KEEPDIMS),
+    shape=_argmax_shape,
+    lower=lambda g, ins, p, a, types, out: g.node("ArgMax", ins, out=g.out, axis=a.axis, keepdims=int(a.keepdims)),
+    reference=lambda xs, p, a: np.argmax(xs[0], axis=a.axis, keepdims=a.keepdims).astype(np.int64),
+    category="reduction",
+    doc="Index (int64) of the largest value along an axis (the last by default); the first on ties. Inference "
+        "only: it has no gradient, so no objective may depend on it.",
+    examples=(((("f32", (4, 10)),), {}), ((("f32", (2, 3, 5)),), dict(axis=1, keepdims=True))),
 ))
 
 
 def _expand_shape(types, a):
     g, x = types
-    if g.rank + (len(a.axes) if g.rank else 0) != x.rank and g.rank != 0:
+    if g.rank + (len(a.axes) if g.rank and not a.kept else 0) != x.rank and g.rank != 0:
         raise ShapeError(f"expand_as: {g} with axes {a.axes} does not align with {x}")
     return x.with_dims(x.dims)
 
@@ -82,14 +172,14 @@ def _expand_lower(g, ins, p, a, types, out):
         axes = list(a.axes) if types[0].rank else list(range(types[1].rank))
         count = count_elements(g, shape, g.const("axes_i", axes, np.int64))
         src = g.node("Div", [src, count])
-    if types[0].rank and a.axes:
+    if types[0].rank and a.axes and not a.kept:
         src = g.node("Unsqueeze", [src, g.const("axes", list(a.axes), np.int64)])
     return g.node("Expand", [src, shape], out=g.out)
 
 
 def _expand_reference(xs, p, a):
     gy, x = xs
-    if gy.ndim and a.axes:
+    if gy.ndim and a.axes and not a.kept:
         gy = np.expand_dims(gy, a.axes)
     out = np.broadcast_to(gy, x.shape).astype(np.result_type(gy, np.float32), copy=True)
     if a.mean:
@@ -99,12 +189,15 @@ def _expand_reference(xs, p, a):
 
 
 register(Op(
-    name="expand_as", inputs=("g", "like"), attrs=(Attr("axes", "any", ()), Attr("mean", "bool", False)),
+    name="expand_as", inputs=("g", "like"),
+    attrs=(Attr("axes", "any", ()), Attr("mean", "bool", False), Attr("kept", "bool", False)),
     shape=_expand_shape, lower=_expand_lower, reference=_expand_reference, category="gradient",
-    doc="Broadcasts g to the shape of `like`, re-inserting the reduced `axes` (the gradient of mean / sum).",
+    doc="Broadcasts g to the shape of `like`, re-inserting the reduced `axes` unless they were `kept` with size 1 "
+        "(the gradient of mean / sum).",
     examples=(((("f32", ()), ("f32", (2, 3))), {}), ((("f32", (3,)), ("f32", (2, 3, 4))), dict(axes=(0, 2))),
               ((("f32", ()), ("f32", (2, 3))), dict(mean=True)),
-              ((("f32", (3,)), ("f32", (2, 3, 4))), dict(axes=(0, 2), mean=True))),
+              ((("f32", (3,)), ("f32", (2, 3, 4))), dict(axes=(0, 2), mean=True)),
+              ((("f32", (1, 3, 1)), ("f32", (2, 3, 4))), dict(axes=(0, 2), mean=True, kept=True))),
 ))
 
 

@@ -172,15 +172,20 @@ def signature(op: Op) -> str:
     return ", ".join(parts)
 
 
-CATEGORIES = ("layer", "pooling", "normalization", "activation", "arithmetic", "shape", "resample", "reduction",
+CATEGORIES = ("layer", "pooling", "normalization", "activation", "arithmetic", "math", "shape", "resample", "reduction",
               "loss")
 INTERNAL = ("gradient",)  # made by the compiler (gradients, updates), not written by users
+
+
+def user_callable(op: Op) -> bool:
+    """Whether .alm may call it: not a value the compiler makes, not a gradient or update op."""
+    return not op.leaf and op.category not in INTERNAL
 
 
 def ops_markdown() -> str:
     """The op reference of docs/language.md (and `almc ops`), grouped by category."""
     out = []
-    ops = [o for o in all_ops().values() if not o.leaf and o.category not in INTERNAL]
+    ops = [o for o in all_ops().values() if user_callable(o)]
     for cat in CATEGORIES + tuple(sorted({o.category for o in ops} - set(CATEGORIES))):
         group = sorted((o for o in ops if o.category == cat), key=lambda o: o.name)
         if not group:

@@ -71,13 +71,6 @@ register(Op(
                    for k in SCHEDULES for w in (0.0, 1.5)),
 ))
 
-register(Op(
-    name="sqrt", inputs=("x",), shape=lambda types, a: types[0],
-    lower=lambda g, ins, p, a, types, out: g.node("Sqrt", ins, out=g.out),
-    reference=lambda xs, p, a: np.sqrt(xs[0]), category="gradient", doc="Square root.",
-    examples=(((("f32", (3, 4)),), {}, {"positive": True}),),
-))
-
 
 def _bias_correction_lower(g, ins, p, a, types, out):  # 1 - beta^(step + 1)
     t = g.node("Add", [ins[0], g.const("one", 1.0)])
