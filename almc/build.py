@@ -29,6 +29,7 @@ from .ops.attrs import describe_value
 from .ops.elementwise import OPERATORS
 from .ops.reduce import TENSOR_FORMS
 from .ops.registry import Attrs, all_ops, lookup, resolve_attrs, signature, user_callable
+from .ops.tensor import END as SLICE_END
 from .shapes import DEFAULT_LIMITS, infer_node
 from .types import DTYPES, TensorType
 
@@ -393,18 +394,92 @@ class Builder:
         return self.err("':' and '...' belong inside a subscript, x[...]", e.span)
 
     def eval_index(self, e: s.Index, frame: Frame, top=None):
-        v, i = self.eval(e.value, frame), self.eval(e.index, frame)
+        v = self.eval(e.value, frame)
+        if isinstance(v, Tensor):
+            return self.index_tensor(v, e, frame, top)
+        if isinstance(e.index, (tuple, s.Slice, s.Rest)):
+            return POISON if v is POISON else self.err(
+                f"only tensors take slices and several subscripts; a list takes one integer, got {describe(v)}",
+                e.span)
+        i = self.eval(e.index, frame)
         if _poisoned(v) or i is POISON:
             return POISON
-        if isinstance(v, Tensor):
-            return self.err("tensors cannot be indexed", e.span, "use crop(...) or reshape(...)")
         if not isinstance(v, tuple):
-            return self.err(f"only lists can be indexed, got {describe(v)}", e.value.span)
+            return self.err(f"only lists and tensors can be indexed, got {describe(v)}", e.value.span)
         if isinstance(i, bool) or not isinstance(i, int):
             return self.err(f"a list index must be an integer, got {describe(i)}", e.index.span)
         if not -len(v) <= i < len(v):
             return self.err(f"index {i} is out of range for a list of {len(v)}", e.index.span)
         return v[i]
+
+    def subscript_int(self, part, frame, what):
+        """The integer value of one part of a subscript, or POISON after an error."""
+        val = self.eval(part, frame)
+        if val is POISON:
+            return POISON
+        if isinstance(val, bool) or not isinstance(val, int):
+            return self.err(f"{what} must be an integer, got {describe(val)}", part.span)
+        return val
+
+    def index_tensor(self, v: Tensor, e: s.Index, frame: Frame, top):
+        """x[:, 1:], x[..., :k], x[:, ::2], x[:, 0]: one slice node over the sliced axes, then a
+        squeeze per integer index. Bounds are normalised here against the known sizes."""
+        t = self.graph.node(v.id).type
+        items = e.index if isinstance(e.index, tuple) else (e.index,)
+        rests = [k for k, it in enumerate(items) if isinstance(it, s.Rest)]
+        if len(rests) > 1:
+            return self.err("a subscript takes at most one '...'", items[rests[1]].span)
+        named = len(items) - len(rests)
+        if named > t.rank:
+            return self.err(f"{named} subscripts for a tensor of rank {t.rank} ({t})", e.span)
+        if rests:
+            items = items[:rests[0]] + (None,) * (t.rank - named) + items[rests[0] + 1:]
+        axes, starts, ends, steps, drop = [], [], [], [], []
+        for axis, it in enumerate(items):
+            if it is None or (isinstance(it, s.Slice) and it.start is it.stop is it.step is None):
+                continue
+            d = t.dims[axis]
+            if isinstance(it, s.Slice):
+                start, stop, step = (None if part is None else self.subscript_int(part, frame, "a slice bound")
+                                     for part in (it.start, it.stop, it.step))
+                if POISON in (start, stop, step):
+                    return POISON
+                step = 1 if step is None else step
+                if step <= 0:
+                    return self.err(f"a slice step must be positive, got {step}", it.step.span)
+            else:
+                i = self.subscript_int(it, frame, "a tensor index")
+                if i is POISON:
+                    return POISON
+                if isinstance(d, int) and not -d <= i < d:
+                    return self.err(f"index {i} is out of range for axis {axis} of {t}", it.span)
+                start, stop, step = i, (None if i == -1 else i + 1), 1
+                drop.append(axis)
+            if axis == 0 and isinstance(d, str):
+                return self.err(f"the batch axis {d} cannot be indexed or sliced", it.span, "keep ':' for axis 0")
+            if isinstance(d, int):
+                start, stop, step = slice(start, stop, step).indices(d)
+                if not range(start, stop, step):
+                    return self.err(f"the slice of axis {axis} of {t} is empty", it.span)
+            else:
+                if step != 1:
+                    return self.err(f"a slice step needs the size of axis {axis} known, got {t}", it.span)
+                start = 0 if start is None else start
+                stop = SLICE_END if stop is None else stop
+                if stop != SLICE_END and ((start < 0) != (stop < 0) or stop <= start):
+                    return self.err(f"axis {axis} of {t} has no known size: a slice of it counts both bounds from "
+                                    "the front or both from the back (negative), start before end", it.span)
+            axes.append(axis), starts.append(start), ends.append(stop), steps.append(step)
+        out = v
+        if axes:
+            out = self.add_node("slice", [v.id], Attrs(axes=tuple(axes), starts=tuple(starts), ends=tuple(ends),
+                                                       steps=tuple(steps)),
+                                e.span, None if drop else top, "")
+        for k, axis in enumerate(reversed(drop)):
+            if out is POISON:
+                return POISON
+            out = self.add_node("squeeze", [out.id], Attrs(axis=axis), e.span, top if k == len(drop) - 1 else None, "")
+        return out
 
     def eval_attribute(self, e: s.Attribute, frame: Frame, top=None):
         v = self.eval(e.value, frame)

@@ -143,3 +143,113 @@ register(Op(
     doc="Inserts an axis of size 1 at `axis` of the result: unsqueeze(x, -1) turns [N, L] into [N, L, 1].",
     examples=(((("f32", (2, 4)),), dict(axis=1)), ((("f32", (2, 3)),), dict(axis=-1))),
 ))
+
+
+# -- slicing: x[:, 1:], x[..., :k], x[:, ::2], x[:, 0] (an index is a slice of one, squeezed) ----------
+
+END = 2 ** 62  # a slice's end on an axis of unknown size: to the end (ONNX clamps it)
+
+
+def _slice_len(d, start, end, step):
+    """The sliced length of an axis of size d (an int, or a symbol when unknown)."""
+    if isinstance(d, int):
+        return len(range(start, min(end, d), step))
+    if end != END:
+        return end - start
+    return -start if start < 0 else (d if start == 0 else f"{d}-{start}")
+
+
+def _slice_shape(types, a):
+    x = types[0]
+    dims = list(x.dims)
+    for axis, start, end, step in zip(a.axes, a.starts, a.ends, a.steps):
+        n = _slice_len(dims[axis], start, end, step)
+        if isinstance(n, int) and n <= 0:
+            raise ShapeError(f"the slice of axis {axis} of {x} is empty")
+        dims[axis] = n
+    return x.with_dims(dims)
+
+
+def _ints(g, name, values):
+    return g.const(name, list(values), np.int64)
+
+
+def _slice_lower(g, ins, p, a, types, out):
+    return g.node("Slice", [ins[0], _ints(g, "starts", a.starts), _ints(g, "ends", a.ends), _ints(g, "axes", a.axes),
+                            _ints(g, "steps", a.steps)], out=g.out)
+
+
+def _slice_index(a):
+    index = {}
+    for axis, start, end, step in zip(a.axes, a.starts, a.ends, a.steps):
+        index[axis] = slice(start, None if end == END else end, step)
+    return index
+
+
+def _slice_reference(xs, p, a):
+    x = xs[0]
+    index = _slice_index(a)
+    return x[tuple(index.get(i, slice(None)) for i in range(x.ndim))]
+
+
+def _slice_grad_reference(xs, p, a):
+    gy, x = xs
+    out = np.zeros(x.shape, np.result_type(gy, x))
+    index = _slice_index(a)
+    out[tuple(index.get(i, slice(None)) for i in range(x.ndim))] = gy
+    return out
+
+
+def _slice_grad_lower(g, ins, p, a, types, out):
+    """Zeros with g where the slice read: a strided axis first spreads g out with step - 1 zeros
+    between its values, then Pad puts the zeros before and after each axis."""
+    gy, x = ins
+    gt, xt = types
+    t = gy
+    for axis, step in zip(a.axes, a.steps):
+        if step == 1:
+            continue
+        m = gt.dims[axis]
+        spread = g.node("Pad", [g.node("Unsqueeze", [t, _ints(g, "after", [axis + 1])]),
+                                _ints(g, "gap", [0, step - 1]), g.const("zero", 0.0), _ints(g, "after", [axis + 1])])
+        shape = g.node("Shape", [spread])
+        merged = g.node("Concat", [g.node("Slice", [shape, _ints(g, "zero_i", [0]), _ints(g, "axis", [axis])]),
+                                   _ints(g, "minus_one", [-1]),
+                                   g.node("Slice", [shape, _ints(g, "past", [axis + 2]), _ints(g, "end", [END])])], axis=0)
+        t = g.node("Reshape", [spread, merged])
+        t = g.node("Slice", [t, _ints(g, "zero_i", [0]), _ints(g, "used", [(m - 1) * step + 1]), _ints(g, "axis", [axis])])
+    begins, ends = [], []
+    for axis, start, end, step in zip(a.axes, a.starts, a.ends, a.steps):
+        d = xt.dims[axis]
+        span = (_slice_len(d, start, end, step) - 1) * step + 1 if isinstance(d, int) else None
+        if isinstance(d, int):
+            begins.append(g.const("b", [start], np.int64))
+            ends.append(g.const("e", [d - start - span], np.int64))
+            continue
+        size = g.node("Slice", [g.node("Shape", [x]), _ints(g, "axis", [axis]), _ints(g, "axis_end", [axis + 1])])
+        if start < 0:  # x[:, -k:] on an axis of unknown size: begins at size - k
+            begins.append(g.node("Add", [size, _ints(g, "start", [start])]))
+            ends.append(_ints(g, "zero_i", [0]) if end == END else _ints(g, "stop", [-end]))
+        else:
+            begins.append(_ints(g, "start", [start]))
+            ends.append(_ints(g, "zero_i", [0]) if end == END else g.node("Sub", [size, _ints(g, "stop", [end])]))
+    pads = g.node("Concat", begins + ends, axis=0)
+    return g.node("Pad", [t, pads, g.const("zero", 0.0), _ints(g, "axes", a.axes)], out=g.out)
+
+
+SLICE_ATTRS = (Attr("axes", "any"), Attr("starts", "any"), Attr("ends", "any"), Attr("steps", "any"))
+register(Op(
+    name="slice", inputs=("x",), attrs=SLICE_ATTRS, shape=_slice_shape, lower=_slice_lower,
+    reference=_slice_reference, category="gradient",
+    grad=lambda d, n, gy: ([d.op("slice_grad", [gy, n.inputs[0]], n.attrs)], {}),
+    doc="x[start:end:step] on some axes (what a subscript x[:, 1:] builds; ends of 2^62 run to the end).",
+    examples=(((("f32", (2, 5, 6)),), dict(axes=(1, 2), starts=(1, 0), ends=(4, 6), steps=(1, 2))),
+              ((("f32", (2, 7)),), dict(axes=(1,), starts=(2,), ends=(7,), steps=(3,)))),
+))
+register(Op(
+    name="slice_grad", inputs=("g", "x"), attrs=SLICE_ATTRS, shape=lambda types, a: types[1],
+    lower=_slice_grad_lower, reference=_slice_grad_reference, category="gradient",
+    doc="The gradient of slice: zeros the shape of x, with g where the slice read.",
+    examples=(((("f32", (2, 3, 3)), ("f32", (2, 5, 6))), dict(axes=(1, 2), starts=(1, 0), ends=(4, 6), steps=(1, 2))),
+              ((("f32", (2, 2)), ("f32", (2, 7))), dict(axes=(1,), starts=(2,), ends=(7,), steps=(3,)))),
+))

@@ -1,0 +1,102 @@
+"""Tensor subscripts (x[:, 0], x[..., 1:4], x[:, ::2], x[:, -1] on an axis of unknown size):
+the compiled model against numpy's indexing, and the gradient graph lowered to ONNX against
+PyTorch's autograd of the same indexing, at two sizes of the symbolic axis T."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import almc
+from almc.autodiff import differentiate
+from almc.errors import AlmError
+from almc.graph import INPUT, Node
+from almc.lower import lower
+from almc.ops.registry import Attrs
+from almc.runtime import run
+from almc.types import TensorType
+
+SOURCE = """
+model M {
+    input x: f32[N, 5, 6]
+    input s: f32[N, T, 4]
+    output a = x[:, 0]
+    output b = x[..., 1:4]
+    output c = x[:, ::2, -1]
+    output d = x[:, 1:, 1:5:3][:, -2:]
+    output e = s[:, -1]
+    output f = s[:, 1:]
+    output g = s[:, -3:-1, 2:]
+    output h = s[:, 0:2, ::3]
+    output i = s[:, 1]
+}
+"""
+NUMPY = {
+    "a": lambda x, s: x[:, 0], "b": lambda x, s: x[..., 1:4], "c": lambda x, s: x[:, ::2, -1],
+    "d": lambda x, s: x[:, 1:, 1:5:3][:, -2:], "e": lambda x, s: s[:, -1], "f": lambda x, s: s[:, 1:],
+    "g": lambda x, s: s[:, -3:-1, 2:], "h": lambda x, s: s[:, 0:2, ::3], "i": lambda x, s: s[:, 1],
+}
+
+
+def test_shapes_are_inferred():
+    m = almc.load(SOURCE)
+    got = {k: str(v) for k, v in m.outputs.items()}
+    assert got == {"a": "f32[N, 6]", "b": "f32[N, 5, 3]", "c": "f32[N, 3]", "d": "f32[N, 2, 2]",
+                   "e": "f32[N, 4]", "f": "f32[N, T-1, 4]", "g": "f32[N, 2, 2]", "h": "f32[N, 2, 2]",
+                   "i": "f32[N, 4]"}
+
+
+@pytest.mark.parametrize("t", [3, 7])
+def test_values_and_gradients_match_numpy_and_pytorch(t):
+    torch = pytest.importorskip("torch")
+    m = almc.load(SOURCE)
+    rng = np.random.default_rng(t)
+    feeds = {"x": rng.standard_normal((2, 5, 6)).astype(np.float32),
+             "s": rng.standard_normal((2, t, 4)).astype(np.float32)}
+    got = m.run(feeds, device="cpu")
+    for k, f in NUMPY.items():
+        np.testing.assert_array_equal(got[k], f(feeds["x"], feeds["s"]), err_msg=k)
+
+    # loss = sum_k sum(out_k * r_k): its gradient through every subscript, lowered to ONNX
+    g = m.graph.copy()
+    total = None
+    for k, out in m.graph.outputs.items():
+        shape = NUMPY[k](feeds["x"], feeds["s"]).shape
+        r = f"r_{k}"
+        g.add(Node(r, INPUT, type=TensorType("f32", g.node(out).type.dims)))
+        feeds[r] = rng.standard_normal(shape).astype(np.float32)
+        prod = g.add(Node(f"{k}_r", "mul", (out, r), Attrs(), type=g.node(out).type)).id
+        part = g.add(Node(f"{k}_sum", "sum", (prod,), Attrs(axis=None, keepdims=False),
+                          type=TensorType("f32", ()))).id
+        total = part if total is None else g.add(Node(f"{k}_total", "add", (total, part), Attrs(),
+                                                      type=TensorType("f32", ()))).id
+    dg, grads = differentiate(g, total, [], inputs=["x", "s"])
+    dg.outputs = {"dx": grads["x"], "ds": grads["s"]}
+    ours, _ = run(lower(dg), feeds, device="cpu")
+
+    x = torch.tensor(feeds["x"], requires_grad=True)
+    s = torch.tensor(feeds["s"], requires_grad=True)
+    loss = sum((NUMPY[k](x, s) * torch.from_numpy(feeds[f"r_{k}"])).sum() for k in NUMPY)
+    loss.backward()
+    np.testing.assert_allclose(ours["dx"], x.grad.numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(ours["ds"], s.grad.numpy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("expr,message", [
+    ("x[0]", "1:3: the batch axis N cannot be indexed or sliced"),
+    ("x[:, 5]", "1:6: index 5 is out of range for axis 1 of f32[N, 5, T]"),
+    ("x[:, 3:3]", "1:6: the slice of axis 1 of f32[N, 5, T] is empty"),
+    ("x[:, ::0]", "1:8: a slice step must be positive, got 0"),
+    ("x[:, :, ::2]", "1:9: a slice step needs the size of axis 2 known, got f32[N, 5, T]"),
+    ("x[:, :, -2:3]", "1:9: axis 2 of f32[N, 5, T] has no known size: a slice of it counts both bounds from "
+                      "the front or both from the back (negative), start before end"),
+    ("x[..., 0, ...]", "1:11: a subscript takes at most one '...'"),
+    ("x[:, :, :, 0]", "1:1: 4 subscripts for a tensor of rank 3 (f32[N, 5, T])"),
+    ("x[:, 1.5]", "1:6: a tensor index must be an integer, got the number 1.5"),
+    ("x[:, \"a\":]", "1:6: a slice bound must be an integer, got the string \"a\""),
+])
+def test_bad_subscripts_are_located(expr, message):
+    src = f"model M {{\n input x: f32[N, 5, T]\n output y =\n{expr}\n}}\n"
+    with pytest.raises(AlmError) as e:
+        almc.load(src)
+    d = e.value.diagnostics[0]
+    assert f"{d.span.line - 3}:{d.span.col}: {d.message}" == message
