@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from . import syntax as s
 from .errors import Collector, ShapeError, Span, did_you_mean, elide, source_lines
 from .graph import INPUT, Graph, Node
-from .ops.attrs import describe_value
+from .ops.attrs import INIT_CALLS, describe_value, parse_init
 from .ops.elementwise import OPERATORS
 from .ops.reduce import TENSOR_FORMS
 from .ops.registry import Attrs, all_ops, lookup, resolve_attrs, signature, user_callable
@@ -867,8 +867,20 @@ def _int(v):
     return int(v)
 
 
+def _initialiser(kind):
+    """normal(0.02) in .alm: the initialiser as its canonical text, checked as an argument is."""
+    def f(*args):
+        if not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
+            raise TypeError("expects numbers")
+        text = f"{kind}({', '.join(repr(float(a)) for a in args)})"
+        parse_init(text)  # ValueError: wrong count or range
+        return text
+    return f
+
+
 BUILTINS = dict(range=_range, len=_len, min=_num(min), max=_num(max), int=_int, float=_num(float),
-                round=_num(lambda x: int(round(x))), abs=_num(abs))
+                round=_num(lambda x: int(round(x))), abs=_num(abs),
+                **{kind: _initialiser(kind) for kind in INIT_CALLS})
 
 
 def build_model(blocks: dict[str, s.BlockDef], model: s.ModelDef, collector: Collector,

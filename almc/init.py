@@ -21,6 +21,7 @@ import zlib
 import numpy as np
 
 from .graph import Graph, param_specs
+from .ops.attrs import INIT_CONSTANT, parse_init
 from .ops.registry import Param, lookup
 
 
@@ -53,20 +54,40 @@ def resolve_init(graph: Graph, nid: str, p: Param) -> str:
 
 
 def draw(init: str, shape, fan_in: int, fan_out: int, rng: np.random.Generator) -> np.ndarray:
-    if init == "zeros":
+    kind, args = parse_init(init)
+    if kind == "zeros":
         return np.zeros(shape, np.float32)
-    if init == "ones":
+    if kind == "ones":
         return np.ones(shape, np.float32)
-    if init in ("he", "normal"):
-        return normal(rng, shape, np.sqrt(2.0 / fan_in) if init == "he" else 0.01)
-    if init in ("glorot", "uniform_fan_in"):  # uniform_fan_in: PyTorch's default for Linear / Conv / RNN
-        lim = np.float32(np.sqrt(6.0 / (fan_in + fan_out)) if init == "glorot" else 1.0 / np.sqrt(fan_in))
+    if kind == INIT_CONSTANT:
+        return np.full(shape, args[0], np.float32)
+    if kind in ("he", "normal", "glorot_normal"):
+        std = {"he": np.sqrt(2.0 / fan_in), "normal": args[0] if args else 0.01,
+               "glorot_normal": np.sqrt(2.0 / (fan_in + fan_out))}[kind]
+        return normal(rng, shape, std)
+    if kind == "trunc_normal":  # N(0, std^2) with every value beyond 2 std drawn again
+        out = normal(rng, shape, args[0]).reshape(-1)
+        for _ in range(64):  # each round redraws 4.6% of what is left: 64 rounds leave nothing in practice
+            bad = np.flatnonzero(np.abs(out) > 2 * args[0])
+            if not bad.size:
+                break
+            out[bad] = normal(rng, (bad.size,), args[0])
+        return np.clip(out, -2 * args[0], 2 * args[0]).reshape(shape)
+    if kind in ("glorot", "uniform_fan_in", "he_uniform", "uniform"):
+        # uniform_fan_in: PyTorch's default for Linear / Conv / RNN; he_uniform: kaiming_uniform_(a = 0)
+        low, high = args if args else (None, None)
+        if not args:
+            high = {"glorot": np.sqrt(6.0 / (fan_in + fan_out)), "uniform_fan_in": 1.0 / np.sqrt(fan_in),
+                    "he_uniform": np.sqrt(6.0 / fan_in)}[kind]
+            low = -high
         a = rng.random(shape, dtype=np.float32)
+        if args:
+            return (a * np.float32(high - low) + np.float32(low)).astype(np.float32)
         a *= np.float32(2)
         a -= np.float32(1)
-        a *= lim
+        a *= np.float32(high)
         return a
-    raise ValueError(f"unknown initialiser {init}")
+    raise AssertionError(f"initialiser {init} is parsed but not drawn")
 
 
 def normal(rng: np.random.Generator, shape, std: float) -> np.ndarray:

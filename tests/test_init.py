@@ -57,3 +57,64 @@ def test_a_parameter_does_not_depend_on_the_others():
     b = almc.load("model M { input x: f32[N, 4]\n h = dense(x, 3)\n k = dense(x, 5)\n output y = dense(h, 2)\n output z = k }").initial_weights(0)
     np.testing.assert_array_equal(a["y.weight"], b["y.weight"])
 
+
+
+def test_initialisers_as_calls_per_weight_and_bias():
+    m = almc.load("""
+model M {
+    input x: f32[N, 400]
+    a = dense(x, 300, init = normal(0.05), bias_init = constant(0.1))
+    b = dense(a, 300, init = uniform(-0.2, 0.3), bias_init = "ones")
+    c = conv(reshape(b, (3, 10, 10)), 200, 3, init = "he_uniform", bias_init = normal(1.0))
+    d = dense(flatten(c), 100, init = "glorot_normal")
+    e = dense(d, 50, init = trunc_normal(0.1))
+    output y = e
+}""")
+    w = m.initial_weights(seed=0)
+    assert np.std(w["a.weight"]) == pytest.approx(0.05, rel=0.02) and abs(np.mean(w["a.weight"])) < 1e-3
+    assert (w["a.bias"] == np.float32(0.1)).all() and (w["b.bias"] == 1).all()
+    u = w["b.weight"]
+    assert u.min() >= -0.2 and u.max() < 0.3 and np.mean(u) == pytest.approx(0.05, abs=2e-3)
+    lim = np.sqrt(6 / 27)  # kaiming_uniform_: fan_in = 3 * 3 * 3
+    assert np.abs(w["c.weight"]).max() <= lim and np.std(w["c.weight"]) == pytest.approx(lim / np.sqrt(3), rel=0.02)
+    assert np.std(w["c.bias"]) == pytest.approx(1.0, rel=0.15)
+    assert np.std(w["d.weight"]) == pytest.approx(np.sqrt(2 / (200 * 64 + 100)), rel=0.02)
+    t = w["e.weight"]
+    # N(0, 0.1^2) cut at 2 std: the std of the truncated normal is 0.1 * 0.8796
+    assert np.abs(t).max() <= 0.2 and np.std(t) == pytest.approx(0.1 * 0.8796, rel=0.03)
+
+
+def test_free_parameters_and_fixed_tensors():
+    m = almc.load("""
+model M {
+    input x: f32[N, 3, 4]
+    token = parameter((1, 1, 4), init = normal(0.02))
+    pos = parameter((1, 4, 4))
+    proj = parameter((4, 6), init = normal(1.0), trainable = false)
+    h = concat(broadcast(token, x[:, :1]), x) + pos
+    output y = cos(matmul(h, proj))
+}""")
+    w = m.initial_weights(seed=0)
+    assert w["token.value"].shape == (1, 1, 4) and not w["pos.value"].any()
+    s = m.summary()
+    assert (s.total_params, s.trainable_params) == (4 + 16, 4 + 16)
+    assert s.buffers == 24
+    x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
+    h = np.concatenate([np.broadcast_to(w["token.value"], (2, 1, 4)), x], axis=1) + w["pos.value"]
+    np.testing.assert_allclose(m.run({"x": x}, device="cpu")["y"], np.cos(h @ w["proj.value"]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("init,message", [
+    ("normal(-1)", "normal(): the std must be positive, got -1.0"),
+    ("uniform(1, 0)", "uniform(): needs low < high, got uniform(1, 0)"),
+    ("normal(1, 2)", "normal(): normal takes 1 number: normal(std)"),
+    ("\"trunc_normal(0)\"", "dense's argument 'init': the std must be positive, got 0.0"),
+    ("\"gauss\"", "dense's argument 'init': an initialiser is one of"),
+    ("3", "dense's argument 'init' expects an initialiser such as \"he\" or normal(0.02), got the integer 3"),
+])
+def test_bad_initialisers_are_located(init, message):
+    from almc.errors import AlmError
+
+    with pytest.raises(AlmError) as e:
+        almc.load(f"model M {{\n input x: f32[N, 4]\n output y = dense(x, 2, init = {init})\n}}\n")
+    assert e.value.diagnostics[0].message.startswith(message)

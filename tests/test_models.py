@@ -34,10 +34,10 @@ RUN = {
     "rnn": ({}, (28, 28), {"logits": (10,)}),
     "lstm": ({}, (28, 28), {"logits": (10,)}),
     "gru": ({}, (28, 28), {"logits": (10,)}),
-    # reduced sizes: AlexNet / VGG-16 / C3D then feed their classifier a smaller map
-    # (AlexNet 3x3, VGG 2x2, C3D 2x2); the conv layers are unchanged
-    "alexnet": ({"size": 127}, (3, 127, 127), {"logits": (1000,)}),
-    "vgg16": ({"size": 64}, (3, 64, 64), {"logits": (1000,)}),
+    # reduced sizes: AlexNet and VGG-16 pool their smaller map (3x3, 2x2) to a smaller grid (2x2, 3x3),
+    # C3D feeds its classifier the smaller map (2x2); the conv layers are unchanged
+    "alexnet": ({"size": 127, "pooled": 2}, (3, 127, 127), {"logits": (1000,)}),
+    "vgg16": ({"size": 64, "pooled": 3}, (3, 64, 64), {"logits": (1000,)}),
     "googlenet": ({"size": 64}, (3, 64, 64), {"logits": (1000,)}),
     "resnet18": ({"size": 64}, (3, 64, 64), {"logits": (1000,)}),
     "resnet50": ({"size": 64}, (3, 64, 64), {"logits": (1000,)}),

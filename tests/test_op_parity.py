@@ -68,6 +68,11 @@ CASES = [
      lambda xs, w: F.group_norm(xs[0], 3, w["y.weight"], w["y.bias"])),
     ("group_norm", [(4, 4, 5)], dict(groups=2, affine=False), lambda xs, w: F.group_norm(xs[0], 2)),
     ("instance_norm", [(4, 3, 4, 4)], {}, lambda xs, w: F.instance_norm(xs[0])),
+    ("adaptive_avgpool", [(4, 3, 13, 10)], dict(size=(6, 4)), lambda xs, w: F.adaptive_avg_pool2d(xs[0], (6, 4))),
+    ("adaptive_avgpool", [(4, 2, 3, 3)], dict(size=6), lambda xs, w: F.adaptive_avg_pool2d(xs[0], 6)),
+    ("adaptive_avgpool", [(4, 2, 12, 8)], dict(size=(6, 4)), lambda xs, w: F.adaptive_avg_pool2d(xs[0], (6, 4))),
+    ("adaptive_avgpool", [(4, 2, 11)], dict(size=4), lambda xs, w: F.adaptive_avg_pool1d(xs[0], 4)),
+    ("global_maxpool", [(4, 3, 5, 6)], {}, lambda xs, w: torch.amax(xs[0], (2, 3), keepdim=True)),
     ("instance_norm", [(4, 3, 5)], dict(affine=True, eps=1e-3),
      lambda xs, w: F.instance_norm(xs[0], weight=w["y.weight"], bias=w["y.bias"], eps=1e-3)),
 ]

@@ -74,10 +74,10 @@ CASES = {
     "lstm": ({}, lambda: Recurrent("lstm"), (28, 28)),
     "gru": ({}, lambda: Recurrent("gru"), (28, 28)),
     "lstm2": ({"layers": 2, "hidden": 32}, lambda: Recurrent("lstm", hidden=32, layers=2), (9, 28)),
-    # reduced sizes (models/test_models.py's): the torchvision models without their adaptive pool,
-    # which is the identity only at 224, and a first Linear sized for the smaller map
-    "alexnet": ({"size": 127}, lambda: AlexNet(pool=False, features=256 * 3 * 3), (3, 127, 127)),
-    "vgg16": ({"size": 64}, lambda: VGG16(pool=False, features=512 * 2 * 2), (3, 64, 64)),
+    # reduced sizes, the adaptive pool's output too (to keep the classifier small): AlexNet pools its
+    # 3 x 3 map to 2 x 2 (overlapping windows), VGG its 2 x 2 map to 3 x 3 (windows repeat inputs)
+    "alexnet": ({"size": 127, "pooled": 2}, lambda: AlexNet(pooled=2), (3, 127, 127)),
+    "vgg16": ({"size": 64, "pooled": 3}, lambda: VGG16(pooled=3), (3, 64, 64)),
     "googlenet": ({"size": 64}, GoogLeNet, (3, 64, 64)),
     "resnet18": ({"size": 64}, resnet18, (3, 64, 64)),
     "resnet50": ({"size": 64}, resnet50, (3, 64, 64)),
@@ -206,7 +206,7 @@ def test_every_model_has_a_reference():
 
 @pytest.mark.parametrize("name", sorted(FULL))
 def test_names_shapes_and_parameter_count_at_full_size(name):
-    params = {k: v for k, v in CASES[name][0].items() if k not in ("size",)}
+    params = {k: v for k, v in CASES[name][0].items() if k not in ("size", "pooled")}
     m = load(name, **params)
     with torch.device("meta"):
         module = FULL[name]()
@@ -350,3 +350,32 @@ model UNetStage {
     x = rng.standard_normal((4, 1, 20, 20)).astype(np.float32)
     y = rng.integers(0, 3, 4)
     compare_gradients("U-Net first stage", m, module, x, y, tmp_path, names="pytorch")
+
+
+# ResNeXt and Wide ResNet: models/resnet50.alm with torchvision's groups and width_per_group
+WIDE = {"resnext50_32x4d": ({"groups": 32, "width_per_group": 4}, 25_028_904),
+        "wide_resnet50_2": ({"groups": 1, "width_per_group": 128}, 68_883_240)}
+
+
+@pytest.mark.parametrize("variant", sorted(WIDE))
+def test_resnet50_variants_have_torchvision_names_and_counts(variant):
+    params, count = WIDE[variant]
+    m = load("resnet50", **params)
+    with torch.device("meta"):
+        module = resnet50_variant(**params)
+    assert expected_names(m) == state_shapes(module)
+    assert m.summary().trainable_params == sum(p.numel() for p in module.parameters()) == count
+
+
+@pytest.mark.slow
+def test_resnext_matches_torch_at_64(tmp_path):
+    params = WIDE["resnext50_32x4d"][0]
+    m = load("resnet50", size=64, classes=10, **params)
+    compare_outputs("resnext50_32x4d", m, built(lambda: resnet50_variant(classes=10, **params)), (3, 64, 64),
+                    tmp_path, "npz")
+
+
+def resnet50_variant(classes=1000, groups=1, width_per_group=64):
+    from torch_reference import Bottleneck, ResNet
+
+    return ResNet(Bottleneck, [3, 4, 6, 3], classes, groups=groups, width_per_group=width_per_group)

@@ -119,7 +119,7 @@ def test_frozen_layers_get_no_gradient_nodes_and_do_not_change():
     assert "a.dense.weight" not in sig.trainable
     grads_of_a = [n for n in g.nodes() if n.op in ("gemm",) and "a.dense" in n.id]
     assert not grads_of_a
-    assert not any(n.op == "parameter" and n.owner == "a.dense" for n in g.nodes())  # not in l2 either
+    assert not any(n.op == "read_param" and n.owner == "a.dense" for n in g.nodes())  # not in l2 either
     start = m.initial_weights()
     m.train()
     np.testing.assert_array_equal(m.weights["a.dense.weight"], start["a.dense.weight"])

@@ -15,10 +15,10 @@ F = torch.nn.functional
 # ---- torchvision's models, written out (torchvision is not a dependency) ----------------------
 
 class AlexNet(nn.Module):
-    """torchvision.models.AlexNet. `pool = False` leaves out AdaptiveAvgPool2d((6, 6)), which is
-    the identity at 224 (as almc's model does at every size) and `features` sizes the first Linear."""
+    """torchvision.models.AlexNet; `pooled` is the AdaptiveAvgPool2d's output size (6 in torchvision),
+    smaller in the reduced-size tests to keep the classifier small."""
 
-    def __init__(self, classes=1000, pool=True, features=256 * 6 * 6):
+    def __init__(self, classes=1000, pooled=6):
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
@@ -26,9 +26,9 @@ class AlexNet(nn.Module):
             nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(inplace=True),
             nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),
             nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2))
-        self.avgpool = nn.AdaptiveAvgPool2d((6, 6)) if pool else nn.Identity()
+        self.avgpool = nn.AdaptiveAvgPool2d((pooled, pooled))
         self.classifier = nn.Sequential(
-            nn.Dropout(0.5), nn.Linear(features, 4096), nn.ReLU(inplace=True),
+            nn.Dropout(0.5), nn.Linear(256 * pooled * pooled, 4096), nn.ReLU(inplace=True),
             nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Linear(4096, classes))
 
     def forward(self, x):
@@ -36,9 +36,9 @@ class AlexNet(nn.Module):
 
 
 class VGG16(nn.Module):
-    """torchvision.models.vgg16 (configuration "D", no batch norm); `pool` as in AlexNet (7 x 7)."""
+    """torchvision.models.vgg16 (configuration "D", no batch norm); `pooled` as in AlexNet (7 here)."""
 
-    def __init__(self, classes=1000, pool=True, features=512 * 7 * 7):
+    def __init__(self, classes=1000, pooled=7):
         super().__init__()
         layers, cin = [], 3
         for v in [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]:
@@ -48,9 +48,9 @@ class VGG16(nn.Module):
                 layers += [nn.Conv2d(cin, v, 3, padding=1), nn.ReLU(inplace=True)]
                 cin = v
         self.features = nn.Sequential(*layers)
-        self.avgpool = nn.AdaptiveAvgPool2d((7, 7)) if pool else nn.Identity()
+        self.avgpool = nn.AdaptiveAvgPool2d((pooled, pooled))
         self.classifier = nn.Sequential(
-            nn.Linear(features, 4096), nn.ReLU(True), nn.Dropout(0.5),
+            nn.Linear(512 * pooled * pooled, 4096), nn.ReLU(True), nn.Dropout(0.5),
             nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(0.5), nn.Linear(4096, classes))
 
     def forward(self, x):
@@ -145,11 +145,13 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, cin, planes, stride=1, downsample=None):
+    def __init__(self, cin, planes, stride=1, downsample=None, groups=1, base_width=64):
         super().__init__()
-        self.conv1, self.bn1 = conv1x1(cin, planes), nn.BatchNorm2d(planes)
-        self.conv2, self.bn2 = conv3x3(planes, planes, stride), nn.BatchNorm2d(planes)
-        self.conv3, self.bn3 = conv1x1(planes, planes * 4), nn.BatchNorm2d(planes * 4)
+        width = int(planes * (base_width / 64.0)) * groups
+        self.conv1, self.bn1 = conv1x1(cin, width), nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, groups=groups, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3, self.bn3 = conv1x1(width, planes * 4), nn.BatchNorm2d(planes * 4)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
@@ -163,9 +165,10 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
     """torchvision.models.ResNet."""
 
-    def __init__(self, block, depths, classes=1000):
+    def __init__(self, block, depths, classes=1000, groups=1, width_per_group=64):
         super().__init__()
         self.inplanes = 64
+        self.widths = {} if block is not Bottleneck else {"groups": groups, "base_width": width_per_group}
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
@@ -180,9 +183,9 @@ class ResNet(nn.Module):
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(conv1x1(self.inplanes, planes * block.expansion, stride),
                                        nn.BatchNorm2d(planes * block.expansion))
-        layers = [block(self.inplanes, planes, stride, downsample)]
+        layers = [block(self.inplanes, planes, stride, downsample, **self.widths)]
         self.inplanes = planes * block.expansion
-        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
+        layers += [block(self.inplanes, planes, **self.widths) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
     def forward(self, x):

@@ -120,7 +120,55 @@ def _any(v, what):
     return v
 
 
-COERCE = {"int": _int, "ints": _ints, "float": _float, "bool": _bool, "str": _str, "pad": _pad, "shape": _shape, "any": _any}
+# Initialisers: a preset name, or a call with numbers written as the canonical text "normal(0.02)"
+# (the builtins normal(...), uniform(...), ... of .alm make that text).
+INIT_PRESETS = ("auto", "he", "he_uniform", "glorot", "glorot_normal", "normal", "uniform_fan_in", "zeros", "ones")
+INIT_CONSTANT = "constant"  # also the name of the op of scalar constants: init.py names it through this
+INIT_CALLS = {"normal": ("std",), "uniform": ("low", "high"), "trunc_normal": ("std",), INIT_CONSTANT: ("value",)}
+
+
+def parse_init(text: str) -> tuple[str, tuple[float, ...]]:
+    """(kind, arguments) of an initialiser; ValueError with a user message when it is none."""
+    if text in INIT_PRESETS:
+        return text, ()
+    kind, _, rest = text.partition("(")
+    if kind in INIT_CALLS and rest.endswith(")"):
+        try:
+            args = tuple(float(x) for x in rest[:-1].split(",")) if rest[:-1].strip() else ()
+        except ValueError:
+            args = None
+        names = INIT_CALLS[kind]
+        if args is not None and len(args) == len(names) and all(abs(x) < 1e30 for x in args):
+            if kind in ("normal", "trunc_normal") and not args[0] > 0:
+                raise ValueError(f"the std must be positive, got {format_value(args[0])}")
+            if kind == "uniform" and not args[0] < args[1]:
+                raise ValueError(f"needs low < high, got uniform({args[0]:g}, {args[1]:g})")
+            return kind, args
+        raise ValueError(f"{kind} takes {len(names)} number{'s' * (len(names) > 1)}: {kind}({', '.join(names)})")
+    calls = ", ".join(f"{k}({', '.join(v)})" for k, v in INIT_CALLS.items())
+    raise ValueError(f"an initialiser is one of {', '.join(map(format_value, INIT_PRESETS))} or a call "
+                     f"{calls}; got {format_value(text)}")
+
+
+def weight_inits() -> tuple:
+    """The `init` and `bias_init` arguments of a layer with a weight and a bias."""
+    return (Attr("init", "init", "auto", doc='the weight\'s initialiser: "auto" (He before a ReLU, else Glorot), '
+                                              'a preset or a call such as normal(0.02)'),
+            Attr("bias_init", "init", "zeros", doc="the bias's initialiser"))
+
+
+def _init(v, what):
+    if not isinstance(v, str):
+        raise TypeError(f"{what} expects an initialiser such as \"he\" or normal(0.02), got {describe_value(v)}")
+    try:
+        parse_init(v)
+    except ValueError as e:
+        raise TypeError(f"{what}: {e}") from None
+    return v
+
+
+COERCE = {"int": _int, "ints": _ints, "float": _float, "bool": _bool, "str": _str, "pad": _pad, "shape": _shape, "any": _any,
+          "init": _init}
 
 
 def coerce(attr: Attr, value, opname: str):

@@ -9,6 +9,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from ..errors import ShapeError
 from ..types import TensorType
 from . import conv_forms as forms
+from .attrs import weight_inits
 from .common import np_pad, per_axis, positive, resolve_pads, window_out
 from .conv_forms import ConvGeo
 from .registry import Attr, Op, Param, TorchModule, Window, register
@@ -60,7 +61,7 @@ def conv_params(types, a):
     ps = [Param("weight", (a.channels, cin // a.groups, *kernel), a.init,
                 fan_in=cin // a.groups * k, fan_out=a.channels // a.groups * k)]
     if a.bias:
-        ps.append(Param("bias", (a.channels,), "zeros"))
+        ps.append(Param("bias", (a.channels,), a.bias_init))
     return ps
 
 
@@ -325,7 +326,7 @@ register(Op(
            *WINDOW_ATTRS,
            Attr("groups", "int", 1, doc="grouped convolution; groups = channels is depthwise"),
            Attr("bias", "bool", True),
-           Attr("init", "str", "auto", ("auto", "he", "glorot", "normal", "uniform_fan_in"))),
+           *weight_inits()),
     shape=conv_shape, params=conv_params, lower=conv_lower, reference=conv_reference,
     macs=conv_macs, window=conv_window, grad=conv_grad, size_hint=conv_size_hint,
     out_channel_axis=lambda rank: 1, torch=TorchModule("ConvNd", "conv"),

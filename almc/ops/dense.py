@@ -8,6 +8,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..types import TensorType
+from .attrs import weight_inits
 from .registry import Attr, Op, Param, TorchModule, register
 
 
@@ -26,7 +27,7 @@ def dense_params(types, a):
     fin = types[0].dims[-1]
     ps = [Param("weight", (a.units, fin), a.init, fan_in=fin, fan_out=a.units)]
     if a.bias:
-        ps.append(Param("bias", (a.units,), "zeros"))
+        ps.append(Param("bias", (a.units,), a.bias_init))
     return ps
 
 
@@ -87,7 +88,7 @@ register(Op(
     name="dense", inputs=("x",), grad=dense_grad,
     out_channel_axis=lambda rank: rank - 1, torch=TorchModule("Linear", "fc"),
     attrs=(Attr("units", "int", doc="output features"), Attr("bias", "bool", True),
-           Attr("init", "str", "auto", ("auto", "he", "glorot", "normal", "uniform_fan_in"))),
+           *weight_inits()),
     shape=dense_shape, params=dense_params, lower=dense_lower, reference=dense_reference,
     macs=lambda types, out, a: out.per_example() * types[0].dims[-1],
     window=lambda types, a: "global",

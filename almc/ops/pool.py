@@ -328,3 +328,128 @@ register(Op(
     doc="Mean over every spatial axis; keeps them as size 1 ([N, C, 1, 1]).",
     examples=(((("f32", (2, 3, 5, 5)),), {}), ((("f32", (2, 4, 3, 2, 2)),), {})),
 ))
+
+
+# -- global max pooling and adaptive average pooling ------------------------------------------
+
+def _spatial(types):
+    return tuple(range(2, types[0].rank))
+
+
+register(Op(
+    name="global_maxpool", inputs=("x",), shape=gap_shape,
+    lower=lambda g, ins, p, a, types, out: g.node("GlobalMaxPool", [ins[0]], out=g.out),
+    reference=lambda xs, p, a: xs[0].max(axis=tuple(range(2, xs[0].ndim)), keepdims=True),
+    window=lambda types, a: "global", category="pooling",
+    grad=lambda d, n, gy: ([d.op("extreme_grad", [gy, n.inputs[0], n.id],
+                                 {"axis": _spatial([d.type(n.inputs[0])]), "keepdims": True})], {}),
+    doc="Largest value over every spatial axis; keeps them as size 1 ([N, C, 1, 1]).",
+    examples=(((("f32", (2, 3, 5, 5)),), {}), ((("f32", (2, 4, 7)),), {})),
+))
+
+
+def adaptive_matrix(n_out: int, n_in: int) -> np.ndarray:
+    """[n_out, n_in]: row i averages inputs floor(i n_in / n_out) to ceil((i + 1) n_in / n_out) - 1,
+    the windows of torch.nn.AdaptiveAvgPool (overlapping when n_out does not divide n_in)."""
+    m = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        lo, hi = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+        m[i, lo:hi] = 1 / (hi - lo)
+    return m
+
+
+def _adaptive_geometry(types, a):
+    x = types[0]
+    if x.rank not in (3, 4, 5) or any(isinstance(d, str) for d in x.dims[2:]):
+        raise ShapeError(f"adaptive_avgpool expects [N, C, spatial...] with known spatial sizes, got {x}")
+    size = per_axis(a.size, x.rank - 2, "size")
+    positive(size, "output size")
+    return list(x.dims[2:]), list(size)
+
+
+def _along(g, t, m, axis, rank, out):
+    """t with axis `axis` multiplied by the constant matrix m^T: MatMul on the last axis."""
+    matrix = g.const(f"matrix{axis}", m.T)
+    if axis == rank - 1:
+        return g.node("MatMul", [t, matrix], out=out)
+    perm = list(range(rank))
+    perm[axis], perm[-1] = perm[-1], perm[axis]
+    moved = g.node("MatMul", [g.node("Transpose", [t], perm=perm), matrix])
+    return g.node("Transpose", [moved], perm=perm, out=out)
+
+
+def _adaptive_lower(g, ins, p, a, types, out):
+    """AveragePool where every output size divides its input (equal windows), else a MatMul by the
+    averaging matrix along each axis that changes."""
+    size_in, size = _adaptive_geometry(types, a)
+    if size_in == size:  # the identity (AlexNet and VGG at 224): no node
+        return ins[0]
+    if all(i % o == 0 for i, o in zip(size_in, size)):
+        k = [i // o for i, o in zip(size_in, size)]
+        return g.node("AveragePool", [ins[0]], out=g.out, kernel_shape=k, strides=k)
+    rank = types[0].rank
+    axes = [2 + i for i, (n, m) in enumerate(zip(size_in, size)) if n != m]
+    t = ins[0]
+    for k, ax in enumerate(axes):
+        t = _along(g, t, adaptive_matrix(size[ax - 2], size_in[ax - 2]), ax, rank, g.out if k == len(axes) - 1 else None)
+    return t
+
+
+def _adaptive_reference(xs, p, a):
+    x = xs[0]
+    size = per_axis(a.size, x.ndim - 2, "size")
+    out = x.astype(np.float64)
+    for i, n_out in enumerate(size):  # each output the mean of its window, written out
+        n_in = out.shape[2 + i]
+        parts = [out.take(range((j * n_in) // n_out, -((-(j + 1) * n_in) // n_out)), axis=2 + i).mean(
+            axis=2 + i, keepdims=True) for j in range(n_out)]
+        out = np.concatenate(parts, axis=2 + i)
+    return out.astype(x.dtype)
+
+
+def _adaptive_grad_lower(g, ins, p, a, types, out):
+    size_in, size = a.size_in, a.size
+    rank = types[0].rank
+    axes = [2 + i for i, (n, m) in enumerate(zip(size_in, size)) if n != m]
+    t = ins[0]
+    if not axes:
+        return g.node("Identity", [t], out=g.out)
+    for k, ax in enumerate(axes):
+        t = _along(g, t, adaptive_matrix(size[ax - 2], size_in[ax - 2]).T, ax, rank,
+                   g.out if k == len(axes) - 1 else None)
+    return t
+
+
+def _adaptive_grad_reference(xs, p, a):
+    gy = xs[0].astype(np.float64)
+    for i, (n_in, n_out) in enumerate(zip(a.size_in, a.size)):
+        gy = np.moveaxis(np.tensordot(adaptive_matrix(n_out, n_in).T, np.moveaxis(gy, 2 + i, 0), axes=1), 0, 2 + i)
+    return gy.astype(xs[0].dtype)
+
+
+def _adaptive_grad(d, n, gy):
+    size_in, size = _adaptive_geometry([d.type(n.inputs[0])], n.attrs)
+    if size_in == size:
+        return [gy], {}
+    return [d.op("adaptive_avgpool_grad", [gy], {"size_in": tuple(size_in), "size": tuple(size)})], {}
+
+
+register(Op(
+    name="adaptive_avgpool_grad", inputs=("g",), attrs=(Attr("size_in", "any"), Attr("size", "any")),
+    shape=lambda types, a: types[0].with_dims((*types[0].dims[:2], *a.size_in)),
+    lower=_adaptive_grad_lower, reference=_adaptive_grad_reference, category="gradient",
+    doc="The gradient of adaptive_avgpool: each output's g shared equally over its window.",
+    examples=(((("f32", (2, 3, 3, 2)),), dict(size_in=(7, 4), size=(3, 2))),),
+))
+register(Op(
+    name="adaptive_avgpool", inputs=("x",), attrs=(Attr("size", "ints", doc="output size, an int or one per axis"),),
+    shape=lambda types, a: types[0].with_dims((*types[0].dims[:2], *_adaptive_geometry(types, a)[1])),
+    lower=_adaptive_lower, reference=_adaptive_reference, category="pooling",
+    window=lambda types, a: "global",
+    grad=lambda d, n, gy: _adaptive_grad(d, n, gy),
+    torch=TorchModule("AdaptiveAvgPoolNd"),
+    doc="Average pooling to a fixed output size, exactly as torch.nn.AdaptiveAvgPool1d/2d/3d at any input size "
+        "(output i averages inputs floor(i in / out) to ceil((i + 1) in / out) - 1).",
+    examples=(((("f32", (2, 3, 12, 8)),), dict(size=(6, 4))), ((("f32", (2, 3, 13, 5)),), dict(size=6)),
+              ((("f32", (2, 2, 3, 3)),), dict(size=(6, 2))), ((("f32", (2, 2, 7)),), dict(size=3))),
+))

@@ -258,7 +258,7 @@ register(Op(
 ))
 
 
-PARAMETER = "parameter"  # the op that reads a parameter as a tensor (regularisers, optimisers)
+PARAMETER = "read_param"  # the op that reads a parameter as a tensor (regularisers, optimisers)
 
 
 register(Op(

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..types import TensorType
+from .attrs import weight_inits
 from .common import np_pad, onnx_pads, per_axis, positive, resolve_pads
 from .conv import GEO_ATTRS, WINDOW_ATTRS, spatial_rank, window_grad
 from .registry import Attr, Op, Param, TorchModule, Window, register
@@ -80,7 +81,7 @@ def ct_params(types, a):
     ps = [Param("weight", (cin, a.channels // a.groups, *kernel), a.init,
                 fan_in=a.channels // a.groups * k, fan_out=cin // a.groups * k)]
     if a.bias:
-        ps.append(Param("bias", (a.channels,), "zeros"))
+        ps.append(Param("bias", (a.channels,), a.bias_init))
     return ps
 
 
@@ -199,7 +200,7 @@ register(Op(
            WINDOW_ATTRS[2],
            Attr("groups", "int", 1, doc="grouped transposed convolution"),
            Attr("bias", "bool", True),
-           Attr("init", "str", "auto", ("auto", "he", "glorot", "normal", "uniform_fan_in"))),
+           *weight_inits()),
     shape=ct_shape, params=ct_params, lower=ct_lower, reference=ct_reference, grad=ct_grad,
     torch=TorchModule("ConvTransposeNd", "upconv"),
     macs=lambda types, out, a: types[0].per_example() * (a.channels // a.groups) * prod(ct_geometry(types[0], a)[1]),

@@ -7,7 +7,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..types import TensorType, broadcast
-from .registry import Attr, Op, register
+from .registry import Attr, Op, Param, register
 
 
 def _matmul_shape(types, a):
@@ -252,4 +252,57 @@ register(Op(
     doc="The gradient of slice: zeros the shape of x, with g where the slice read.",
     examples=(((("f32", (2, 3, 3)), ("f32", (2, 5, 6))), dict(axes=(1, 2), starts=(1, 0), ends=(4, 6), steps=(1, 2))),
               ((("f32", (2, 2)), ("f32", (2, 7))), dict(axes=(1,), starts=(2,), ends=(7,), steps=(3,)))),
+))
+
+
+# -- free tensors: parameter (learned, or fixed when trainable = false) and broadcast -----------
+
+def _parameter_shape(types, a):
+    if not a.shape or any(d <= 0 for d in a.shape):
+        raise ShapeError(f"a parameter's shape needs positive sizes, got {tuple(a.shape)}")
+    return TensorType("f32", tuple(a.shape))
+
+
+def _parameter_params(types, a):
+    shape = tuple(a.shape)
+    field = int(np.prod(shape[2:])) if len(shape) > 2 else 1  # fans as torch.nn.init computes them
+    fan_in, fan_out = (shape[1] * field, shape[0] * field) if len(shape) > 1 else (shape[0], shape[0])
+    return [Param("value", shape, a.init, trainable=a.trainable, fan_in=fan_in, fan_out=fan_out)]
+
+
+register(Op(
+    name="parameter", inputs=(),
+    attrs=(Attr("shape", "shape", doc="its shape; no batch axis"),
+           Attr("init", "init", "zeros", doc='an initialiser: "zeros", normal(0.02), trunc_normal(0.02), ...'),
+           Attr("trainable", "bool", True, doc="false: drawn once at compile time and never trained (a buffer)")),
+    shape=_parameter_shape, params=_parameter_params,
+    lower=lambda g, ins, p, a, types, out: p["value"], reference=lambda xs, p, a: p["value"],
+    grad=lambda d, n, gy: ([], {"value": gy}), category="layer",
+    doc="A free tensor of the model, learned by training (a class token, a positional embedding), or, with "
+        "trainable = false, a fixed random tensor (random features). It has no batch axis: it broadcasts in "
+        "arithmetic, and broadcast(p, like) repeats it over the batch.",
+    examples=(((), dict(shape=(1, 3, 4)), {"symbolic_batch": False}),
+              ((), dict(shape=(5,), init="normal(0.5)", trainable=False), {"symbolic_batch": False})),
+))
+
+
+def _broadcast_shape(types, a):
+    x, like = types
+    try:
+        out = broadcast(x, like)
+    except ShapeError:
+        raise ShapeError(f"{x} does not broadcast to {like}") from None
+    if out.dims != like.dims:
+        raise ShapeError(f"{x} broadcast with {like} is {out}, larger than {like}")
+    return out
+
+
+register(Op(
+    name="broadcast", inputs=("x", "like"), shape=_broadcast_shape, grad_inputs=(0,),
+    lower=lambda g, ins, p, a, types, out: g.node("Expand", [ins[0], g.node("Shape", [ins[1]])], out=g.out),
+    reference=lambda xs, p, a: np.broadcast_to(xs[0], xs[1].shape).copy(),
+    grad=lambda d, n, gy: ([d.sum_to(gy, n.inputs[0]), None], {}), category="shape",
+    doc="x repeated (broadcast) to the shape of `like`, as torch's x.expand_as(like): "
+        "broadcast(class_token, x[:, :1]) gives [N, 1, D] from [1, 1, D].",
+    examples=(((("f32", (1, 4)), ("f32", (2, 1, 4))), {}), ((("f32", (3, 1)), ("f32", (2, 3, 5))), {})),
 ))
