@@ -30,6 +30,7 @@ from .ops.elementwise import OPERATORS
 from .ops.reduce import TENSOR_FORMS
 from .ops.registry import Attrs, all_ops, lookup, resolve_attrs, signature, user_callable
 from .ops.tensor import END as SLICE_END
+from .ops.tensor import pieces
 from .shapes import DEFAULT_LIMITS, infer_node
 from .types import DTYPES, TensorType
 
@@ -601,6 +602,8 @@ class Builder:
             return v
         if e.func in self.blocks:
             return self.call_block(self.blocks[e.func], e, frame, top)
+        if e.func in ("chunk", "split"):
+            return self.call_split(e, frame)
         op = lookup(e.func)
         if op is not None and not user_callable(op):
             return self.err(f"'{e.func}' is made by the compiler (for gradients, updates or constants) and cannot "
@@ -610,6 +613,43 @@ class Builder:
             return self.err(f"unknown op or block '{e.func}'", e.func_span,
                             did_you_mean(e.func, names, "see docs/language.md for the list of ops"))
         return self.call_op(op, e, frame, top)
+
+    def call_split(self, e: s.Call, frame: Frame):
+        """chunk(x, n, axis = -1) and split(x, sizes, axis = -1): a list of slices of x."""
+        usage = f"{e.func}(x, {'chunks' if e.func == 'chunk' else 'sizes'}, axis = -1)"
+        args = [self.eval(a, frame) for a in e.args]
+        kwargs = {kw.name: (kw, self.eval(kw.value, frame)) for kw in e.kwargs}
+        if _poisoned(*args, *(v for _, v in kwargs.values())):
+            return POISON
+        for name, (kw, _) in kwargs.items():
+            if name != "axis":
+                return self.err(f"{e.func} has no argument '{name}'", kw.span, usage)
+        if len(args) != 2 or not isinstance(args[0], Tensor):
+            return self.err(f"{e.func} takes a tensor and {'a number of chunks' if e.func == 'chunk' else 'sizes'}",
+                            e.span, usage)
+        axis_v = kwargs["axis"][1] if "axis" in kwargs else -1
+        t = self.graph.node(args[0].id).type
+        if isinstance(axis_v, bool) or not isinstance(axis_v, int) or not -t.rank <= axis_v < t.rank:
+            return self.err(f"{e.func}'s axis must be an axis of {t}, got {describe(axis_v)}",
+                            kwargs["axis"][0].span if "axis" in kwargs else e.span)
+        axis = axis_v % t.rank
+        if axis == 0 and isinstance(t.dims[0], str):
+            return self.err(f"{e.func} cannot split the batch axis {t.dims[0]}", e.span, usage)
+        if isinstance(t.dims[axis], str):
+            return self.err(f"{e.func} needs the size of the axis known, got axis {axis} of {t}", e.span)
+        try:
+            spans = pieces(e.func, t.dims[axis], args[1])
+        except ShapeError as x:
+            return self.err(x.message, e.args[1].span)
+        out = []
+        for start, end in spans:
+            piece = self.add_node("slice", [args[0].id], Attrs(axes=(axis,), starts=(start,), ends=(end,), steps=(1,)),
+                                  e.span, None, "")
+            if piece is POISON:
+                return POISON
+            out.append(piece)
+        self.spend(len(out), e.span)
+        return tuple(out)
 
     def call_tensor_form(self, e: s.Call, args, kwargs, top):
         """min, max and abs of tensors: max(x) and max(x, axis = 1) reduce, max(a, b, ...) is the

@@ -100,3 +100,41 @@ def test_bad_subscripts_are_located(expr, message):
         almc.load(src)
     d = e.value.diagnostics[0]
     assert f"{d.span.line - 3}:{d.span.col}: {d.message}" == message
+
+
+def test_chunk_and_split_give_torch_s_pieces():
+    torch = pytest.importorskip("torch")
+    m = almc.load("""
+model M {
+    input x: f32[N, 5, 14]
+    q, k, v = chunk(x, 3)
+    a, b = split(x, (2, 3), axis = 1)
+    pieces = split(x, 4)
+    output y = concat(q, k, v, axis = -1)
+    output vv = v
+    output bb = b
+    output last = pieces[3]
+    output n = stack(pieces[0], pieces[1], pieces[2], axis = -1)
+}""")
+    x = np.random.default_rng(0).standard_normal((2, 5, 14)).astype(np.float32)
+    got = m.run({"x": x}, device="cpu")
+    t = torch.from_numpy(x)
+    q, k, v = torch.chunk(t, 3, dim=-1)  # 5, 5, 4
+    assert v.shape[-1] == 4
+    np.testing.assert_array_equal(got["y"], x)
+    np.testing.assert_array_equal(got["vv"], v.numpy())
+    np.testing.assert_array_equal(got["bb"], torch.split(t, (2, 3), dim=1)[1].numpy())
+    parts = torch.split(t, 4, dim=-1)
+    np.testing.assert_array_equal(got["last"], parts[3].numpy())
+    np.testing.assert_array_equal(got["n"], torch.stack(parts[:3], -1).numpy())
+
+
+@pytest.mark.parametrize("expr,message", [
+    ("chunk(x, 0, axis = 1)", "1:10: chunk needs a positive number of chunks, got 0"),
+    ("split(x, (2, 2), axis = 1)", "1:10: split sizes [2, 2] add up to 4, not to the axis size 5"),
+    ("split(x, 2, axis = 0)", "1:1: split cannot split the batch axis N"),
+    ("chunk(x, 2, axis = 2)", "1:1: chunk needs the size of the axis known, got axis 2 of f32[N, 5, T]"),
+    ("chunk(x, 2, dim = 1)", "1:13: chunk has no argument 'dim'"),
+])
+def test_bad_chunks_are_located(expr, message):
+    test_bad_subscripts_are_located(expr, message)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ShapeError
-from .registry import Attr, Op, register
+from .registry import Attr, Op, Param, TorchModule, register
 
 
 def same(types, a):
@@ -117,3 +117,66 @@ _backward("softmax_grad", lambda g, y, a: y * (g - (g * y).sum(axis=a.axis, keep
 _backward("log_softmax_grad", lambda g, y, a: g - np.exp(y) * g.sum(axis=a.axis, keepdims=True),
           _log_softmax_grad_onnx, (Attr("axis", "int", 1),), "g - exp(y) * sum(g), y the output")
 
+
+
+# -- prelu: a leaky relu whose slope is learned ----------------------------------------------
+
+def _slopes(types, a) -> int:
+    x = types[0]
+    if not a.per_channel:
+        return 1
+    if x.rank < 2 or isinstance(x.dims[1], str):
+        raise ShapeError(f"prelu with per_channel = true needs [N, C, ...] with a known C, got {x}")
+    return x.dims[1]
+
+
+def _slope_view(g, w, rank, per_channel):  # [C] -> [C, 1, ...] so that it broadcasts over axis 1
+    if not per_channel or rank <= 2:
+        return w
+    return g.node("Reshape", [w, g.const("per_channel", [-1] + [1] * (rank - 2), np.int64)])
+
+
+def _np_slope(w, ndim, per_channel):
+    return w.reshape(-1, *[1] * (ndim - 2)) if per_channel and ndim > 2 else w
+
+
+def _prelu_grad(d, n, gy):
+    x, a = n.inputs[0], n.attrs
+    rank = d.type(x).rank
+    w = d.param("weight")
+    gx = d.op("prelu_grad", [gy, x, w], {"per_channel": a.per_channel}) if d.wants(x) else None
+    below = d.op("mul", [gy, d.op("minimum", [x, d.const(0.0)])])  # dy/dw = min(x, 0)
+    gw = (d.op("sum", [below], {"axis": (0, *range(2, rank))}) if a.per_channel and rank > 1
+          else d.sum_to(below, w))
+    return [gx], {"weight": gw}
+
+
+register(Op(
+    name="prelu", inputs=("x",), attrs=(Attr("per_channel", "bool", False, doc="one slope per channel (axis 1)"),),
+    shape=lambda types, a: (_slopes(types, a), types[0])[1],
+    params=lambda types, a: [Param("weight", (_slopes(types, a),), "constant(0.25)")],
+    lower=lambda g, ins, p, a, types, out: g.node(
+        "PRelu", [ins[0], _slope_view(g, p["weight"], types[0].rank, a.per_channel)], out=g.out),
+    reference=lambda xs, p, a: np.where(xs[0] > 0, xs[0], _np_slope(p["weight"], xs[0].ndim, a.per_channel) * xs[0]),
+    grad=_prelu_grad, init_before="he", category="activation", torch=TorchModule("PReLU", "prelu"),
+    doc="x if x > 0 else w * x with a learned slope w (0.25 at first), one for all or one per channel, as "
+        "torch.nn.PReLU(num_parameters = 1 or C).",
+    examples=(((("f32", (2, 3, 4, 4)),), {}), ((("f32", (2, 3, 4, 4)),), dict(per_channel=True)),
+              ((("f32", (3, 5)),), dict(per_channel=True))),
+))
+
+
+def _prelu_grad_lower(g, ins, p, a, types, out):  # g where x > 0, else g * w
+    gy, x, w = ins
+    slope = _slope_view(g, w, types[1].rank, a.per_channel)
+    return g.node("Where", [g.node("Greater", [x, g.const("zero", 0.0)]), gy, g.node("Mul", [gy, slope])], out=g.out)
+
+
+register(Op(
+    name="prelu_grad", inputs=("g", "x", "w"), attrs=(Attr("per_channel", "bool", False),),
+    shape=lambda types, a: types[1], lower=_prelu_grad_lower,
+    reference=lambda xs, p, a: np.where(xs[1] > 0, xs[0], xs[0] * _np_slope(xs[2], xs[1].ndim, a.per_channel)),
+    category="gradient", doc="The input gradient of prelu: g if x > 0, else g * w.",
+    examples=(((("f32", (2, 3, 4)), ("f32", (2, 3, 4)), ("f32", (1,))), {}),
+              ((("f32", (2, 3, 4)), ("f32", (2, 3, 4)), ("f32", (3,))), dict(per_channel=True))),
+))

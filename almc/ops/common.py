@@ -1,4 +1,5 @@
-"""Arithmetic shared by the sliding-window ops (conv, pooling, transposed conv)."""
+"""Arithmetic shared by the sliding-window ops (conv, pooling, transposed conv), and a MatMul
+along one axis by a constant matrix (adaptive pooling, padding's gradient)."""
 from __future__ import annotations
 
 from math import ceil, floor
@@ -77,3 +78,14 @@ def np_pad(x, pads, value=0.0):
     import numpy as np
 
     return np.pad(x, [(0, 0), (0, 0)] + [tuple(p) for p in pads], constant_values=value)
+
+
+def matmul_along(g, t, m, axis, rank, out):
+    """m [out, in] applied along axis `axis` of t (y = m x there): one MatMul, on the last axis."""
+    matrix = g.const(f"matrix{axis}", m.T)
+    if axis == rank - 1:
+        return g.node("MatMul", [t, matrix], out=out)
+    perm = list(range(rank))
+    perm[axis], perm[-1] = perm[-1], perm[axis]
+    moved = g.node("MatMul", [g.node("Transpose", [t], perm=perm), matrix])
+    return g.node("Transpose", [moved], perm=perm, out=out)

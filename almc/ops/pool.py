@@ -6,7 +6,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ..errors import ShapeError
 from ..types import TensorType
-from .common import onnx_pads, per_axis, positive, resolve_pads, window_out
+from .common import matmul_along, onnx_pads, per_axis, positive, resolve_pads, window_out
 from .registry import REWRITES, Attr, Op, TorchModule, Window, register
 
 
@@ -367,17 +367,6 @@ def _adaptive_geometry(types, a):
     return list(x.dims[2:]), list(size)
 
 
-def _along(g, t, m, axis, rank, out):
-    """t with axis `axis` multiplied by the constant matrix m^T: MatMul on the last axis."""
-    matrix = g.const(f"matrix{axis}", m.T)
-    if axis == rank - 1:
-        return g.node("MatMul", [t, matrix], out=out)
-    perm = list(range(rank))
-    perm[axis], perm[-1] = perm[-1], perm[axis]
-    moved = g.node("MatMul", [g.node("Transpose", [t], perm=perm), matrix])
-    return g.node("Transpose", [moved], perm=perm, out=out)
-
-
 def _adaptive_lower(g, ins, p, a, types, out):
     """AveragePool where every output size divides its input (equal windows), else a MatMul by the
     averaging matrix along each axis that changes."""
@@ -391,7 +380,7 @@ def _adaptive_lower(g, ins, p, a, types, out):
     axes = [2 + i for i, (n, m) in enumerate(zip(size_in, size)) if n != m]
     t = ins[0]
     for k, ax in enumerate(axes):
-        t = _along(g, t, adaptive_matrix(size[ax - 2], size_in[ax - 2]), ax, rank, g.out if k == len(axes) - 1 else None)
+        t = matmul_along(g, t, adaptive_matrix(size[ax - 2], size_in[ax - 2]), ax, rank, g.out if k == len(axes) - 1 else None)
     return t
 
 
@@ -415,7 +404,7 @@ def _adaptive_grad_lower(g, ins, p, a, types, out):
     if not axes:
         return g.node("Identity", [t], out=g.out)
     for k, ax in enumerate(axes):
-        t = _along(g, t, adaptive_matrix(size[ax - 2], size_in[ax - 2]).T, ax, rank,
+        t = matmul_along(g, t, adaptive_matrix(size[ax - 2], size_in[ax - 2]).T, ax, rank,
                    g.out if k == len(axes) - 1 else None)
     return t
 

@@ -7,6 +7,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..types import TensorType, broadcast
+from .common import matmul_along, per_axis
 from .registry import Attr, Op, Param, register
 
 
@@ -306,3 +307,175 @@ register(Op(
         "broadcast(class_token, x[:, :1]) gives [N, 1, D] from [1, 1, D].",
     examples=(((("f32", (1, 4)), ("f32", (2, 1, 4))), {}), ((("f32", (3, 1)), ("f32", (2, 3, 5))), {})),
 ))
+
+
+# -- stack and pad ---------------------------------------------------------------------
+
+def _stack_shape(types, a):
+    first = types[0]
+    if any(t != first for t in types):
+        raise ShapeError(f"stack needs tensors of one type, got {', '.join(map(str, types))}")
+    axis = _axis(first, a.axis, "stack", extra=1)
+    return first.with_dims(first.dims[:axis] + (len(types),) + first.dims[axis:])
+
+
+def _stack_lower(g, ins, p, a, types, out):
+    axis = _axis(types[0], a.axis, "stack", extra=1)
+    axes = _ints(g, "axes", [axis])
+    return g.node("Concat", [g.node("Unsqueeze", [x, axes]) for x in ins], out=g.out, axis=axis)
+
+
+def _stack_grad(d, n, gy):
+    axis = _axis(d.type(n.inputs[0]), n.attrs.axis, "stack", extra=1)
+    return [d.op("squeeze", [d.op("slice_axis", [gy], {"axis": axis, "start": k, "end": k + 1})], {"axis": axis})
+            if d.wants(x) else None for k, x in enumerate(n.inputs)], {}
+
+
+register(Op(
+    name="stack", inputs=("xs",), variadic=True, attrs=(Attr("axis", "int", 1),), shape=_stack_shape,
+    lower=_stack_lower, reference=lambda xs, p, a: np.stack(xs, axis=a.axis), grad=_stack_grad, category="shape",
+    doc="Joins tensors of one shape along a new axis (1 by default), as torch.stack: stack(a, b, c) or "
+        "stack(list) of [N, F] gives [N, 3, F].",
+    examples=(((("f32", (2, 3)), ("f32", (2, 3)), ("f32", (2, 3))), {}),
+              ((("f32", (2, 4, 5)), ("f32", (2, 4, 5))), dict(axis=-1))),
+))
+
+PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge"}  # almc's name: ONNX's
+
+
+def _pad_pairs(x: TensorType, a) -> list[tuple[int, int]]:
+    """(begin, end) per spatial axis of [N, C, spatial...]."""
+    n = x.rank - 2
+    if n < 1:
+        raise ShapeError(f"pad expects [N, C, spatial...], got {x}")
+    if isinstance(a.pads, str):
+        raise ShapeError(f'pad takes sizes, not "{a.pads}"')
+    if isinstance(a.pads, tuple) and a.pads and isinstance(a.pads[0], tuple):
+        if len(a.pads) != n:
+            raise ShapeError(f"pad has {len(a.pads)} (begin, end) pairs but {x} has {n} spatial axes")
+        pairs = [tuple(p) for p in a.pads]
+    else:
+        pairs = [(p, p) for p in per_axis(a.pads, n, "pads")]
+    for i, (b, e) in enumerate(pairs):
+        size = x.dims[2 + i]
+        if b < 0 or e < 0:
+            raise ShapeError(f"pad sizes must be non-negative, got {a.pads}")
+        if isinstance(size, str) and a.mode != "constant" and (b or e):
+            raise ShapeError(f'pad mode "{a.mode}" needs known spatial sizes, got {x}')
+        if a.mode == "reflect" and isinstance(size, int) and max(b, e) >= size:
+            raise ShapeError(f"reflect padding ({max(b, e)}) must be smaller than the size {size} of {x}")
+    return pairs
+
+
+def _pad_shape(types, a):
+    x = types[0]
+    pairs = _pad_pairs(x, a)
+    return x.with_dims((*x.dims[:2], *(d + b + e if isinstance(d, int) else (d if not b + e else f"{d}+{b + e}")
+                                       for d, (b, e) in zip(x.dims[2:], pairs))))
+
+
+def _pad_lower(g, ins, p, a, types, out):
+    pairs = _pad_pairs(types[0], a)
+    pads = [0, 0, *(b for b, _ in pairs), 0, 0, *(e for _, e in pairs)]
+    args = [ins[0], _ints(g, "pads", pads)] + ([g.const("value", a.value)] if a.mode == "constant" else [])
+    return g.node("Pad", args, out=g.out, mode=PAD_MODES[a.mode])
+
+
+def pad_matrix(n_in: int, before: int, after: int, mode: str) -> np.ndarray:
+    """[n_in + before + after, n_in]: which input each padded position copies (none for constant)."""
+    m = np.zeros((n_in + before + after, n_in))
+    for j in range(m.shape[0]):
+        i = j - before
+        if mode == "replicate":
+            i = min(max(i, 0), n_in - 1)
+        elif mode == "reflect":
+            i = -i if i < 0 else (2 * (n_in - 1) - i if i >= n_in else i)
+        if 0 <= i < n_in:
+            m[j, i] = 1
+    return m
+
+
+def _pad_grad(d, n, gy):
+    return [d.op("pad_grad", [gy, n.inputs[0]], n.attrs)], {}
+
+
+def _pad_grad_lower(g, ins, p, a, types, out):  # g along each padded axis times the copy matrix^T
+    x = types[1]
+    pairs = _pad_pairs(x, a)
+    axes = [i for i, (b, e) in enumerate(pairs) if b or e]
+    if not axes:
+        return g.node("Identity", [ins[0]], out=g.out)
+    if a.mode == "constant":  # the inside: a Slice
+        starts = [pairs[i][0] for i in axes]
+        ends = [-pairs[i][1] if pairs[i][1] else END for i in axes]
+        return g.node("Slice", [ins[0], _ints(g, "starts", starts), _ints(g, "ends", ends),
+                                _ints(g, "axes", [2 + i for i in axes])], out=g.out)
+    t = ins[0]
+    for k, i in enumerate(axes):
+        m = pad_matrix(x.dims[2 + i], *pairs[i], a.mode)
+        t = matmul_along(g, t, m.T, 2 + i, x.rank, g.out if k == len(axes) - 1 else None)
+    return t
+
+
+def _pad_reference(xs, p, a):
+    x = xs[0]
+    pairs = [(0, 0), (0, 0), *_pad_pairs(TensorType("f32", x.shape), a)]
+    if a.mode == "constant":
+        return np.pad(x, pairs, constant_values=a.value)
+    return np.pad(x, pairs, mode={"reflect": "reflect", "replicate": "edge"}[a.mode])
+
+
+def _pad_grad_reference(xs, p, a):
+    gy, x = xs
+    out = gy.astype(np.float64)
+    for i, (b, e) in enumerate(_pad_pairs(TensorType("f32", x.shape), a)):
+        m = pad_matrix(x.shape[2 + i], b, e, a.mode)
+        out = np.moveaxis(np.tensordot(m.T, np.moveaxis(out, 2 + i, 0), axes=1), 0, 2 + i)
+    return out.astype(np.result_type(gy, x))
+
+
+PAD_ATTRS = (Attr("pads", "pad", doc="per spatial axis: an int, one per axis, or (begin, end) pairs"),
+             Attr("mode", "str", "constant", tuple(PAD_MODES)), Attr("value", "float", 0.0))
+register(Op(
+    name="pad", inputs=("x",), attrs=PAD_ATTRS, shape=_pad_shape, lower=_pad_lower, reference=_pad_reference,
+    grad=_pad_grad, category="shape",
+    doc='Pads the spatial axes of [N, C, spatial...]: mode "constant" (with value), "reflect" (the edge not '
+        'repeated) or "replicate" (the edge repeated), as torch.nn.functional.pad; pad(x, ((1, 2), (0, 3))).',
+    examples=(((("f32", (2, 3, 4, 5)),), dict(pads=1)), ((("f32", (2, 2, 5, 4)),), dict(pads=((1, 2), (0, 3)), value=0.5)),
+              ((("f32", (2, 2, 5, 4)),), dict(pads=((1, 2), (3, 0)), mode="reflect")),
+              ((("f32", (2, 2, 5)),), dict(pads=((2, 3),), mode="replicate"))),
+))
+register(Op(
+    name="pad_grad", inputs=("g", "x"), attrs=PAD_ATTRS, shape=lambda types, a: types[1], lower=_pad_grad_lower,
+    reference=_pad_grad_reference, category="gradient",
+    doc="The gradient of pad: the inside of g (constant), plus what each padded position copied (reflect, replicate).",
+    examples=(((("f32", (2, 3, 6, 7)), ("f32", (2, 3, 4, 5))), dict(pads=1)),
+              ((("f32", (2, 2, 8, 7)), ("f32", (2, 2, 5, 4))), dict(pads=((1, 2), (3, 0)), mode="reflect")),
+              ((("f32", (2, 2, 10)), ("f32", (2, 2, 5))), dict(pads=((2, 3),), mode="replicate"))),
+))
+
+
+# -- chunk and split: several slices at once (build makes one slice node per piece) ------------
+
+def pieces(kind: str, size, arg) -> list[tuple[int, int]]:
+    """[(start, end)] of chunk(x, n) or split(x, sizes) along an axis of `size`, as torch.chunk
+    (pieces of ceil(size / n), the last one smaller, maybe fewer than n) and torch.split (an int:
+    pieces of that size; a list: those sizes, which must add up to the axis)."""
+    if isinstance(size, str):
+        raise ShapeError(f"{kind} needs the size of the axis known, got {size}")
+    if kind == "chunk":
+        if isinstance(arg, bool) or not isinstance(arg, int) or arg <= 0:
+            raise ShapeError(f"chunk needs a positive number of chunks, got {arg!r}")
+        step = -(-size // arg)
+        return [(s, min(s + step, size)) for s in range(0, size, step)]
+    if isinstance(arg, int) and not isinstance(arg, bool):
+        if arg <= 0:
+            raise ShapeError(f"split needs a positive piece size, got {arg}")
+        return [(s, min(s + arg, size)) for s in range(0, size, arg)]
+    if not isinstance(arg, tuple) or not arg or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                                        for v in arg):
+        raise ShapeError(f"split takes a piece size or a list of positive sizes, got {arg!r}")
+    if sum(arg) != size:
+        raise ShapeError(f"split sizes {list(arg)} add up to {sum(arg)}, not to the axis size {size}")
+    ends = np.cumsum(arg).tolist()
+    return [(e - v, e) for v, e in zip(arg, ends)]
