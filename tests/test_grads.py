@@ -16,7 +16,7 @@ from almc.shapes import infer_node
 from almc.types import TensorType
 
 CASES = [(name, i, ex) for name, op in sorted(all_ops().items()) if op.grad is not None
-         for i, ex in enumerate(op.examples)]
+         for i, ex in enumerate(op.examples) if (ex[2:] or [{}])[0].get("finite_differences", True)]
 
 
 def with_loss(g):

@@ -1,5 +1,5 @@
 """std/transformer.alm against torch.nn: multi-head self-attention and the encoder layer
-(post-norm and pre-norm, relu and gelu), PyTorch's weights copied in by the names its modules
+(post-norm and pre-norm, relu and gelu, causal or not), PyTorch's weights copied in by the names its modules
 give them; outputs and the gradients of sum(y * r) (the gradient graph lowered to ONNX and run
 in onnxruntime) to 1e-4 relative."""
 from __future__ import annotations
@@ -38,11 +38,16 @@ CASES = [
        (lambda act=act, nf=nf: torch.nn.TransformerEncoderLayer(DIM, HEADS, FF, activation=act, batch_first=True,
                                                                norm_first=nf)), torch_order(nf))
       for act in ("relu", "gelu") for nf in (False, True)],
+    ("multi_head_attention(x, 4, causal = true)", "causal",
+     lambda: torch.nn.MultiheadAttention(DIM, HEADS, batch_first=True),
+     ["in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"]),
+    ('encoder_layer(x, 4, 32, norm_first = true, causal = true)', "causal",
+     lambda: torch.nn.TransformerEncoderLayer(DIM, HEADS, FF, batch_first=True, norm_first=True), torch_order(True)),
 ]
 
 
-@pytest.mark.parametrize("call,_,module,names", CASES, ids=[c[0].split("(")[0] + f"-{i}" for i, c in enumerate(CASES)])
-def test_matches_torch(call, _, module, names, tmp_path):
+@pytest.mark.parametrize("call,mask,module,names", CASES, ids=[c[0].split("(")[0] + f"-{i}" for i, c in enumerate(CASES)])
+def test_matches_torch(call, mask, module, names, tmp_path):
     torch.manual_seed(0)
     mod = module().double().eval()
     with torch.no_grad():  # non-trivial norms and biases
@@ -59,7 +64,11 @@ def test_matches_torch(call, _, module, names, tmp_path):
     x = rng.standard_normal((3, L, DIM)).astype(np.float32)
     r = rng.standard_normal((3, L, DIM)).astype(np.float32)
     xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
-    yt = mod(xt, xt, xt, need_weights=False)[0] if isinstance(mod, torch.nn.MultiheadAttention) else mod(xt)
+    future = torch.nn.Transformer.generate_square_subsequent_mask(L, dtype=torch.float64) if mask else None
+    if isinstance(mod, torch.nn.MultiheadAttention):
+        yt = mod(xt, xt, xt, attn_mask=future, need_weights=False)[0]
+    else:
+        yt = mod(xt, src_mask=future, is_causal=mask is not None)
     (yt * torch.from_numpy(r).double()).sum().backward()
 
     g = m.graph.copy()

@@ -479,3 +479,39 @@ def pieces(kind: str, size, arg) -> list[tuple[int, int]]:
         raise ShapeError(f"split sizes {list(arg)} add up to {sum(arg)}, not to the axis size {size}")
     ends = np.cumsum(arg).tolist()
     return [(e - v, e) for v, e in zip(arg, ends)]
+
+
+# -- causal masking: the scores a position may not see (later positions) ------------------------
+
+def _future(n: int) -> np.ndarray:
+    return np.triu(np.ones((n, n), bool), k=1)
+
+
+def _causal_shape(types, a):
+    x = types[0]
+    if x.rank < 2 or isinstance(x.dims[-1], str) or x.dims[-1] != x.dims[-2]:
+        raise ShapeError(f"causal_mask expects scores [..., L, L] with a known length L, got {x}")
+    return x
+
+
+register(Op(
+    name="causal_mask", inputs=("x",), shape=_causal_shape,
+    lower=lambda g, ins, p, a, types, out: g.node(
+        "Where", [g.const("future", _future(types[0].dims[-1]), np.bool_), g.const("minus_inf", -np.inf), ins[0]],
+        out=g.out),
+    reference=lambda xs, p, a: np.where(_future(xs[0].shape[-1]), -np.inf, xs[0]).astype(xs[0].dtype),
+    grad=lambda d, n, gy: ([d.op("causal_mask_grad", [gy])], {}), category="math",
+    doc="Attention scores [..., L, L] with every entry above the diagonal (a later key) set to -inf, so that "
+        "softmax gives it no weight: causal (decoder) self-attention.",
+    # -inf in y * r defeats finite differences; tests/test_transformer.py checks the gradient against PyTorch
+    examples=(((("f32", (2, 3, 4, 4)),), {}, {"finite_differences": False}),
+              ((("f32", (2, 5, 5)),), {}, {"finite_differences": False})),
+))
+register(Op(
+    name="causal_mask_grad", inputs=("g",), shape=_causal_shape,
+    lower=lambda g, ins, p, a, types, out: g.node(
+        "Where", [g.const("future", _future(types[0].dims[-1]), np.bool_), g.const("zero", 0.0), ins[0]], out=g.out),
+    reference=lambda xs, p, a: np.where(_future(xs[0].shape[-1]), 0, xs[0]).astype(xs[0].dtype),
+    category="gradient", doc="The gradient of causal_mask: g, zero above the diagonal.",
+    examples=(((("f32", (2, 3, 4, 4)),), {}),),
+))
