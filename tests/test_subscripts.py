@@ -138,3 +138,40 @@ model M {
 ])
 def test_bad_chunks_are_located(expr, message):
     test_bad_subscripts_are_located(expr, message)
+
+
+def test_reshape_keeps_one_symbolic_size():
+    m = almc.load("""
+model M {
+    input x: f32[N, T, 12]
+    h = reshape(x, (x.shape[1], 3, 4))     # [N, T, 3, 4]
+    output y = reshape(permute(h, (0, 2, 1, 3)), (3, -1))   # [N, 3, T*4]
+    output z = reshape(h, (-1, 2))          # [N, T*6, 2]
+}""")
+    assert {k: str(v) for k, v in m.outputs.items()} == {"y": "f32[N, 3, T*4]", "z": "f32[N, T*6, 2]"}
+    for t in (2, 5):
+        x = np.random.default_rng(t).standard_normal((2, t, 12)).astype(np.float32)
+        got = m.run({"x": x}, device="cpu")
+        h = x.reshape(2, t, 3, 4)
+        np.testing.assert_array_equal(got["y"], h.transpose(0, 2, 1, 3).reshape(2, 3, -1))
+        np.testing.assert_array_equal(got["z"], h.reshape(2, -1, 2))
+        # d/dx sum(y * r) through both reshapes and the permute: r taken back to x's layout
+        r = np.random.default_rng(9).standard_normal(got["y"].shape).astype(np.float32)
+        g = m.graph.copy()
+        g.add(Node("r", INPUT, type=TensorType("f32", g.node("y").type.dims)))
+        g.add(Node("yr", "mul", ("y", "r"), Attrs(), type=g.node("y").type))
+        g.add(Node("loss", "sum", ("yr",), Attrs(axis=None, keepdims=False), type=TensorType("f32", ())))
+        dg, grads = differentiate(g, "loss", [], inputs=["x"])
+        dg.outputs = {"dx": grads["x"]}
+        ours, _ = run(lower(dg), {"x": x, "r": r}, device="cpu")
+        np.testing.assert_array_equal(ours["dx"], r.reshape(2, 3, t, 4).transpose(0, 2, 1, 3).reshape(2, t, 12))
+
+
+@pytest.mark.parametrize("expr,message", [
+    ("reshape(x, (x.shape[2], -1))", "1:1: reshape keeps at most one size unknown at compile time (a name or -1), "
+                                     "got ('T', -1)"),
+    ("reshape(x, (7, 4))", "1:1: reshape: cannot reshape f32[N, 5, T] into [N, 7, 4]"),
+    ("reshape(x, (\"S\", 5))", "1:1: reshape: the size S is not an axis of f32[N, 5, T]"),
+])
+def test_bad_symbolic_reshapes_are_located(expr, message):
+    test_bad_subscripts_are_located(expr, message)

@@ -116,6 +116,16 @@ def _shape(v, what):
     return tuple(_int(x, what) for x in v)
 
 
+def _dims(v, what):
+    """A shape whose sizes may be symbolic (a name such as "T", from x.shape) or -1."""
+    if not isinstance(v, tuple):
+        v = (v,)
+    for x in v:
+        if not isinstance(x, str):
+            _int(x, what)
+    return v
+
+
 def _any(v, what):
     return v
 
@@ -167,7 +177,7 @@ def _init(v, what):
     return v
 
 
-COERCE = {"int": _int, "ints": _ints, "float": _float, "bool": _bool, "str": _str, "pad": _pad, "shape": _shape, "any": _any,
+COERCE = {"int": _int, "ints": _ints, "float": _float, "bool": _bool, "str": _str, "pad": _pad, "shape": _shape, "dims": _dims, "any": _any,
           "init": _init}
 
 

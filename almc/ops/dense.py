@@ -80,8 +80,21 @@ register(Op(
 
 
 def reshape_back(d, n, gy):
-    """flatten / reshape: the gradient takes the input's shape back."""
-    return [d.op("reshape", [gy], {"shape": tuple(d.type(n.inputs[0]).dims[1:])})], {}
+    """flatten / reshape: the gradient takes the input's shape back (read at run time where sizes
+    are symbolic)."""
+    x = n.inputs[0]
+    if any(isinstance(dim, str) for dim in d.type(x).dims[1:]):
+        return [d.op("reshape_as", [gy, x])], {}
+    return [d.op("reshape", [gy], {"shape": tuple(d.type(x).dims[1:])})], {}
+
+
+register(Op(
+    name="reshape_as", inputs=("x", "like"), shape=lambda types, a: types[0].with_dims(types[1].dims),
+    lower=lambda g, ins, p, a, types, out: g.node("Reshape", [ins[0], g.node("Shape", [ins[1]])], out=g.out),
+    reference=lambda xs, p, a: xs[0].reshape(xs[1].shape), category="gradient",
+    doc="x reshaped to the shape of `like` (the gradient of a reshape with symbolic sizes).",
+    examples=(((("f32", (2, 12)), ("f32", (2, 3, 4))), {}),),
+))
 
 
 register(Op(
@@ -119,37 +132,55 @@ register(Op(
 ))
 
 
-def reshape_target(x: TensorType, shape):
-    per = x.per_example()
-    for d in x.dims[1:]:
-        if isinstance(d, str):
-            raise ShapeError(f"reshape needs known sizes after the batch axis, got {x}")
+def reshape_target(x: TensorType, shape) -> tuple:
+    """The per-example shape, its -1 resolved. Sizes may be symbolic (a name such as "T") when
+    one entry at most is not known at compile time: ONNX's Reshape and numpy infer that one."""
     if shape.count(-1) > 1:
         raise ShapeError("reshape allows at most one -1 in its shape")
-    known = prod(d for d in shape if d != -1)
-    if any(d == 0 or d < -1 for d in shape):
+    if any(not isinstance(d, str) and (d == 0 or d < -1) for d in shape):
         raise ShapeError(f"reshape sizes must be positive (or one -1), got {shape}")
+    have = [d for d in x.dims[1:] if isinstance(d, str)]
+    named = [d for d in shape if isinstance(d, str)]
+    if len(named) + (-1 in shape) > 1 and (have or named):
+        raise ShapeError(f"reshape keeps at most one size unknown at compile time (a name or -1), got {shape}")
+    for d in named:
+        if d not in have:
+            raise ShapeError(f"reshape: the size {d} is not an axis of {x}")
+    per = prod(d for d in x.dims[1:] if isinstance(d, int))
+    known = prod(d for d in shape if isinstance(d, int) and d != -1)
+    rest = list(have)
+    for d in named:
+        rest.remove(d)
     if -1 in shape:
         if per % known:
-            raise ShapeError(f"cannot reshape {per} elements per example into {shape}")
-        shape = tuple(per // known if d == -1 else d for d in shape)
-    if prod(shape) != per:
-        raise ShapeError(f"cannot reshape {x} ({per} elements per example) into [N, {', '.join(map(str, shape))}]")
-    return shape
+            raise ShapeError(f"cannot reshape {x} ({per} known elements per example) into {shape}")
+        k = per // known
+        fill = "*".join(rest + ([str(k)] if k != 1 or not rest else [])) if rest else k
+        return tuple(fill if d == -1 else d for d in shape)
+    if rest or per != known:
+        count = f" ({per} elements per example)" if not have else ""
+        raise ShapeError(f"cannot reshape {x}{count} into [{', '.join(map(str, (x.dims[0], *shape)))}]")
+    return tuple(shape)
 
 
 def reshape_lower(g, ins, p, a, types, out):
-    target = g.const("shape", [0, *reshape_target(types[0], a.shape)], np.int64)
-    return g.node("Reshape", [ins[0], target], out=g.out)
+    target = [d if isinstance(d, int) else -1 for d in reshape_target(types[0], a.shape)]  # one unknown: -1
+    return g.node("Reshape", [ins[0], g.const("shape", [0, *target], np.int64)], out=g.out)
+
+
+def _reshape_reference(xs, p, a):
+    return xs[0].reshape(xs[0].shape[0], *(-1 if isinstance(d, str) else d for d in a.shape))
 
 
 register(Op(
-    name="reshape", inputs=("x",), attrs=(Attr("shape", "shape", doc="per-example shape; the batch axis is kept"),),
+    name="reshape", inputs=("x",),
+    attrs=(Attr("shape", "dims", doc="per-example shape; the batch axis is kept; one size may be -1 or a name"),),
     grad=reshape_back,
     shape=lambda types, a: types[0].with_dims((types[0].dims[0], *reshape_target(types[0], a.shape))),
     lower=reshape_lower,
-    reference=lambda xs, p, a: xs[0].reshape(xs[0].shape[0], *a.shape),
+    reference=_reshape_reference,
     category="shape",
-    doc="Reshape each example; the batch axis stays: reshape(x, (16, 5, 5)) gives [N, 16, 5, 5].",
+    doc="Reshape each example; the batch axis stays: reshape(x, (16, 5, 5)) gives [N, 16, 5, 5]. One size may "
+        "be -1 or a symbolic size: reshape(x, (x.shape[1], 4, 3)) of [N, T, 12] gives [N, T, 4, 3].",
     examples=(((("f32", (2, 12)),), dict(shape=(3, 4))), ((("f32", (2, 3, 4)),), dict(shape=(-1,)))),
 ))
