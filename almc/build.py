@@ -673,15 +673,7 @@ class Builder:
         if len(args) != 1 or not isinstance(args[0], Tensor):
             return self.err(f"{e.func}() of a tensor takes one tensor" + (" and keyword arguments" if op.attrs else ""),
                             e.span, f"{e.func}({signature(op)})")
-        for name, (kw, _) in kwargs.items():
-            if op.attr(name) is None:
-                return self.err(f"{e.func} has no argument '{name}'", kw.span,
-                                did_you_mean(name, [x.name for x in op.attrs], f"{e.func}({signature(op)})"))
-        try:
-            resolved = resolve_attrs(op, {k: v for k, (_, v) in kwargs.items()})
-        except TypeError as x:
-            return self.err(x.args[0], kwargs[x.args[1]][0].value.span if len(x.args) > 1 else e.span)
-        return self.add_node(reduction, [args[0].id], resolved, e.span, top, self.source_text(e.args[0].span))
+        return self.bind_call(op, e, list(zip(e.args, args)), kwargs, top)
 
     def call_op(self, op, e: s.Call, frame: Frame, top):
         pos = [(a, self.eval(a, frame)) for a in e.args]
@@ -690,6 +682,11 @@ class Builder:
             if kw.name in kws:
                 return self.err(f"argument '{kw.name}' is given twice", kw.span)
             kws[kw.name] = (kw, self.eval(kw.value, frame))
+        return self.bind_call(op, e, pos, kws, top)
+
+    def bind_call(self, op, e: s.Call, pos: list, kws: dict, top):
+        """The node of a call of `op` whose arguments are evaluated: pos [(expr, value)] and
+        kws {name: (kwarg, value)}, checked against the op's signature."""
         tensors: list = []
         attrs: dict = {}
         if op.variadic:

@@ -73,19 +73,17 @@ def draw(init: str, shape, fan_in: int, fan_out: int, rng: np.random.Generator) 
                 break
             out[bad] = normal(rng, (bad.size,), args[0])
         return np.clip(out, -2 * args[0], 2 * args[0]).reshape(shape)
-    if kind in ("glorot", "uniform_fan_in", "he_uniform", "uniform"):
-        # uniform_fan_in: PyTorch's default for Linear / Conv / RNN; he_uniform: kaiming_uniform_(a = 0)
-        low, high = args if args else (None, None)
-        if not args:
-            high = {"glorot": np.sqrt(6.0 / (fan_in + fan_out)), "uniform_fan_in": 1.0 / np.sqrt(fan_in),
-                    "he_uniform": np.sqrt(6.0 / fan_in)}[kind]
-            low = -high
+    if kind == "uniform":
+        low, high = args
+        return (rng.random(shape, dtype=np.float32) * np.float32(high - low) + np.float32(low)).astype(np.float32)
+    if kind in ("glorot", "uniform_fan_in", "he_uniform"):
+        # U(-lim, lim). uniform_fan_in: PyTorch's default for Linear / Conv / RNN; he_uniform: kaiming_uniform_(a = 0)
+        lim = np.float32({"glorot": np.sqrt(6.0 / (fan_in + fan_out)), "uniform_fan_in": 1.0 / np.sqrt(fan_in),
+                          "he_uniform": np.sqrt(6.0 / fan_in)}[kind])
         a = rng.random(shape, dtype=np.float32)
-        if args:
-            return (a * np.float32(high - low) + np.float32(low)).astype(np.float32)
         a *= np.float32(2)
         a -= np.float32(1)
-        a *= np.float32(high)
+        a *= lim
         return a
     raise AssertionError(f"initialiser {init} is parsed but not drawn")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ShapeError
+from .norm import per_channel
 from .registry import Attr, Op, Param, TorchModule, register
 
 
@@ -136,8 +137,8 @@ def _slope_view(g, w, rank, per_channel):  # [C] -> [C, 1, ...] so that it broad
     return g.node("Reshape", [w, g.const("per_channel", [-1] + [1] * (rank - 2), np.int64)])
 
 
-def _np_slope(w, ndim, per_channel):
-    return w.reshape(-1, *[1] * (ndim - 2)) if per_channel and ndim > 2 else w
+def _np_slope(w, ndim, channels):
+    return per_channel(w, ndim) if channels else w
 
 
 def _prelu_grad(d, n, gy):

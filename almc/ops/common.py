@@ -89,3 +89,21 @@ def matmul_along(g, t, m, axis, rank, out):
     perm[axis], perm[-1] = perm[-1], perm[axis]
     moved = g.node("MatMul", [g.node("Transpose", [t], perm=perm), matrix])
     return g.node("Transpose", [moved], perm=perm, out=out)
+
+
+def matmul_along_axes(g, t, matrices: dict, rank: int) -> str:
+    """matmul_along for each {axis: m} in turn, the last result named g.out (Identity for none)."""
+    if not matrices:
+        return g.node("Identity", [t], out=g.out)
+    for k, (axis, m) in enumerate(matrices.items()):
+        t = matmul_along(g, t, m, axis, rank, g.out if k == len(matrices) - 1 else None)
+    return t
+
+
+def np_along_axes(x, matrices: dict):
+    """numpy: each {axis: m [out, in]} applied along its axis (y = m x there)."""
+    import numpy as np
+
+    for axis, m in matrices.items():
+        x = np.moveaxis(np.tensordot(m, np.moveaxis(x, axis, 0), axes=1), 0, axis)
+    return x

@@ -152,7 +152,7 @@ def reshape_target(x: TensorType, shape) -> tuple:
         if per % known:
             raise ShapeError(f"cannot reshape {x} ({per} known elements per example) into {shape}")
         k = per // known
-        fill = "*".join(rest + ([str(k)] if k != 1 or not rest else [])) if rest else k
+        fill = "*".join(rest + ([str(k)] if k != 1 else [])) if rest else k  # T, T*4, or a number
         return tuple(fill if d == -1 else d for d in shape)
     if rest or per != known:
         count = f" ({per} elements per example)" if not have else ""

@@ -42,8 +42,10 @@ def _div_grad(d, n, gy):  # d(a/b) = g/b, -g*a/b^2 = -(g/b) * y
 def _pick_grad(which):
     """maximum / minimum: the gradient goes to the operand picked, half to each on a tie (as PyTorch)."""
     def grad(d, n, gy):
+        def pick(x, y):
+            return d.sum_to(d.op("pick_grad", [gy, x, y], {"which": which}), x) if d.wants(x) else None
+
         a, b = n.inputs
-        pick = lambda x, y: d.sum_to(d.op("pick_grad", [gy, x, y], {"which": which}), x) if d.wants(x) else None  # noqa: E731
         return [pick(a, b), pick(b, a)], {}
     return grad
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..types import TensorType
+from .norm import per_channel
 from .registry import Attr, Op, Param, TorchModule, register
 
 EPS = Attr("eps", "float", 1e-5)
@@ -123,8 +124,9 @@ register(Op(
 
 # -- the three ops --------------------------------------------------------------------
 
-def normalisation(name, spec, lower, attrs, doc, examples, per_channel, torch_cls, affine_default=True):
-    """Register a normalisation; spec(x, a) -> (axes, groups, parameter shape)."""
+def normalisation(name, spec, lower, attrs, doc, examples, channels, torch_cls, affine_default=True):
+    """Register a normalisation; spec(x, a) -> (axes, groups, parameter shape). channels: the
+    weight and bias are per channel (axis 1); else they have the normalised axes' shape."""
     def shape(types, a):
         x = types[0]
         if not x.dtype.startswith("f"):
@@ -144,8 +146,8 @@ def normalisation(name, spec, lower, attrs, doc, examples, per_channel, torch_cl
         if not a.affine:
             return t
         w, b = p["weight"].astype(np.float64), p["bias"].astype(np.float64)
-        if per_channel:
-            w, b = (v.reshape(-1, *[1] * (rank - 2)) for v in (w, b))
+        if channels:
+            w, b = per_channel(w, rank), per_channel(b, rank)
         return t * w + b
 
     def reference(xs, p, a):
@@ -162,11 +164,11 @@ def normalisation(name, spec, lower, attrs, doc, examples, per_channel, torch_cl
         w = None
         if a.affine:
             w = d.param("weight")
-            for _ in range(rank - 2 if per_channel else 0):
+            for _ in range(rank - 2 if channels else 0):
                 w = d.op("unsqueeze", [w], {"axis": -1})
         grads = {}
         if a.affine:
-            outer = (0, *range(2, rank)) if per_channel else tuple(range(rank - len(d.type(w).dims)))
+            outer = (0, *range(2, rank)) if channels else tuple(range(rank - len(d.type(w).dims)))
             grads["weight"] = d.op("sum", [d.op("mul", [gy, d.op("norm_hat", [x], battrs)])], {"axis": outer})
             grads["bias"] = d.op("sum", [gy], {"axis": outer})
         gx = d.op("norm_grad", [d.op("mul", [gy, w]) if w else gy, x], battrs) if d.wants(x) else None
@@ -195,7 +197,7 @@ normalisation(
     "Normalises each example over its last `dims` axes, then weight * x + bias with weight and bias of those "
     "axes' shape, as torch.nn.LayerNorm(x.shape[-dims:]) (transformers: dims = 1).",
     (((("f32", (2, 5, 6)),), {}), ((("f32", (2, 3, 4, 4)),), dict(dims=3)), ((("f32", (3, 6)),), dict(affine=False))),
-    per_channel=False, torch_cls="LayerNorm")
+    channels=False, torch_cls="LayerNorm")
 normalisation(
     "group_norm", _group_spec,
     lambda g, ins, p, a, types, out: g.node(
@@ -206,7 +208,7 @@ normalisation(
     "weight and bias, as torch.nn.GroupNorm(groups, C).",
     (((("f32", (2, 4, 3, 3)),), dict(groups=2)), ((("f32", (2, 6, 5)),), dict(groups=3)),
      ((("f32", (2, 4, 3, 3)),), dict(groups=4, affine=False))),
-    per_channel=True, torch_cls="GroupNorm")
+    channels=True, torch_cls="GroupNorm")
 normalisation(
     "instance_norm", _instance_spec,
     lambda g, ins, p, a, types, out: g.node(
@@ -216,4 +218,4 @@ normalisation(
     "Normalises each channel of each example over its spatial axes, as torch.nn.InstanceNorm2d (no running "
     "statistics, so the same in training and inference); affine = true adds a per-channel weight and bias.",
     (((("f32", (2, 3, 4, 4)),), {}), ((("f32", (2, 3, 5)),), dict(affine=True))),
-    per_channel=True, torch_cls="InstanceNormNd", affine_default=False)
+    channels=True, torch_cls="InstanceNormNd", affine_default=False)

@@ -6,7 +6,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ..errors import ShapeError
 from ..types import TensorType
-from .common import matmul_along, onnx_pads, per_axis, positive, resolve_pads, window_out
+from .common import matmul_along_axes, np_along_axes, onnx_pads, per_axis, positive, resolve_pads, window_out
 from .registry import REWRITES, Attr, Op, TorchModule, Window, register
 
 
@@ -332,17 +332,13 @@ register(Op(
 
 # -- global max pooling and adaptive average pooling ------------------------------------------
 
-def _spatial(types):
-    return tuple(range(2, types[0].rank))
-
-
 register(Op(
     name="global_maxpool", inputs=("x",), shape=gap_shape,
     lower=lambda g, ins, p, a, types, out: g.node("GlobalMaxPool", [ins[0]], out=g.out),
     reference=lambda xs, p, a: xs[0].max(axis=tuple(range(2, xs[0].ndim)), keepdims=True),
     window=lambda types, a: "global", category="pooling",
     grad=lambda d, n, gy: ([d.op("extreme_grad", [gy, n.inputs[0], n.id],
-                                 {"axis": _spatial([d.type(n.inputs[0])]), "keepdims": True})], {}),
+                                 {"axis": tuple(range(2, d.type(n.inputs[0]).rank)), "keepdims": True})], {}),
     doc="Largest value over every spatial axis; keeps them as size 1 ([N, C, 1, 1]).",
     examples=(((("f32", (2, 3, 5, 5)),), {}), ((("f32", (2, 4, 7)),), {})),
 ))
@@ -376,12 +372,13 @@ def _adaptive_lower(g, ins, p, a, types, out):
     if all(i % o == 0 for i, o in zip(size_in, size)):
         k = [i // o for i, o in zip(size_in, size)]
         return g.node("AveragePool", [ins[0]], out=g.out, kernel_shape=k, strides=k)
-    rank = types[0].rank
-    axes = [2 + i for i, (n, m) in enumerate(zip(size_in, size)) if n != m]
-    t = ins[0]
-    for k, ax in enumerate(axes):
-        t = matmul_along(g, t, adaptive_matrix(size[ax - 2], size_in[ax - 2]), ax, rank, g.out if k == len(axes) - 1 else None)
-    return t
+    return matmul_along_axes(g, ins[0], _adaptive_matrices(size_in, size), types[0].rank)
+
+
+def _adaptive_matrices(size_in, size, transposed=False) -> dict:
+    """{axis: averaging matrix} for each spatial axis whose size changes (its transpose for the gradient)."""
+    return {2 + i: (adaptive_matrix(m, n).T if transposed else adaptive_matrix(m, n))
+            for i, (n, m) in enumerate(zip(size_in, size)) if n != m}
 
 
 def _adaptive_reference(xs, p, a):
@@ -397,22 +394,11 @@ def _adaptive_reference(xs, p, a):
 
 
 def _adaptive_grad_lower(g, ins, p, a, types, out):
-    size_in, size = a.size_in, a.size
-    rank = types[0].rank
-    axes = [2 + i for i, (n, m) in enumerate(zip(size_in, size)) if n != m]
-    t = ins[0]
-    if not axes:
-        return g.node("Identity", [t], out=g.out)
-    for k, ax in enumerate(axes):
-        t = matmul_along(g, t, adaptive_matrix(size[ax - 2], size_in[ax - 2]).T, ax, rank,
-                   g.out if k == len(axes) - 1 else None)
-    return t
+    return matmul_along_axes(g, ins[0], _adaptive_matrices(a.size_in, a.size, transposed=True), types[0].rank)
 
 
 def _adaptive_grad_reference(xs, p, a):
-    gy = xs[0].astype(np.float64)
-    for i, (n_in, n_out) in enumerate(zip(a.size_in, a.size)):
-        gy = np.moveaxis(np.tensordot(adaptive_matrix(n_out, n_in).T, np.moveaxis(gy, 2 + i, 0), axes=1), 0, 2 + i)
+    gy = np_along_axes(xs[0].astype(np.float64), _adaptive_matrices(a.size_in, a.size, transposed=True))
     return gy.astype(xs[0].dtype)
 
 
@@ -435,7 +421,7 @@ register(Op(
     shape=lambda types, a: types[0].with_dims((*types[0].dims[:2], *_adaptive_geometry(types, a)[1])),
     lower=_adaptive_lower, reference=_adaptive_reference, category="pooling",
     window=lambda types, a: "global",
-    grad=lambda d, n, gy: _adaptive_grad(d, n, gy),
+    grad=_adaptive_grad,
     torch=TorchModule("AdaptiveAvgPoolNd"),
     doc="Average pooling to a fixed output size, exactly as torch.nn.AdaptiveAvgPool1d/2d/3d at any input size "
         "(output i averages inputs floor(i in / out) to ceil((i + 1) in / out) - 1).",

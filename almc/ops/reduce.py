@@ -56,7 +56,7 @@ def _reduce_shape(types, a):
 
 
 def _np_axis(x, a):
-    return None if a.axis is None else tuple(i % x.ndim for i in (a.axis if isinstance(a.axis, tuple) else (a.axis,)))
+    return _axes(TensorType(str(x.dtype), x.shape), a.axis)
 
 
 register(Op(
@@ -103,27 +103,24 @@ for _name, _onnx, _fn in (("max", "ReduceMax", np.max), ("min", "ReduceMin", np.
 TENSOR_FORMS = {"max": ("maximum", "max"), "min": ("minimum", "min"), "abs": (None, "abs")}
 
 
-def _unreduce(g, t, rank_in, axes, keepdims):
+def _unreduce(g, t, axes, keepdims):
     """A reduced tensor with its reduced axes back as size 1."""
-    if keepdims or not axes or len(axes) == rank_in:
-        return t if keepdims or not axes else g.node("Reshape", [t, g.const("ones", [1] * rank_in, np.int64)])
-    return g.node("Unsqueeze", [t, g.const("axes", list(axes), np.int64)])
+    return t if keepdims or not axes else g.node("Unsqueeze", [t, g.const("axes", list(axes), np.int64)])
 
 
 def _extreme_grad_lower(g, ins, p, a, types, out):  # g * (x == y) / (number of elements equal to y)
     gy, x, y = ins
     axes = _axes(types[1], a.axis)
-    r = types[1].rank
-    hit = g.node("Cast", [g.node("Equal", [x, _unreduce(g, y, r, axes, a.keepdims)])], to=1)
+    hit = g.node("Cast", [g.node("Equal", [x, _unreduce(g, y, axes, a.keepdims)])], to=1)
     count = g.node("Max", [g.node("ReduceSum", [hit, g.const("axes", list(axes), np.int64)], keepdims=1),
                            g.const("one", 1.0)])  # y is the max of x, so at least 1; not 0 / 0 on other inputs
-    share = g.node("Div", [_unreduce(g, gy, r, axes, a.keepdims), count])
+    share = g.node("Div", [_unreduce(g, gy, axes, a.keepdims), count])
     return g.node("Mul", [hit, share], out=g.out)
 
 
 def _extreme_grad_reference(xs, p, a):
     gy, x, y = xs
-    axes = _np_axis(x, a) or tuple(range(x.ndim))
+    axes = _np_axis(x, a)
     if not a.keepdims:
         y, gy = np.expand_dims(y, axes), np.expand_dims(gy, axes)
     hit = (x == y).astype(np.result_type(gy, x))

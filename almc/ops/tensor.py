@@ -7,7 +7,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..types import TensorType, broadcast
-from .common import matmul_along, per_axis
+from .common import matmul_along_axes, np_along_axes, per_axis
 from .registry import Attr, Op, Param, register
 
 
@@ -222,8 +222,8 @@ def _slice_grad_lower(g, ins, p, a, types, out):
     begins, ends = [], []
     for axis, start, end, step in zip(a.axes, a.starts, a.ends, a.steps):
         d = xt.dims[axis]
-        span = (_slice_len(d, start, end, step) - 1) * step + 1 if isinstance(d, int) else None
         if isinstance(d, int):
+            span = (_slice_len(d, start, end, step) - 1) * step + 1  # from the first value read to the last
             begins.append(g.const("b", [start], np.int64))
             ends.append(g.const("e", [d - start - span], np.int64))
             continue
@@ -410,11 +410,7 @@ def _pad_grad_lower(g, ins, p, a, types, out):  # g along each padded axis times
         ends = [-pairs[i][1] if pairs[i][1] else END for i in axes]
         return g.node("Slice", [ins[0], _ints(g, "starts", starts), _ints(g, "ends", ends),
                                 _ints(g, "axes", [2 + i for i in axes])], out=g.out)
-    t = ins[0]
-    for k, i in enumerate(axes):
-        m = pad_matrix(x.dims[2 + i], *pairs[i], a.mode)
-        t = matmul_along(g, t, m.T, 2 + i, x.rank, g.out if k == len(axes) - 1 else None)
-    return t
+    return matmul_along_axes(g, ins[0], {2 + i: pad_matrix(x.dims[2 + i], *pairs[i], a.mode).T for i in axes}, x.rank)
 
 
 def _pad_reference(xs, p, a):
@@ -427,10 +423,9 @@ def _pad_reference(xs, p, a):
 
 def _pad_grad_reference(xs, p, a):
     gy, x = xs
-    out = gy.astype(np.float64)
-    for i, (b, e) in enumerate(_pad_pairs(TensorType("f32", x.shape), a)):
-        m = pad_matrix(x.shape[2 + i], b, e, a.mode)
-        out = np.moveaxis(np.tensordot(m.T, np.moveaxis(out, 2 + i, 0), axes=1), 0, 2 + i)
+    pairs = _pad_pairs(TensorType("f32", x.shape), a)
+    out = np_along_axes(gy.astype(np.float64), {2 + i: pad_matrix(x.shape[2 + i], b, e, a.mode).T
+                                               for i, (b, e) in enumerate(pairs)})
     return out.astype(np.result_type(gy, x))
 
 
