@@ -237,6 +237,7 @@ def test_dropout_vanishes_at_inference():
     ("maxpool(x, 3, stride = 2, ceil = true)", "f32[N, 3, 4, 4]"),
     ("avgpool(x, 2)", "f32[N, 3, 4, 4]"),
     ("global_avgpool(x)", "f32[N, 3, 1, 1]"),
+    ("adaptive_maxpool(x, (4, 2))", "f32[N, 3, 4, 2]"),
     ("upsample(x, 2)", "f32[N, 3, 18, 18]"),
     ("conv_transpose(x, 2, 2, stride = 2)", "f32[N, 2, 18, 18]"),
     ("center_crop(x, 5)", "f32[N, 3, 5, 5]"),

@@ -12,6 +12,7 @@ from almc.autodiff import differentiate
 from almc.graph import trainable_params
 from almc.init import initialize
 from almc.lower import lower
+from almc.reference import execute
 from almc.runtime import run
 
 torch = pytest.importorskip("torch")
@@ -73,6 +74,17 @@ CASES = [
     ("adaptive_avgpool", [(4, 2, 12, 8)], dict(size=(6, 4)), lambda xs, w: F.adaptive_avg_pool2d(xs[0], (6, 4))),
     ("adaptive_avgpool", [(4, 2, 11)], dict(size=4), lambda xs, w: F.adaptive_avg_pool1d(xs[0], 4)),
     ("global_maxpool", [(4, 3, 5, 6)], {}, lambda xs, w: torch.amax(xs[0], (2, 3), keepdim=True)),
+    ("adaptive_maxpool", [(4, 3, 8, 8)], dict(size=(4, 2)), lambda xs, w: F.adaptive_max_pool2d(xs[0], (4, 2))),
+    ("adaptive_maxpool", [(4, 3, 5, 7)], dict(size=3), lambda xs, w: F.adaptive_max_pool2d(xs[0], 3)),
+    ("adaptive_maxpool", [(4, 2, 2, 2)], dict(size=3), lambda xs, w: F.adaptive_max_pool2d(xs[0], 3)),
+    ("adaptive_maxpool", [(4, 2, 13, 4)], dict(size=(6, 4)), lambda xs, w: F.adaptive_max_pool2d(xs[0], (6, 4))),
+    ("adaptive_maxpool", [(4, 2, 11)], dict(size=4), lambda xs, w: F.adaptive_max_pool1d(xs[0], 4)),
+    ("adaptive_maxpool", [(4, 2, 12)], dict(size=3), lambda xs, w: F.adaptive_max_pool1d(xs[0], 3)),
+    ("adaptive_maxpool", [(2, 2, 4, 5, 3)], dict(size=(2, 3, 4)),
+     lambda xs, w: F.adaptive_max_pool3d(xs[0], (2, 3, 4))),
+    ("adaptive_maxpool", [(2, 2, 4, 6, 2)], dict(size=(2, 3, 1)),
+     lambda xs, w: F.adaptive_max_pool3d(xs[0], (2, 3, 1))),
+    ("adaptive_maxpool", [(4, 3, 4, 4)], dict(size=4), lambda xs, w: F.adaptive_max_pool2d(xs[0], 4)),
     ("stack", [(4, 3), (4, 3), (4, 3)], {}, lambda xs, w: torch.stack(xs, 1)),
     ("stack", [(4, 3, 2), (4, 3, 2)], dict(axis=-1), lambda xs, w: torch.stack(xs, -1)),
     ("pad", [(4, 2, 5, 4)], dict(pads=((1, 2), (3, 0)), value=0.5),
@@ -122,3 +134,25 @@ def test_forward_and_gradients_match_pytorch(case):
     close(got["y"], y.detach().numpy(), f"{name}: y")
     for k, t in [*zip(inputs, xs), *ws.items()]:
         close(got[f"d_{k}"], t.grad.numpy(), f"{name}: gradient of {k}")
+
+
+@pytest.mark.parametrize("shape,size", [((2, 3, 8, 8), (4, 2)), ((2, 3, 5, 7), (3, 3)), ((2, 2, 2, 3), (3, 4)),
+                                        ((2, 2, 11), (4,)), ((2, 2, 4, 5, 3), (2, 3, 2))])
+def test_adaptive_maxpool_ties_go_to_the_first_maximum_as_pytorch(shape, size):
+    """Inputs of three values tie in nearly every window: the ONNX and the numpy reference send
+    each window's g to its first maximum in row-major order, as PyTorch's kernel does."""
+    g = with_loss(single_op_graph("adaptive_maxpool", [("f32", shape)], dict(size=size)))
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 3, shape).astype(np.float32)
+    r = rng.standard_normal((*shape[:2], *size)).astype(np.float32)
+    dg, grads = differentiate(g, "loss", [], inputs=["x0"])
+    dg.outputs = {"y": "y", "d_x0": grads["x0"]}
+    got, _ = run(lower(dg, {}), {"x0": x, "r": r}, device="cpu")
+    numpy_got = execute(dg, {}, {"x0": x.astype(np.float64), "r": r.astype(np.float64)})
+
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    y = getattr(F, f"adaptive_max_pool{len(size)}d")(xt, size)
+    (y * torch.from_numpy(r).double()).sum().backward()
+    for ours in (got, numpy_got):
+        close(ours["y"], y.detach().numpy(), "adaptive_maxpool: y")
+        close(ours["d_x0"], xt.grad.numpy(), "adaptive_maxpool: gradient of x0")

@@ -1,11 +1,13 @@
-"""Pooling: maxpool, avgpool (1-D/2-D/3-D by rank) and global_avgpool."""
+"""Pooling: maxpool, avgpool (1-D/2-D/3-D by rank), their global and adaptive forms."""
 from __future__ import annotations
+
+from itertools import product
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ..errors import ShapeError
-from ..types import TensorType
+from ..types import TensorType, onnx_elem_type
 from .common import matmul_along_axes, np_along_axes, onnx_pads, per_axis, positive, resolve_pads, window_out
 from .registry import REWRITES, Attr, Op, TorchModule, Window, register
 
@@ -109,11 +111,11 @@ def _maxpool_grad_lower(g, ins, p, a, types, out):
     if all(s >= k for s, k in zip(a.stride, a.kernel)):
         return g.node("MaxUnpool", [gy, idx, shape], out=g.out, kernel_shape=list(a.kernel), strides=list(a.stride),
                       pads=onnx_pads(a.pads))
-    from onnx import TensorProto, helper
+    from onnx import helper
 
     flat = g.const("flat", [-1], np.int64)
     zeros = g.node("ConstantOfShape", [g.node("ReduceProd", [shape], keepdims=1)],
-                   value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]))
+                   value=helper.make_tensor("zero", onnx_elem_type(types[0].dtype), [1], [0.0]))
     scattered = g.node("ScatterElements", [zeros, g.node("Reshape", [idx, flat]), g.node("Reshape", [gy, flat])],
                        axis=0, reduction="add")
     return g.node("Reshape", [scattered, shape], out=g.out)
@@ -344,34 +346,51 @@ register(Op(
 ))
 
 
+def adaptive_windows(n_out: int, n_in: int) -> list[tuple[int, int]]:
+    """[(start, end)] of each output: inputs floor(i n_in / n_out) to ceil((i + 1) n_in / n_out) - 1, the
+    windows of torch.nn.AdaptiveAvgPool and AdaptiveMaxPool (overlapping when n_out does not divide n_in)."""
+    return [((i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)) for i in range(n_out)]
+
+
 def adaptive_matrix(n_out: int, n_in: int) -> np.ndarray:
-    """[n_out, n_in]: row i averages inputs floor(i n_in / n_out) to ceil((i + 1) n_in / n_out) - 1,
-    the windows of torch.nn.AdaptiveAvgPool (overlapping when n_out does not divide n_in)."""
+    """[n_out, n_in]: row i averages the inputs of window i (adaptive_windows)."""
     m = np.zeros((n_out, n_in))
-    for i in range(n_out):
-        lo, hi = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+    for i, (lo, hi) in enumerate(adaptive_windows(n_out, n_in)):
         m[i, lo:hi] = 1 / (hi - lo)
     return m
 
 
-def _adaptive_geometry(types, a):
+def _adaptive_geometry(types, a, opname):
     x = types[0]
     if x.rank not in (3, 4, 5) or any(isinstance(d, str) for d in x.dims[2:]):
-        raise ShapeError(f"adaptive_avgpool expects [N, C, spatial...] with known spatial sizes, got {x}")
+        raise ShapeError(f"{opname} expects [N, C, spatial...] with known spatial sizes, got {x}")
     size = per_axis(a.size, x.rank - 2, "size")
     positive(size, "output size")
     return list(x.dims[2:]), list(size)
 
 
+def _equal_windows(size_in, size):
+    """The kernel (= stride) of a pool with the adaptive windows, or None where they are unequal."""
+    if all(i % o == 0 for i, o in zip(size_in, size)):
+        return [i // o for i, o in zip(size_in, size)]
+    return None
+
+
+def adaptive_shape_rule(opname):
+    def shape(types, a):
+        return types[0].with_dims((*types[0].dims[:2], *_adaptive_geometry(types, a, opname)[1]))
+    return shape
+
+
 def _adaptive_lower(g, ins, p, a, types, out):
     """AveragePool where every output size divides its input (equal windows), else a MatMul by the
     averaging matrix along each axis that changes."""
-    size_in, size = _adaptive_geometry(types, a)
+    size_in, size = _adaptive_geometry(types, a, "adaptive_avgpool")
     if size_in == size:  # the identity (AlexNet and VGG at 224): no node
         return ins[0]
-    if all(i % o == 0 for i, o in zip(size_in, size)):
-        k = [i // o for i, o in zip(size_in, size)]
-        return g.node("AveragePool", [ins[0]], out=g.out, kernel_shape=k, strides=k)
+    kernel = _equal_windows(size_in, size)
+    if kernel:
+        return g.node("AveragePool", [ins[0]], out=g.out, kernel_shape=kernel, strides=kernel)
     return matmul_along_axes(g, ins[0], _adaptive_matrices(size_in, size), types[0].rank)
 
 
@@ -403,7 +422,7 @@ def _adaptive_grad_reference(xs, p, a):
 
 
 def _adaptive_grad(d, n, gy):
-    size_in, size = _adaptive_geometry([d.type(n.inputs[0])], n.attrs)
+    size_in, size = _adaptive_geometry([d.type(n.inputs[0])], n.attrs, "adaptive_avgpool")
     if size_in == size:
         return [gy], {}
     return [d.op("adaptive_avgpool_grad", [gy], {"size_in": tuple(size_in), "size": tuple(size)})], {}
@@ -416,9 +435,12 @@ register(Op(
     doc="The gradient of adaptive_avgpool: each output's g shared equally over its window.",
     examples=(((("f32", (2, 3, 3, 2)),), dict(size_in=(7, 4), size=(3, 2))),),
 ))
+
+ADAPTIVE_SIZE = Attr("size", "ints", doc="output size, an int or one per axis")
+
 register(Op(
-    name="adaptive_avgpool", inputs=("x",), attrs=(Attr("size", "ints", doc="output size, an int or one per axis"),),
-    shape=lambda types, a: types[0].with_dims((*types[0].dims[:2], *_adaptive_geometry(types, a)[1])),
+    name="adaptive_avgpool", inputs=("x",), attrs=(ADAPTIVE_SIZE,),
+    shape=adaptive_shape_rule("adaptive_avgpool"),
     lower=_adaptive_lower, reference=_adaptive_reference, category="pooling",
     window=lambda types, a: "global",
     grad=_adaptive_grad,
@@ -427,4 +449,151 @@ register(Op(
         "(output i averages inputs floor(i in / out) to ceil((i + 1) in / out) - 1).",
     examples=(((("f32", (2, 3, 12, 8)),), dict(size=(6, 4))), ((("f32", (2, 3, 13, 5)),), dict(size=6)),
               ((("f32", (2, 2, 3, 3)),), dict(size=(6, 2))), ((("f32", (2, 2, 7)),), dict(size=3))),
+))
+
+
+# -- adaptive max pooling ------------------------------------------------------------------------
+
+def _adaptive_max_lower(g, ins, p, a, types, out):
+    """MaxPool where every output size divides its input (equal windows), else the maximum of each
+    window one axis at a time (the maximum of a box is the maximum of its rows' maxima)."""
+    size_in, size = _adaptive_geometry(types, a, "adaptive_maxpool")
+    if size_in == size:  # the identity: no node
+        return ins[0]
+    kernel = _equal_windows(size_in, size)
+    if kernel:  # maxpool_grad's MaxPool, attribute for attribute: share_pool_indices merges the two
+        return g.node("MaxPool", [ins[0]], out=g.out, kernel_shape=kernel, strides=kernel,
+                      pads=[0] * 2 * len(kernel), ceil_mode=0)
+    changed = [i for i in range(len(size)) if size_in[i] != size[i]]
+    t = ins[0]
+    for i in changed:
+        t = _max_along(g, t, 2 + i, size_in[i], size[i], g.out if i == changed[-1] else None)
+    return t
+
+
+def _max_along(g, t, axis, n_in, n_out, out):
+    """The maximum of each adaptive window along one axis: a ReduceMax of its Slice (a window of
+    one input is its Slice, one of the whole axis needs none), the windows concatenated."""
+    def ints(v):
+        return g.const(f"i{v}", [v], np.int64)
+
+    if n_out == 1:  # one window, the whole axis (n_in > 1: the axis changes)
+        return g.node("ReduceMax", [t, ints(axis)], out=out, keepdims=1)
+    parts = []
+    for lo, hi in adaptive_windows(n_out, n_in):
+        part = t if (lo, hi) == (0, n_in) else g.node("Slice", [t, ints(lo), ints(hi), ints(axis)])
+        parts.append(part if hi - lo == 1 else g.node("ReduceMax", [part, ints(axis)], keepdims=1))
+    return g.node("Concat", parts, out=out, axis=axis)
+
+
+def _adaptive_max_reference(xs, p, a):
+    """Window by window: the maximum of the inputs it covers."""
+    x = xs[0]
+    size = per_axis(a.size, x.ndim - 2, "size")
+    y = np.zeros((*x.shape[:2], *size), dtype=x.dtype)
+    for pos in np.ndindex(*size):
+        box = tuple(slice((j * n) // m, -((-(j + 1) * n) // m)) for j, n, m in zip(pos, x.shape[2:], size))
+        y[(slice(None), slice(None), *pos)] = x[(slice(None), slice(None), *box)].max(axis=tuple(range(2, x.ndim)))
+    return y
+
+
+def _adaptive_max_grad(d, n, gy):
+    """The identity passes g on; equal windows take maxpool's gradient (the first maximum of each
+    window, as PyTorch); unequal ones adaptive_maxpool_grad."""
+    x = n.inputs[0]
+    size_in, size = _adaptive_geometry([d.type(x)], n.attrs, "adaptive_maxpool")
+    if size_in == size:
+        return [gy], {}
+    kernel = _equal_windows(size_in, size)
+    if kernel:
+        return [d.op("maxpool_grad", [gy, x], {"kernel": tuple(kernel), "stride": tuple(kernel),
+                                               "pads": ((0, 0),) * len(kernel), "ceil": False})], {}
+    return [d.op("adaptive_maxpool_grad", [gy, x])], {}
+
+
+def _window_table(size_in, size) -> np.ndarray:
+    """[outputs, longest window]: the flat input positions of each window, row-major (the
+    rows of shorter windows repeat their first position, which never wins an ArgMax)."""
+    rows = []
+    for box in np.ndindex(*size):
+        ranges = [range(*adaptive_windows(m, n)[j]) for j, n, m in zip(box, size_in, size)]
+        rows.append([int(np.ravel_multi_index(k, size_in)) for k in product(*ranges)])
+    longest = max(map(len, rows))
+    return np.array([r + [r[0]] * (longest - len(r)) for r in rows], dtype=np.int64)
+
+
+def _adaptive_max_grad_shape(types, a):
+    g, x = types
+    if g.rank != x.rank:
+        raise ShapeError(f"adaptive_maxpool_grad: {g} does not match {x}")
+    return x
+
+
+def _adaptive_max_grad_lower(g, ins, p, a, types, out):
+    """Every window of x at once, gathered through the table of its positions ([N, C, windows,
+    longest]); ArgMax (the first maximum, as PyTorch) picks each window's winner, and
+    ScatterElements adds each output's g at its winner (overlapping windows may share one)."""
+    from onnx import helper
+
+    gy, x = ins
+    size_in, size = list(types[1].dims[2:]), list(types[0].dims[2:])
+    table = _window_table(size_in, size)
+    flat = g.const("flat", [0, 0, -1], np.int64)
+    xf = g.node("Reshape", [x, flat])
+    arg = g.node("ArgMax", [g.node("Gather", [xf, g.const("table", table, np.int64)], axis=2)], axis=3, keepdims=0)
+    start = g.const("starts", np.arange(len(table)) * table.shape[1], np.int64)
+    at = g.node("Gather", [g.const("positions", table.reshape(-1), np.int64), g.node("Add", [arg, start])], axis=0)
+    zeros = g.node("ConstantOfShape", [g.node("Shape", [xf])],
+                   value=helper.make_tensor("zero", onnx_elem_type(types[0].dtype), [1], [0.0]))
+    gx = g.node("ScatterElements", [zeros, at, g.node("Reshape", [gy, flat])], axis=2, reduction="add")
+    return g.node("Reshape", [gx, g.const("shape", [0, 0, *size_in], np.int64)], out=g.out)
+
+
+def _adaptive_max_grad_reference(xs, p, a):
+    """Window by window: its g added at the first maximum of the window (row-major)."""
+    gy, x = xs
+    size_in, size = x.shape[2:], gy.shape[2:]
+    gx = np.zeros(x.shape, dtype=np.result_type(gy, x))
+    for pos in np.ndindex(*size):
+        box = [((j * n) // m, -((-(j + 1) * n) // m)) for j, n, m in zip(pos, size_in, size)]
+        for nn, c in np.ndindex(*x.shape[:2]):
+            w = x[(nn, c, *(slice(lo, hi) for lo, hi in box))]
+            k = np.unravel_index(np.argmax(w), w.shape)
+            gx[(nn, c, *(lo + i for (lo, _), i in zip(box, k)))] += gy[(nn, c, *pos)]
+    return gx
+
+
+register(Op(
+    name="adaptive_maxpool_grad", inputs=("g", "x"),
+    shape=_adaptive_max_grad_shape, lower=_adaptive_max_grad_lower, reference=_adaptive_max_grad_reference,
+    category="gradient",
+    doc="The gradient of adaptive_maxpool: each output's g goes to the first maximum of its window; "
+        "overlapping windows add theirs.",
+    examples=(
+        ((("f32", (2, 3, 3, 3)), ("f32", (2, 3, 5, 7))), {}),
+        ((("f32", (2, 2, 3, 3)), ("f32", (2, 2, 2, 2))), {}),
+        ((("f32", (2, 2, 3)), ("f32", (2, 2, 7))), {}),
+        ((("f32", (1, 2, 2, 3, 3)), ("f32", (1, 2, 4, 5, 3))), {}),
+    ),
+))
+register(Op(
+    name="adaptive_maxpool", inputs=("x",), attrs=(ADAPTIVE_SIZE,),
+    shape=adaptive_shape_rule("adaptive_maxpool"),
+    lower=_adaptive_max_lower, reference=_adaptive_max_reference, category="pooling",
+    window=lambda types, a: "global",
+    grad=_adaptive_max_grad,
+    torch=TorchModule("AdaptiveMaxPoolNd"),
+    doc="Max pooling to a fixed output size, exactly as torch.nn.AdaptiveMaxPool1d/2d/3d at any input size "
+        "(output i is the largest of inputs floor(i in / out) to ceil((i + 1) in / out) - 1).",
+    examples=(
+        ((("f32", (2, 3, 8, 8)),), dict(size=(4, 4))),
+        ((("f32", (2, 3, 8, 8)),), dict(size=2)),
+        ((("f32", (2, 3, 5, 7)),), dict(size=3)),
+        ((("f32", (2, 2, 2, 2)),), dict(size=3)),
+        ((("f32", (2, 2, 7)),), dict(size=3)),
+        ((("f32", (2, 2, 12)),), dict(size=4)),
+        ((("f32", (1, 2, 4, 5, 3)),), dict(size=(2, 3, 3))),
+        ((("f32", (1, 2, 4, 6, 2)),), dict(size=(2, 3, 1))),
+        ((("f32", (2, 3, 4, 4)),), dict(size=4)),
+    ),
 ))
