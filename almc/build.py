@@ -98,7 +98,7 @@ class Builder:
         self.next_suffix: dict[str, int] = {}  # base name -> where fresh() resumes its search
         self._reads: dict[int, set[str]] = {}  # id(statement) -> the names its value reads
         self.active: list[tuple[int, str, Span]] = []  # statements being evaluated (cycle detection)
-        self.calls: list[tuple[str, Span]] = []  # block call stack
+        self.calls: list[tuple[str, Span, str]] = []  # block call stack: name, call site, id prefix
         self.layer = ""
         self.limits = limits
         self.steps = 0  # work done so far, against limits.max_eval_steps
@@ -117,7 +117,7 @@ class Builder:
     # -- errors -----------------------------------------------------------
     def err(self, message, span, hint=None, notes=()):
         # inside a block, say which call led here (innermost first)
-        chain = tuple(f"in block {name}, called at {where}" for name, where in reversed(self.calls))
+        chain = tuple(f"in block {name}, called at {where}" for name, where, _ in reversed(self.calls))
         self.c.error(message, span, hint, tuple(notes) + chain)
         return POISON
 
@@ -776,8 +776,9 @@ class Builder:
             return self.err(msg, span, hint or self.keep_size_hint(inputs))
         # the statement's own name was reserved when it started; other nodes are NAME.op
         nid = top if top and top not in self.graph else self.fresh(f"{self.layer or 'value'}.{opname}")
-        scope = tuple(f"{n}" for n, _ in self.calls)
-        self.graph.add(Node(nid, opname, tuple(inputs), attrs, span, scope, self.layer or nid, t))
+        scope = tuple(n for n, _, _ in self.calls)
+        calls = tuple(prefix for _, _, prefix in self.calls)
+        self.graph.add(Node(nid, opname, tuple(inputs), attrs, span, scope, self.layer or nid, t, calls=calls))
         return Tensor(nid)
 
     def keep_size_hint(self, inputs) -> str | None:
@@ -798,9 +799,9 @@ class Builder:
     def call_block(self, b: s.BlockDef, e: s.Call, frame: Frame, top):
         self.spend(1, e.span)
         if len(self.calls) >= MAX_BLOCK_DEPTH:
-            chain = [n for n, _ in self.calls]
+            chain = [n for n, _, _ in self.calls]
             rec = next((n for n in chain if chain.count(n) > 1), chain[0])
-            first = next(sp for n, sp in self.calls if n == rec)
+            first = next(sp for n, sp, _ in self.calls if n == rec)
             if not getattr(self, "_reported_recursion", False):
                 self._reported_recursion = True
                 self.err(f"block '{rec}' recurses without end", first,
@@ -826,7 +827,7 @@ class Builder:
         prefix = (top or self.fresh(f"{self.layer or 'value'}.{b.name}")) + "/"
         inner = Frame(prefix=prefix)
         saved_layer = self.layer
-        self.calls.append((b.name, e.span))
+        self.calls.append((b.name, e.span, prefix))
         try:
             for i, p in enumerate(b.params):
                 if i < len(pos):

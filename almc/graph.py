@@ -25,10 +25,11 @@ class Node:
     inputs: tuple[str, ...] = ()
     attrs: Attrs = field(default_factory=Attrs)
     span: Span = UNKNOWN
-    scope: tuple[str, ...] = ()  # block call path, outermost first, e.g. ("layer1[0]", "basic")
+    scope: tuple[str, ...] = ()  # block call path, outermost first, e.g. ("resnet_stage", "bottleneck")
     layer: str = ""  # the source-level value this node computes part of (summary rows)
     type: TensorType | None = None
     owner: str | None = None  # gradient and update nodes read the parameters of this forward node
+    calls: tuple[str, ...] = ()  # one id per block call in scope ("i0/h/"): which call a node belongs to
 
     @property
     def doc(self) -> str:

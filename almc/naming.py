@@ -3,7 +3,8 @@
 never listed per parameter; models/README.md states each rule:
 
 - `almc`: almc's own names (`NODE.weight`); always accepted on import as well;
-- `torchvision`: torchvision's state_dict names for AlexNet, VGG, ResNet and GoogLeNet;
+- `torchvision`: torchvision's state_dict names for AlexNet, VGG, ResNet, GoogLeNet, ViT and
+  EfficientNet;
 - `c3d`: the names of the common C3D port (conv1, conv2, conv3a, ..., fc6, fc7, fc8);
 - `pytorch`: a plain PyTorch module with one attribute per layer (LeNet, MLP, RNNs, U-Net, ...).
 
@@ -23,11 +24,13 @@ SCHEMES = ("auto", "almc", "torchvision", "c3d", "pytorch")
 DESCRIBE = {"almc": "almc names", "torchvision": "torchvision names", "c3d": "C3D port names",
             "pytorch": "PyTorch module names"}
 # zoo models by name -> the scheme `auto` picks; any other model gets almc's names
-AUTO = [(re.compile(r"AlexNet|VGG\d+|ResNet\d+|GoogLeNet"), "torchvision"), (re.compile(r"C3D"), "c3d"),
+AUTO = [(re.compile(r"AlexNet|VGG\d+|ResNet\d+|GoogLeNet|ViT_\w+|EfficientNet_\w+"), "torchvision"), (re.compile(r"C3D"), "c3d"),
         (re.compile(r"LeNet5|MLP|RNNClassifier|LSTMClassifier|GRUClassifier|Perceptron|LogisticRegression"
                     r"|LinearSVM|Ridge|UNet"), "pytorch")]
 RESIDUAL = ("basic_block", "bottleneck")  # std/resnet.alm's residual blocks
 INCEPTION = ("inception",)  # std/inception.alm's module
+ENCODER, ATTENTION = ("encoder_layer",), ("multi_head_attention",)  # std/transformer.alm's
+MBCONV, SQUEEZE = ("mbconv",), ("squeeze_excitation",)  # std/efficientnet.alm's
 
 
 def resolve_scheme(graph: Graph, scheme: str = "auto") -> str:
@@ -67,6 +70,15 @@ def torch_of(node) -> TorchModule | None:
 def cls_of(node) -> str | None:
     t = torch_of(node)
     return t.cls if t else None
+
+
+def call_of(node, blocks) -> str | None:
+    """The id of the innermost call of one of `blocks` that `node` belongs to, or None: two calls
+    of one block (two encoder layers in a loop) have different ids."""
+    for name, call in zip(reversed(node.scope), reversed(node.calls)):
+        if name in blocks:
+            return call
+    return None
 
 
 def ends_block(node, blocks) -> bool:
@@ -156,9 +168,15 @@ def c3d_names(graph: Graph) -> dict[str, str]:
 
 def torchvision_names(graph: Graph) -> dict[str, str]:
     """torchvision's state_dict names; the rule follows the model's structure:
-    GoogLeNet-like when it calls std/inception.alm's `inception`, ResNet-like when it calls
-    std/resnet.alm's residual blocks, and else AlexNet / VGG's two nn.Sequential."""
+    ViT-like when it calls std/transformer.alm's `encoder_layer`, EfficientNet-like when it calls
+    std/efficientnet.alm's `mbconv`, GoogLeNet-like when it calls std/inception.alm's
+    `inception`, ResNet-like when it calls std/resnet.alm's residual blocks, and else AlexNet /
+    VGG's two nn.Sequential."""
     nodes = [n for n in graph.nodes() if n.op != INPUT]
+    if any(s in ENCODER for n in nodes for s in n.scope):
+        return _vit(graph)
+    if any(s in MBCONV for n in nodes for s in n.scope):
+        return _efficientnet(graph, nodes)
     if any(s in INCEPTION for n in nodes for s in n.scope):
         return _googlenet(graph, nodes)
     if any(s in RESIDUAL for n in nodes for s in n.scope):
@@ -307,6 +325,104 @@ def _googlenet(graph: Graph, nodes) -> dict[str, str]:
                 out.update(_module(f"conv{stem[layer.node.inputs[0]]}.bn", layer))
             else:
                 raise _unnamed("torchvision", layer)
+    return out
+
+
+def _vit(graph: Graph) -> dict[str, str]:
+    """VisionTransformer: the patch conv is conv_proj; free tensors keep their names (class_token),
+    except the positional embedding, which torchvision keeps in its encoder
+    (encoder.pos_embedding). Each encoder_layer call is encoder.layers.encoder_layer_{i} (i from
+    0): its layer norms are ln_1, ln_2, its attention self_attention (in_proj_weight and
+    in_proj_bias, out_proj), its other dense layers mlp.0 and mlp.3. The layer norm after the
+    encoder layers is encoder.ln, the classifier heads.head."""
+    out: dict[str, str] = {}
+    calls: list[str] = []
+    seen: dict[str, int] = {}  # per encoder layer: how many layer norms, attention and mlp layers so far
+    for layer in layers(graph):
+        node, call = layer.node, call_of(layer.node, ENCODER)
+        if call is not None:
+            if not calls or calls[-1] != call:
+                calls.append(call)
+                seen = {"norm": 0, "attention": 0, "mlp": 0}
+            prefix = f"encoder.layers.encoder_layer_{len(calls) - 1}"
+            if layer.cls == "LayerNorm" and seen["norm"] < 2:
+                seen["norm"] += 1
+                out.update(_module(f"{prefix}.ln_{seen['norm']}", layer))
+            elif layer.cls == "Linear" and call_of(node, ATTENTION) is not None and seen["attention"] < 2:
+                seen["attention"] += 1
+                out.update({full: f"{prefix}.self_attention.in_proj_{local}" for local, full in layer.params.items()}
+                           if seen["attention"] == 1 else _module(f"{prefix}.self_attention.out_proj", layer))
+            elif layer.cls == "Linear" and seen["mlp"] < 2:
+                seen["mlp"] += 1
+                out.update(_module(f"{prefix}.mlp.{3 * (seen['mlp'] - 1)}", layer))
+            else:
+                raise _unnamed("torchvision", layer)
+        elif layer.cls == "Parameter":  # an nn.Parameter of the module itself
+            out.update({full: "encoder.pos_embedding" if node.id == "pos_embedding" else node.id
+                        for full in layer.params.values()})
+        elif layer.cls == "ConvNd" and not calls and "conv_proj" not in out.values():
+            out.update({full: f"conv_proj.{local}" for local, full in layer.params.items()})
+        elif layer.cls == "LayerNorm" and calls and not any(v.startswith("encoder.ln.") for v in out.values()):
+            out.update(_module("encoder.ln", layer))
+        elif layer.cls == "Linear" and calls and not any(v.startswith("heads.") for v in out.values()):
+            out.update(_module("heads.head", layer))
+        else:
+            raise _unnamed("torchvision", layer)
+    return out
+
+
+def _efficientnet(graph: Graph, nodes) -> dict[str, str]:
+    """EfficientNet: `features` is an nn.Sequential of the stem's conv-bn (features.0), one
+    nn.Sequential per stage of MBConv blocks, and the last conv-bn; a conv-bn outside the
+    blocks is features.{k}.0 and .1. A new stage begins at the first mbconv call and at every
+    call without the residual add (the channels or the stride change), as in every torchvision
+    EfficientNet, and blocks are numbered from 0 within it. Inside block b of stage s the
+    conv-bn pairs and the squeeze-and-excitation are features.{s}.{b}.block.{j} in order: a pair
+    as .0 (conv) and .1 (batch norm), the squeeze-and-excitation's two convs as .fc1 and .fc2.
+    After the flatten come the classifier's modules (dropout, dense: classifier.1)."""
+    by_id = {layer.node.id: layer for layer in layers(graph)}
+    residual = {call_of(n, MBCONV) for n in nodes if ends_block(n, MBCONV)}
+    out: dict[str, str] = {}
+    conv_of: dict[str, str] = {}  # conv node -> the prefix its batch norm shares
+    feature, block, unit = -1, -1, -1
+    current = excite = None  # the open mbconv call and squeeze-and-excitation call
+    fcs = 0
+    classifier = None  # the index in the classifier once past the flatten
+    for node in nodes:
+        if cls_of(node) == "Flatten":
+            classifier = 0
+            continue
+        if classifier is not None:
+            if node.id in by_id:
+                out.update(_module(f"classifier.{classifier}", by_id[node.id]))
+            classifier += 1
+            continue
+        call = call_of(node, MBCONV)
+        if call is not None and call != current:
+            feature, block = (feature + 1, 0) if block < 0 or call not in residual else (feature, block + 1)
+            unit = -1
+        current = call
+        if node.id not in by_id:
+            continue
+        layer = by_id[node.id]
+        se = call_of(node, SQUEEZE)
+        if layer.cls == "ConvNd" and call is not None and se is not None:
+            if se != excite:
+                excite, fcs, unit = se, 0, unit + 1
+            fcs += 1
+            out.update(_module(f"features.{feature}.{block}.block.{unit}.fc{fcs}", layer))
+        elif layer.cls == "ConvNd":
+            if call is None:
+                feature += 1
+                conv_of[node.id] = f"features.{feature}"
+            else:
+                unit += 1
+                conv_of[node.id] = f"features.{feature}.{block}.block.{unit}"
+            out.update(_module(f"{conv_of[node.id]}.0", layer))
+        elif layer.cls == "BatchNormNd" and node.inputs and node.inputs[0] in conv_of:
+            out.update(_module(f"{conv_of[node.inputs[0]]}.1", layer))
+        else:
+            raise _unnamed("torchvision", layer)
     return out
 
 

@@ -43,6 +43,10 @@ RUN = {
     "resnet50": ({"size": 64}, (3, 64, 64), {"logits": (1000,)}),
     "unet": ({"size": 188}, (1, 188, 188), {"logits": (2, 4, 4)}),  # 188: the smallest valid U-Net tile
     "c3d": ({"size": 32}, (3, 16, 32, 32), {"logits": (487,)}),
+    "vit_b_16": ({"size": 32, "patch": 8, "dim": 64, "heads": 4, "mlp": 128, "depth": 2}, (3, 32, 32),
+                 {"logits": (1000,)}),
+    "efficientnet_b0": ({"size": 64}, (3, 64, 64), {"logits": (1000,)}),
+    "vit_digits": ({}, (1, 16, 16), {"logits": (10,)}),
 }
 
 SLOW = {"alexnet", "vgg16", "unet", "c3d"}  # > 2 s each on a 2-core CPU (weights, session, reference)
@@ -65,6 +69,9 @@ FULL = {
     "resnet50": ({"image": "f32[N, 3, 224, 224]"}, {"logits": "f32[N, 1000]"}),
     "unet": ({"image": "f32[N, 1, 572, 572]"}, {"logits": "f32[N, 2, 388, 388]"}),
     "c3d": ({"clip": "f32[N, 3, 16, 112, 112]"}, {"logits": "f32[N, 487]"}),
+    "vit_b_16": ({"image": "f32[N, 3, 224, 224]"}, {"logits": "f32[N, 1000]"}),
+    "efficientnet_b0": ({"image": "f32[N, 3, 224, 224]"}, {"logits": "f32[N, 1000]"}),
+    "vit_digits": ({"image": "f32[N, 1, 16, 16]"}, {"logits": "f32[N, 10]"}),
 }
 
 
@@ -94,6 +101,12 @@ def unet_params():
     return n + conv(64, 2, 1)
 
 
+def vit_params(channels, size, patch, dim, depth, mlp, classes):
+    tokens = (size // patch) ** 2
+    layer = 2 * 2 * dim + dense(dim, 3 * dim) + dense(dim, dim) + dense(dim, mlp) + dense(mlp, dim)
+    return conv(channels, dim, patch) + dim + (tokens + 1) * dim + depth * layer + 2 * dim + dense(dim, classes)
+
+
 def c3d_params():
     widths = [64, 128, 256, 256, 512, 512, 512, 512]
     n = sum(conv(cin, c, 3, dims=3) for cin, c in zip([3] + widths, widths))
@@ -107,6 +120,8 @@ TRAINABLE = {
     "googlenet": 6_624_904,  # without the auxiliary classifiers
     "resnet18": 11_689_512,
     "resnet50": 25_557_032,
+    "vit_b_16": 86_567_656,
+    "efficientnet_b0": 5_288_548,
     # the course's LeNet-5 (docs/models.md)
     "lenet": 61_706,
     # counted layer by layer
@@ -120,6 +135,7 @@ TRAINABLE = {
     "gru": recurrent(3, 28, 128) + dense(128, 10),
     "unet": unet_params(),  # 31,030,658
     "c3d": c3d_params(),  # 79,991,015
+    "vit_digits": vit_params(1, 16, 4, 64, 2, 128, 10),  # 69,962
 }
 
 
@@ -217,7 +233,8 @@ def test_size_parameters():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["alexnet", "vgg16", "googlenet", "resnet18", "resnet50", "unet", "c3d"])
+@pytest.mark.parametrize("name", ["alexnet", "vgg16", "googlenet", "resnet18", "resnet50", "unet", "c3d", "vit_b_16",
+                                  "efficientnet_b0"])
 def test_runs_at_full_size(name):
     # onnxruntime's shapes at the published input size agree with the declared output types
     m = load(name)
@@ -227,3 +244,17 @@ def test_runs_at_full_size(name):
     for k, want in m.outputs.items():
         assert out[k].shape == (1, *want.dims[1:])
         assert np.isfinite(out[k]).all()
+
+
+def test_the_zoo_table_gives_the_summary_figures():
+    """models/README.md's table: every model, with summary's parameters, buffers and multiply-adds."""
+    rows = {}
+    for line in (MODELS / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 7 and cells[0].startswith("`") and cells[0].endswith(".alm`"):
+            rows[cells[0][1:-5]] = cells[3], cells[4]
+    assert set(rows) == set(RUN)
+    for name, (params, macs) in sorted(rows.items()):
+        s = load(name).summary()
+        written = f"{s.trainable_params:,}" + (f" (+{s.buffers:,} buffers)" if s.buffers else "")
+        assert (params, macs.removesuffix(" per step")) == (written, f"{s.macs:,}"), name

@@ -55,12 +55,16 @@ from torch_reference import (  # noqa: E402  (torch is there: after the importor
     Logistic,
     Recurrent,
     UNet,
+    efficientnet_b0,
     resnet18,
     resnet50,
+    vit_b_16,
+    vit_digits,
 )
 
 # ---- the cases ------------------------------------------------------------------------------------
 
+VIT_SMALL = {"size": 32, "patch": 8, "dim": 64, "heads": 4, "mlp": 128, "depth": 2}
 # name -> (almc parameters for the run, torch module for them, input shape per example,
 #          torch module at full size, full-size almc parameters, full-size input shape)
 CASES = {
@@ -83,15 +87,20 @@ CASES = {
     "resnet50": ({"size": 64}, resnet50, (3, 64, 64)),
     "unet": ({"size": 188}, UNet, (1, 188, 188)),
     "c3d": ({"size": 32}, lambda: C3D(features=512 * 2 * 2), (3, 16, 32, 32)),
+    # ViT: 4 x 4 patches of 8 x 8, two narrower encoder layers; EfficientNet-B0 whole, at 64 x 64
+    "vit_b_16": (VIT_SMALL, lambda: vit_b_16(**VIT_SMALL), (3, 32, 32)),
+    "efficientnet_b0": ({"size": 64}, efficientnet_b0, (3, 64, 64)),
+    "vit_digits": ({}, vit_digits, (1, 16, 16)),
 }
+REDUCED = ("size", "pooled", *VIT_SMALL)  # the run's parameters that change no name or shape at full size
 FULL = {  # the module at the model's default (published) size
-    "alexnet": AlexNet, "vgg16": VGG16, "c3d": C3D,
-    **{k: v[1] for k, v in CASES.items() if k not in ("alexnet", "vgg16", "c3d")},
+    "alexnet": AlexNet, "vgg16": VGG16, "c3d": C3D, "vit_b_16": vit_b_16,
+    **{k: v[1] for k, v in CASES.items() if k not in ("alexnet", "vgg16", "c3d", "vit_b_16")},
 }
 FULL_INPUT = {"alexnet": (3, 224, 224), "vgg16": (3, 224, 224), "googlenet": (3, 224, 224),
               "resnet18": (3, 224, 224), "resnet50": (3, 224, 224), "unet": (1, 572, 572),
-              "c3d": (3, 16, 112, 112)}
-SLOW_FULL = ["alexnet", "googlenet", "resnet18", "resnet50", "vgg16", "unet", "c3d"]  # ~20 s or less each on 2 cores
+              "c3d": (3, 16, 112, 112), "vit_b_16": (3, 224, 224), "efficientnet_b0": (3, 224, 224)}
+SLOW_FULL = ["alexnet", "googlenet", "resnet18", "resnet50", "vgg16", "unet", "c3d", "vit_b_16", "efficientnet_b0"]  # ~20 s or less each on 2 cores
 FIGURES: dict[str, float] = {}
 
 
@@ -134,6 +143,15 @@ def randomise(module, seed=0):
             elif isinstance(m, (nn.RNN, nn.LSTM, nn.GRU)):
                 for p in m.parameters():
                     p.copy_((torch.rand(p.shape, generator=g) * 2 - 1) / math.sqrt(m.hidden_size))
+            elif isinstance(m, nn.LayerNorm):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.2)
+            elif isinstance(m, nn.MultiheadAttention):  # its out_proj is a Linear, handled above
+                m.in_proj_weight.copy_(torch.randn(m.in_proj_weight.shape, generator=g) / math.sqrt(m.embed_dim))
+                m.in_proj_bias.copy_(torch.randn(m.in_proj_bias.shape, generator=g) * 0.1)
+            else:  # free tensors (ViT's class token and positional embedding)
+                for p in m.parameters(recurse=False):
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.2)
     return module.eval()
 
 
@@ -175,12 +193,14 @@ def through_import(m, module, tmp_path, fmt):
     return weights
 
 
-def compare_outputs(name, m, module, per_example, tmp_path, fmt, batch=2, unfolded=False):
+def compare_outputs(name, m, module, per_example, tmp_path, fmt, batch=2, unfolded=False, double=False):
+    """double: compare with the module in float64, where PyTorch's own float32 result is itself
+    too far from the exact one for the tolerance (EfficientNet-B0's 49 layers at 224 x 224)."""
     through_import(m, module, tmp_path, fmt)
     x = np.random.default_rng(1).standard_normal((batch, *per_example)).astype(np.float32)
     got = m.run(x)
     with torch.no_grad():
-        want = module(torch.from_numpy(x))
+        want = module.double()(torch.from_numpy(x).double()) if double else module(torch.from_numpy(x))
     if not isinstance(want, dict):
         want = {next(iter(m.outputs)): want}
     worst = 0.0
@@ -206,7 +226,7 @@ def test_every_model_has_a_reference():
 
 @pytest.mark.parametrize("name", sorted(FULL))
 def test_names_shapes_and_parameter_count_at_full_size(name):
-    params = {k: v for k, v in CASES[name][0].items() if k not in ("size", "pooled")}
+    params = {k: v for k, v in CASES[name][0].items() if k not in REDUCED}
     m = load(name, **params)
     with torch.device("meta"):
         module = FULL[name]()
@@ -221,14 +241,15 @@ def test_outputs_match_pytorch_eval_mode(name, tmp_path):
     module = built(make)
     compare_outputs(name, load(name, **params), module, per_example, tmp_path,
                     "pt" if name in ("resnet18", "lenet", "lstm") else "npz",
-                    unfolded=name in ("googlenet", "resnet18", "resnet50"))
+                    unfolded=name in ("googlenet", "resnet18", "resnet50", "efficientnet_b0"))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SLOW_FULL)
 def test_outputs_match_pytorch_at_full_size(name, tmp_path):
     module = built(FULL[name])
-    compare_outputs(f"{name}@full", load(name), module, FULL_INPUT[name], tmp_path, "npz", batch=1)
+    compare_outputs(f"{name}@full", load(name), module, FULL_INPUT[name], tmp_path, "npz", batch=1,
+                    double=name == "efficientnet_b0")
 
 
 # ---- gradients -------------------------------------------------------------------------------------

@@ -29,6 +29,13 @@ def test_lenet_reaches_98_percent_on_the_digits(tmp_path):
     assert saved["epochs"][-1]["train_loss"] < saved["epochs"][0]["train_loss"]
 
 
+@pytest.mark.slow
+def test_the_digits_vit_reaches_96_percent():
+    # models/vit_digits.alm's own training section (AdamW, cosine, 40 epochs): 97.5% when written
+    metrics = almc.load(MODELS / "vit_digits.alm").train()
+    assert metrics["test_accuracy"] >= 0.96
+
+
 @pytest.mark.parametrize("name,least", [("mlp", 0.95), ("logistic", 0.95), ("linear_svm", 0.9), ("perceptron", 0.95)])
 def test_course_models_train(name, least):
     metrics = almc.load(MODELS / f"{name}.alm").train()

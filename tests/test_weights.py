@@ -377,7 +377,8 @@ def test_export_needs_the_model_for_other_names_and_checks_it(tmp_path, capsys):
 
 def test_auto_scheme_per_model():
     expected = {"alexnet": "torchvision", "vgg16": "torchvision", "googlenet": "torchvision",
-                "resnet18": "torchvision", "resnet50": "torchvision", "c3d": "c3d", "unet": "pytorch",
+                "resnet18": "torchvision", "resnet50": "torchvision", "vit_b_16": "torchvision",
+                "efficientnet_b0": "torchvision", "vit_digits": "torchvision", "c3d": "c3d", "unet": "pytorch",
                 "lenet": "pytorch", "mlp": "pytorch", "rnn": "pytorch", "lstm": "pytorch", "gru": "pytorch",
                 "perceptron": "pytorch", "logistic": "pytorch", "linear_svm": "pytorch", "ridge": "pytorch"}
     from almc.naming import resolve_scheme

@@ -6,6 +6,8 @@ bench/ times almc against them. Imports only torch (the benchmark's PyTorch proc
 nothing else)."""
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 from torch import nn
 
@@ -200,6 +202,127 @@ def resnet18(classes=1000):
 
 def resnet50(classes=1000):
     return ResNet(Bottleneck, [3, 4, 6, 3], classes)
+
+
+class EncoderBlock(nn.Module):
+    """torchvision's ViT EncoderBlock: pre-norm self-attention and MLP (Linear, GELU, Dropout,
+    Linear, Dropout: mlp.0 and mlp.3), layer norm eps 1e-6."""
+
+    def __init__(self, heads, dim, mlp, dropout=0.0):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(dim, eps=1e-6)
+        self.self_attention = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.dropout = nn.Dropout(dropout)
+        self.ln_2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp), nn.GELU(), nn.Dropout(dropout), nn.Linear(mlp, dim),
+                                 nn.Dropout(dropout))
+
+    def forward(self, x):
+        y = self.ln_1(x)
+        x = x + self.dropout(self.self_attention(y, y, y, need_weights=False)[0])
+        return x + self.mlp(self.ln_2(x))
+
+
+class Encoder(nn.Module):
+    def __init__(self, length, depth, heads, dim, mlp, dropout=0.0):
+        super().__init__()
+        self.pos_embedding = nn.Parameter(torch.empty(1, length, dim))
+        self.dropout = nn.Dropout(dropout)
+        self.layers = nn.Sequential(OrderedDict(
+            (f"encoder_layer_{i}", EncoderBlock(heads, dim, mlp, dropout)) for i in range(depth)))
+        self.ln = nn.LayerNorm(dim, eps=1e-6)
+
+    def forward(self, x):
+        return self.ln(self.layers(self.dropout(x + self.pos_embedding)))
+
+
+class VisionTransformer(nn.Module):
+    """torchvision.models.VisionTransformer (vit_b_16 at the defaults): conv_proj, class_token,
+    encoder (pos_embedding, layers.encoder_layer_i, ln), heads.head."""
+
+    def __init__(self, size=224, patch=16, depth=12, heads=12, dim=768, mlp=3072, classes=1000, channels=3):
+        super().__init__()
+        self.dim = dim
+        self.conv_proj = nn.Conv2d(channels, dim, patch, stride=patch)
+        self.class_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.encoder = Encoder((size // patch) ** 2 + 1, depth, heads, dim, mlp)
+        self.heads = nn.Sequential(OrderedDict(head=nn.Linear(dim, classes)))
+
+    def forward(self, x):
+        x = self.conv_proj(x).reshape(x.shape[0], self.dim, -1).permute(0, 2, 1)
+        x = torch.cat([self.class_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.heads(self.encoder(x)[:, 0])
+
+
+def vit_b_16(**kw):
+    return VisionTransformer(**kw)
+
+
+def vit_digits(classes=10):
+    """models/vit_digits.alm: 16 x 16 grey images, 4 x 4 patches, two layers of width 64."""
+    return VisionTransformer(size=16, patch=4, depth=2, heads=4, dim=64, mlp=128, classes=classes, channels=1)
+
+
+class Conv2dNormActivation(nn.Sequential):
+    """torchvision.ops.Conv2dNormActivation: bias-free conv ("same" padding), batch norm, SiLU."""
+
+    def __init__(self, cin, cout, kernel=3, stride=1, groups=1, activation=True):
+        layers = [nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+                  nn.BatchNorm2d(cout)]
+        super().__init__(*layers, *([nn.SiLU(inplace=True)] if activation else []))
+
+
+class SqueezeExcitation(nn.Module):
+    """torchvision.ops.SqueezeExcitation with SiLU inside: fc1, fc2 (1x1 convs with bias)."""
+
+    def __init__(self, channels, squeeze):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Conv2d(channels, squeeze, 1), nn.Conv2d(squeeze, channels, 1)
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.fc2(F.silu(self.fc1(F.adaptive_avg_pool2d(x, 1)))))
+
+
+class MBConv(nn.Module):
+    """torchvision's MBConv (stochastic depth left out: it is the identity in eval mode)."""
+
+    def __init__(self, expand, kernel, stride, cin, cout):
+        super().__init__()
+        self.residual = stride == 1 and cin == cout
+        wide = cin * expand
+        layers = [Conv2dNormActivation(cin, wide, 1)] if wide != cin else []
+        layers += [Conv2dNormActivation(wide, wide, kernel, stride, groups=wide),
+                   SqueezeExcitation(wide, max(1, cin // 4)), Conv2dNormActivation(wide, cout, 1, activation=False)]
+        self.block = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return x + self.block(x) if self.residual else self.block(x)
+
+
+class EfficientNet(nn.Module):
+    """torchvision.models.efficientnet_b0: features.0 (stem), features.1 .. 7 (the MBConv stages),
+    features.8 (1x1 conv to 1280), avgpool, classifier (Dropout, Linear)."""
+
+    STAGES = [(1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2), (6, 3, 2, 40, 80, 3),
+              (6, 5, 1, 80, 112, 3), (6, 5, 2, 112, 192, 4), (6, 3, 1, 192, 320, 1)]
+
+    def __init__(self, classes=1000, dropout=0.2):
+        super().__init__()
+        layers = [Conv2dNormActivation(3, 32, 3, 2)]
+        for expand, kernel, stride, cin, cout, n in self.STAGES:
+            layers.append(nn.Sequential(*[MBConv(expand, kernel, stride if i == 0 else 1, cin if i == 0 else cout, cout)
+                                          for i in range(n)]))
+        layers.append(Conv2dNormActivation(320, 1280, 1))
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(1280, classes))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def efficientnet_b0(classes=1000):
+    return EfficientNet(classes)
 
 
 # ---- the other models, as plain PyTorch modules ------------------------------------------------

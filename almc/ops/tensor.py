@@ -8,7 +8,7 @@ import numpy as np
 from ..errors import ShapeError
 from ..types import TensorType, broadcast
 from .common import matmul_along_axes, np_along_axes, per_axis
-from .registry import Attr, Op, Param, register
+from .registry import Attr, Op, Param, TorchModule, register
 
 
 def _matmul_shape(types, a):
@@ -278,7 +278,7 @@ register(Op(
            Attr("trainable", "bool", True, doc="false: drawn once at compile time and never trained (a buffer)")),
     shape=_parameter_shape, params=_parameter_params,
     lower=lambda g, ins, p, a, types, out: p["value"], reference=lambda xs, p, a: p["value"],
-    grad=lambda d, n, gy: ([], {"value": gy}), category="layer",
+    grad=lambda d, n, gy: ([], {"value": gy}), category="layer", torch=TorchModule("Parameter"),
     doc="A free tensor of the model, learned by training (a class token, a positional embedding), or, with "
         "trainable = false, a fixed random tensor (random features). It has no batch axis: it broadcasts in "
         "arithmetic, and broadcast(p, like) repeats it over the batch.",
