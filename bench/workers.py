@@ -353,36 +353,43 @@ def infer(args) -> None:
                     entry["errors"][k] = error_text(e)
             if not once:
                 continue
-            # a block: a pause of 50 ms (onnxruntime's idle worker threads spin for 20-30 ms after a run and
-            # would halve the next contender's speed on 2 cores), one untimed call for short calls (waking
-            # the threads, caches), then back-to-back timed calls of one contender, ~0.1 s of them, at most 20 (200 for calls under 1 ms)
-            probe = once["onnx:almc" if "onnx:almc" in once else "eager"]
-            one = []
-            for _ in range(5):
-                t0 = time.perf_counter()
-                probe()
-                one.append(time.perf_counter() - t0)
-            block = max(1, min(200 if min(one) < 1e-3 else 20, int(0.1 / max(min(one), 1e-6))))  # µs calls: more, less noise
-            untimed = min(one) < 0.05  # the switch matters for short calls only
-            times = {k: [] for k in once}
-            names = list(once)
-            rounds = max(min(6, reps), -(-reps // block))  # at least 6 rounds of alternation
-            for r in range(rounds):
-                for name in rotated(names, r):
-                    time.sleep(0.05)  # let the other runtime's spinning worker threads go idle
-                    f = once[name]
-                    if untimed:
-                        f()
-                    for _ in range(block):
-                        t = time.perf_counter()
-                        f()
-                        times[name].append(time.perf_counter() - t)
+            times, block, rounds, untimed = alternate(once, "onnx:almc" if "onnx:almc" in once else "eager", reps)
             entry[key] = {"batch": batch, "block": block, "rounds": rounds, "untimed_first": untimed, "times": times}
             print(f"infer {arch} batch {batch}: " + ", ".join(f"{k} {np.median(v) * 1e3:.2f}ms" for k, v in times.items()),
                   flush=True)
         result["archs"][arch] = entry
     result["load_after"] = os.getloadavg()
     write(wd, "infer" if dev == "cpu" else "infer_cuda", result)
+
+
+def alternate(once: dict, probe_key: str, reps: int) -> tuple[dict, int, int, bool]:
+    """Time the prepared calls `once` (name -> f) in rotating rounds: (times by name, block, rounds,
+    untimed_first). A block: a pause of 50 ms (onnxruntime's idle worker threads spin for 20-30 ms
+    after a run and would halve the next contender's speed on 2 cores), one untimed call for short
+    calls (waking the threads, caches), then back-to-back timed calls of one contender, ~0.1 s of
+    them, at most 20 (200 for calls under 1 ms); at least 6 rounds of alternation."""
+    probe = once[probe_key]
+    one = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        probe()
+        one.append(time.perf_counter() - t0)
+    block = max(1, min(200 if min(one) < 1e-3 else 20, int(0.1 / max(min(one), 1e-6))))  # µs calls: more, less noise
+    untimed = min(one) < 0.05  # the switch matters for short calls only
+    times = {k: [] for k in once}
+    names = list(once)
+    rounds = max(min(6, reps), -(-reps // block))
+    for r in range(rounds):
+        for name in rotated(names, r):
+            time.sleep(0.05)  # let the other runtime's spinning worker threads go idle
+            f = once[name]
+            if untimed:
+                f()
+            for _ in range(block):
+                t = time.perf_counter()
+                f()
+                times[name].append(time.perf_counter() - t)
+    return times, block, rounds, untimed
 
 
 def onnx_runner(path: str, dev: str, threads: int):
