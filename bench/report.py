@@ -319,3 +319,51 @@ def headline(res: dict) -> list[tuple[str, str]]:
             add(f"training {model}: peak RSS of the process", med([x["peak_process_mib"] for x in r["almc"]]),
                 med([x["peak_process_mib"] for x in r["torch"]]))
     return out
+
+
+# -- bench/zoo.py's section (results-zoo.json), after run.py's ---------------------------------------
+
+def median_ms(v: list[float]) -> float:
+    return statistics.median(v) * 1e3
+
+
+def top_ops(stats: dict, n: int = 8) -> str:
+    ops = stats["after_ort"]["ops"]
+    return ", ".join(f"{k} {v}" for k, v in list(ops.items())[:n])
+
+
+def render_zoo(res: dict) -> str:
+    lines = ["## 5. bench/zoo.py: ViT-B/16, EfficientNet-B0 and a ViT training step against PyTorch (CPU)", "",
+             f"`{res['command']}` on {res['machine']} ({res['wall_s']:.0f} s, load average "
+             f"{res['load'][0]:.2f} before, {res['load_after'][0]:.2f} after); {res['versions']}.", "",
+             "Medians in ms; ratio: almc / reference (above 1: almc is slower).", "",
+             "| model | batch | almc ONNX | torch.onnx.export | PyTorch eager | almc / export | almc / eager |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, e in res["inference"].items():
+        for batch, t in e["times"].items():  # batch: a string key once through JSON
+            a, o, g = (median_ms(t["times"][k]) for k in ("onnx:almc", "onnx:torchscript", "eager"))
+            lines.append(f"| {name} | {batch} | {a:.1f} | {o:.1f} | {g:.1f} | {a / o:.3f} | {a / g:.3f} |")
+    lines += ["", "Outputs against PyTorch in float64 (max difference relative to the largest output): "
+              + "; ".join(f"{name}: almc {e['check']['onnx:almc']:.1e}, export {e['check']['onnx:torchscript']:.1e}, "
+                          f"eager {e['check']['eager']:.1e}"
+        for name, e in res["inference"].items()) + ".", "",
+        "Nodes before and after onnxruntime's optimisations, and the commonest ops it runs:", ""]
+    for name, e in res["inference"].items():
+        for k, s in e["graphs"].items():
+            lines.append(f"- {name}, {k}: {s['nodes']} -> {s['after_ort']['nodes']} nodes: {top_ops(s)}")
+    tr = res["training"]
+    a, g = median_ms(tr["times"]["almc"]), median_ms(tr["times"]["eager"])
+    lines += ["", "| training step | almc (ONNX step, StepRunner) | PyTorch eager | almc / eager |",
+              "|---|---:|---:|---:|",
+              f"| vit_digits, batch 32, AdamW | {a:.2f} | {g:.2f} | {a / g:.3f} |", "",
+              f"First {len(tr['losses'])} losses (almc, PyTorch): "
+              + ", ".join(f"({x:.6f}, {y:.6f})" for x, y in tr["losses"])
+              + "; the weights after them differ by at most (absolute; lr 2e-3 bounds each step) "
+              + ", ".join(f"{d:.1e} in {k}" for d, k in tr["weight_diffs"]) + ". "
+              f"The step has {tr['nodes']} ONNX nodes.", ""]
+    return "\n".join(lines)
+
+
+def document(res: dict, zoo: dict | None) -> str:
+    """RESULTS.md: run.py's report, then bench/zoo.py's section where it has run."""
+    return render(res) + ("\n" + render_zoo(zoo) if zoo else "")

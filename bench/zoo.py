@@ -1,7 +1,7 @@
 """The newer architectures against PyTorch on the CPU: ViT-B/16 and EfficientNet-B0 inference,
 and a Vision Transformer's training step (models/vit_digits.alm).
 
-    python bench/zoo.py            # about 4 minutes on 2 cores; writes bench/RESULTS-ZOO.md
+    python bench/zoo.py            # about 4 minutes on 2 cores; its section of bench/RESULTS.md
     python bench/zoo.py --quick    # fewer rounds
 
 Inference: models/vit_b_16.alm and models/efficientnet_b0.alm at 224 x 224 against
@@ -37,14 +37,11 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from report import document, median_ms, render_zoo  # noqa: E402
 from workers import alternate, eager_runner, graph_stats, onnx_runner, optimized_ops  # noqa: E402
 
 THREADS = 2
 TOL = 1e-4
-
-
-def median_ms(v) -> float:
-    return float(np.median(v) * 1e3)
 
 
 def inference(name: str, make, dims: tuple, wd: Path, reps: int, batches=(1, 8)) -> dict:
@@ -170,47 +167,10 @@ def training(reps: int, steps_checked: int = 3) -> dict:
             "times": times, "nodes": len(compiled.proto.graph.node)}
 
 
-def top_ops(stats: dict, n: int = 8) -> str:
-    ops = stats["after_ort"]["ops"]
-    return ", ".join(f"{k} {v}" for k, v in list(ops.items())[:n])
-
-
-def render(res: dict) -> str:
-    lines = ["# bench/zoo.py: ViT-B/16, EfficientNet-B0 and a ViT training step against PyTorch (CPU)", "",
-             f"`{res['command']}` on {res['machine']} ({res['wall_s']:.0f} s, load average "
-             f"{res['load'][0]:.2f} before, {res['load_after'][0]:.2f} after); {res['versions']}.", "",
-             "Medians in ms; ratio: almc / reference (above 1: almc is slower).", "",
-             "| model | batch | almc ONNX | torch.onnx.export | PyTorch eager | almc / export | almc / eager |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for name, e in res["inference"].items():
-        for batch, t in e["times"].items():
-            a, o, g = (median_ms(t["times"][k]) for k in ("onnx:almc", "onnx:torchscript", "eager"))
-            lines.append(f"| {name} | {batch} | {a:.1f} | {o:.1f} | {g:.1f} | {a / o:.3f} | {a / g:.3f} |")
-    lines += ["", "Outputs against PyTorch in float64 (max difference relative to the largest output): "
-              + "; ".join(f"{name}: almc {e['check']['onnx:almc']:.1e}, export {e['check']['onnx:torchscript']:.1e}, "
-                          f"eager {e['check']['eager']:.1e}"
-        for name, e in res["inference"].items()) + ".", "",
-        "Nodes before and after onnxruntime's optimisations, and the commonest ops it runs:", ""]
-    for name, e in res["inference"].items():
-        for k, s in e["graphs"].items():
-            lines.append(f"- {name}, {k}: {s['nodes']} -> {s['after_ort']['nodes']} nodes: {top_ops(s)}")
-    tr = res["training"]
-    a, g = median_ms(tr["times"]["almc"]), median_ms(tr["times"]["eager"])
-    lines += ["", "| training step | almc (ONNX step, StepRunner) | PyTorch eager | almc / eager |",
-              "|---|---:|---:|---:|",
-              f"| vit_digits, batch 32, AdamW | {a:.2f} | {g:.2f} | {a / g:.3f} |", "",
-              f"First {len(tr['losses'])} losses (almc, PyTorch): "
-              + ", ".join(f"({x:.6f}, {y:.6f})" for x, y in tr["losses"])
-              + "; the weights after them differ by at most (absolute; lr 2e-3 bounds each step) "
-              + ", ".join(f"{d:.1e} in {k}" for d, k in tr["weight_diffs"]) + ". "
-              f"The step has {tr['nodes']} ONNX nodes.", ""]
-    return "\n".join(lines)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer rounds")
-    ap.add_argument("--out", default=str(BENCH), help="where RESULTS-ZOO.md and results-zoo.json go")
+    ap.add_argument("--out", default=str(BENCH), help="where results-zoo.json goes, and the section into RESULTS.md if results.json is there")
     args = ap.parse_args()
     import warnings
 
@@ -233,8 +193,10 @@ def main() -> None:
     res["wall_s"] = time.perf_counter() - t0
     out = Path(args.out)
     (out / "results-zoo.json").write_text(json.dumps(res, indent=1, default=float) + "\n")
-    (out / "RESULTS-ZOO.md").write_text(render(res))
-    print(render(res))
+    print(render_zoo(json.loads((out / "results-zoo.json").read_text())))
+    if (out / "results.json").exists():  # RESULTS.md: run.py's last run, then this section
+        main_res = json.loads((out / "results.json").read_text())
+        (out / "RESULTS.md").write_text(document(main_res, json.loads((out / "results-zoo.json").read_text())))
 
 
 if __name__ == "__main__":
