@@ -501,10 +501,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("almc: interrupted; nothing was written", file=sys.stderr)
         return 130
-    except MemoryError:
+    except MemoryError as e:
         if debug:
             raise
-        print("almc: error: out of memory: the model or the data need more memory than this machine has; "
+        detail = f" ({e})" if str(e).startswith("the parameters take") else ""  # init.draw_all's figures
+        print(f"almc: error: out of memory: the model or the data need more memory than this machine has{detail}; "
               "make them smaller (or lower --max-params, which bounds every layer)", file=sys.stderr)
         return EXIT_MODEL
     except OSError as e:  # the machine's, not almc's: a full disk, a file that vanished, a read-only folder

@@ -114,13 +114,32 @@ def initialize(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
                      for nid, name, p in param_specs(graph)], seed)
 
 
+def available_memory() -> int | None:
+    """Bytes this machine can still give a process without swapping (Linux's MemAvailable), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def draw_all(specs: list[tuple[str, str, tuple, int, int]], seed: int = 0) -> dict[str, np.ndarray]:
-    """{name: array} for (name, init, shape, fan_in, fan_out) specs, each from its own generator."""
+    """{name: array} for (name, init, shape, fan_in, fan_out) specs, each from its own generator.
+    Refuses (MemoryError, before allocating) weights larger than the memory available: the
+    allocation itself would succeed under overcommit, and drawing into it would end in the
+    kernel's OOM killer, with no message at all."""
+    need = 4 * sum(int(np.prod(spec[2], dtype=object)) for spec in specs)
+    free = available_memory()
+    if free is not None and need > free:
+        raise MemoryError(f"the parameters take {need:,} bytes as float32, and this machine has {free:,} available")
     def one(spec):
         name, init, shape, fan_in, fan_out = spec
         return draw(init, shape, fan_in, fan_out, np.random.default_rng([seed, zlib.crc32(name.encode())]))
 
-    if sum(np.prod(spec[2]) for spec in specs) < 1 << 20:  # small models: threads cost more than they save
+    if need < 4 << 20:  # small models: threads cost more than they save
         return {spec[0]: one(spec) for spec in specs}
     from concurrent.futures import ThreadPoolExecutor
 

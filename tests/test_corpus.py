@@ -122,6 +122,13 @@ number ... does not fit in a float32 tensor`), and so are imports of a directory
 symbolic-link loop and expressions nested more than 100,000 levels deep. `almc check
 --grad` refuses a model of more than 20,000,000 parameters (it runs in float64 numpy).
 At most 50 diagnostics are printed, then `... and N more diagnostics not shown`.
+Weights larger than the memory the machine has available are refused before they are
+drawn (exit status 1; under Linux's overcommit the allocation would succeed and the OOM
+killer end the process without a word): `out of memory: the model or the data need more
+memory than this machine has (the parameters take 28,000,280,000 bytes as float32, and this
+machine has 24,438,910,976 available); make them smaller (or lower --max-params, which
+bounds every layer)`; any other exhausted allocation gives the same message without the
+figures.
 
 A compile killed mid-write leaves its temporary file (`.m.onnx.1a2b3c4d.tmp`) beside the
 output; the next write of the same output removes it once no writer holds it.

@@ -20,12 +20,33 @@ TRAINED = MODEL + ("train M {\n input label: i64[N]\n minimize mean(cross_entrop
 
 
 WALL_LIMIT_S = 60  # every case, whatever it is given: no hang, no runaway work
+PEAK_LIMIT_MIB = 300  # and what it may add to the process's resident memory at its peak
+
+
+def _status_mib() -> dict:
+    with open("/proc/self/status") as f:
+        return {k: int(v.split()[0]) / 1024 for k, v in (line.split(":", 1) for line in f)
+                if k in ("VmRSS", "VmHWM")}
+
+
+def _reset_peak() -> bool:
+    """Set VmHWM back to the current RSS (Linux), so that the next reading is this case's peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def run(capsys, *argv):
+    measured = _reset_peak()
+    before = _status_mib()["VmRSS"] if measured else 0.0
     t0 = time.perf_counter()
     code = main([str(a) for a in argv])
     assert time.perf_counter() - t0 < WALL_LIMIT_S
+    if measured:
+        assert _status_mib()["VmHWM"] - before < PEAK_LIMIT_MIB, argv
     out = capsys.readouterr()
     assert "Traceback" not in out.err and "internal error" not in out.err
     return code, out.err.strip()
@@ -431,6 +452,19 @@ def test_out_of_memory_is_the_models_size_not_a_bug(here, capsys, monkeypatch):
     monkeypatch.setattr(almc.api.Model, "initial_weights", exhausted)
     code, err = run(capsys, "compile", "m.alm")
     assert code == 1 and err.startswith("almc: error: out of memory: the model or the data need more memory")
+
+
+def test_weights_larger_than_the_free_memory_are_refused_before_drawing(here, capsys, monkeypatch):
+    """Under overcommit numpy's allocation succeeds and filling it ends in the OOM killer, so
+    the draw is checked against the memory available first."""
+    import almc.init
+
+    monkeypatch.setattr(almc.init, "available_memory", lambda: 40)
+    code, err = run(capsys, "compile", "m.alm", "-o", "m.onnx")
+    assert (code, err) == (1, "almc: error: out of memory: the model or the data need more memory than this machine "
+                              "has (the parameters take 60 bytes as float32, and this machine has 40 available); make "
+                              "them smaller (or lower --max-params, which bounds every layer)")
+    assert not (here / "m.onnx").exists()
 
 
 # ---- long expressions: valid ones compile, over-deep ones get a located error --------------------------
