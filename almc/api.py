@@ -88,6 +88,13 @@ class Model:
         self._session = None
         return metrics
 
+    def evaluate(self, data: str | None = None, **options) -> dict:
+        """The metrics of `almc evaluate` on a split of the data (options: split, seed, device,
+        threads): the objective, accuracy, per-class precision / recall / F1, confusion matrix."""
+        from .evaluate import EvalOptions, evaluate
+
+        return evaluate(self, EvalOptions(data=data, **options))
+
     def load_weights(self, path: str | os.PathLike) -> None:
         """Take the weights of an almc checkpoint (checked against this model's parameters)."""
         from .checkpoint import check_weights, read_checkpoint
@@ -103,13 +110,14 @@ class Model:
         onnxruntime provider it is tuned for; it computes the same and runs on either."""
         return compile_step(self.graph, gradients=gradients, target=target).proto
 
-    def run(self, inputs, device: str = "auto") -> dict[str, np.ndarray]:
-        """Run in onnxruntime. `inputs`: one array (single-input models) or a dict by input name."""
+    def run(self, inputs, device: str = "auto", threads: int | None = None) -> dict[str, np.ndarray]:
+        """Run in onnxruntime. `inputs`: one array (single-input models) or a dict by input name.
+        `threads`: onnxruntime's intra-op threads (default: runtime.default_threads)."""
         from .runtime import session
 
         feeds = self._feeds(inputs)
         if self._session is None:
-            self._session = session(self.compile(check_runtime=False).SerializeToString(), device)
+            self._session = session(self.compile(check_runtime=False).SerializeToString(), device, threads=threads)
         names = [o.name for o in self._session.get_outputs()]
         return dict(zip(names, self._session.run(names, feeds)))
 

@@ -66,6 +66,22 @@ def model_options(p: argparse.ArgumentParser) -> None:
                         f"statements, list elements (default {Limits.max_eval_steps:,})")
 
 
+MAX_THREADS = 1024
+
+
+def thread_count(text: str) -> int:
+    v = positive_int(text)
+    if v > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"expects at most {MAX_THREADS} threads, got {v:,}")
+    return v
+
+
+def threads_option(p) -> None:
+    p.add_argument("--threads", type=thread_count, metavar="N",
+                   help="onnxruntime's intra-op threads (default: the CPUs this process may use, less the "
+                        "machine's current load)")
+
+
 def build_parser() -> Parser:
     p = Parser(prog="almc", description="Compile declarative .alm neural networks to ONNX and run them.")
     p.add_argument("--debug", action="store_true", help="show Python tracebacks of internal errors")
@@ -109,6 +125,19 @@ def build_parser() -> Parser:
     t.add_argument("--out", metavar="TRAINED.onnx", help="export the trained inference model")
     t.add_argument("--init", metavar="CKPT", help="start from the weights of a checkpoint (fine-tuning)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    threads_option(t)
+
+    e = sub.add_parser("evaluate", help="a trained model's loss, accuracy, per-class precision / recall / F1 and "
+                                        "confusion matrix on a split of its data")
+    model_options(e)
+    e.add_argument("--weights", metavar="CKPT", help="the trained weights: an almc checkpoint (almc train "
+                                                     "--checkpoint DIR writes DIR/last.npz)")
+    e.add_argument("--data", help='"digits" (default: the training section\'s), a .npz file, or a folder of MNIST IDX files')
+    e.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split (default test)")
+    e.add_argument("--seed", type=int, default=0, help="the seed training used: it decides the split (default 0)")
+    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    e.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    threads_option(e)
 
     r = sub.add_parser("run", help="run a .alm or .onnx model on .npy inputs in onnxruntime")
     r.add_argument("file", help="a .alm or .onnx model")
@@ -120,6 +149,21 @@ def build_parser() -> Parser:
     r.add_argument("--model", help="which model, when the file defines several")
     r.add_argument("-D", "--set", dest="params", action="append", default=[], metavar="NAME=VALUE")
     r.add_argument("--allow-outside-imports", action="store_true")
+    threads_option(r)
+
+    pr = sub.add_parser("predict", help="the most probable classes of each example, with their probabilities")
+    pr.add_argument("file", help="a .alm (with --weights) or a trained .onnx")
+    pr.add_argument("inputs", nargs="+", metavar="X.npy",
+                    help="examples: one per file (the input's shape without the batch axis) or a batch [n, ...]")
+    pr.add_argument("--weights", metavar="CKPT", help="for a .alm: the trained weights (an almc checkpoint)")
+    pr.add_argument("--top", type=positive_int, default=3, metavar="K", help="how many classes (default 3)")
+    pr.add_argument("-o", "--output", metavar="OUT.csv", help="also write the predictions as CSV")
+    pr.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    pr.add_argument("--seed", type=int, default=0, help="seed of the initial weights for a .alm without --weights")
+    pr.add_argument("--model", help="which model, when the file defines several")
+    pr.add_argument("-D", "--set", dest="params", action="append", default=[], metavar="NAME=VALUE")
+    pr.add_argument("--allow-outside-imports", action="store_true")
+    threads_option(pr)
 
     sub.add_parser("ops", help="list every op with its arguments (Markdown)")
 
@@ -146,6 +190,8 @@ def build_parser() -> Parser:
     we.add_argument("--alm", metavar="FILE.alm", help="the model the checkpoint belongs to")
     we.add_argument("--model", help="which model, when the file defines several")
     we.add_argument("-D", "--set", dest="params", action="append", default=[], metavar="NAME=VALUE")
+    for command in [*sub.choices.values(), *ws.choices.values()]:  # `almc compile F --debug` as `almc --debug compile F`
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 
 
@@ -298,20 +344,12 @@ def _feeds(what: str, types: dict, arrays: dict, path_of: dict) -> dict:
     return {n: check_input(n, arrays[n], types[n], path_of[n]) if types[n] else arrays[n] for n in names}
 
 
-def cmd_run(args) -> int:
-    import numpy as np
-
-    from .files import atomic_write, check_input_file, check_output
+def runnable(args):
+    """(its name, its input types, feeds -> (outputs, provider), the Model or None) of `almc run`'s
+    or `almc predict`'s model: an .onnx file, or a .alm compiled on the fly."""
+    from .files import check_input_file
     from .runtime import session
 
-    arrays, paths, path_of = {}, [args.file], {}
-    for item in args.input:
-        name, _, path = item.rpartition("=")
-        arrays[name or None] = read_array(path)
-        paths.append(path)
-        path_of[name or None] = path
-    if args.output:
-        check_output(args.output, paths)
     if args.file.endswith(".onnx"):
         import onnx
 
@@ -325,18 +363,33 @@ def cmd_run(args) -> int:
             onnx.checker.check_model(proto)
         except Exception as e:  # onnx raises several types for damaged files
             raise FileError(args.file, f"not a valid ONNX model ({str(e).splitlines()[0][:200]})") from None
-        what, types = args.file, input_types(proto)
 
         def execute(feeds):
-            sess = session(proto.SerializeToString(), args.device)
+            sess = session(proto.SerializeToString(), args.device, threads=args.threads)
             return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds))), sess.get_providers()[0]
-    else:
-        args.max_params = args.max_activations = 2_000_000_000
-        m = load_model(args)
-        what, types = m.name, m.inputs
+        return args.file, input_types(proto), execute, None
+    args.max_params = args.max_activations = 2_000_000_000
+    m = load_model(args)
 
-        def execute(feeds):
-            return m.run(feeds, device=args.device), m.provider
+    def execute(feeds):
+        return m.run(feeds, device=args.device, threads=args.threads), m.provider
+    return m.name, m.inputs, execute, m
+
+
+def cmd_run(args) -> int:
+    import numpy as np
+
+    from .files import atomic_write, check_output
+
+    arrays, paths, path_of = {}, [args.file], {}
+    for item in args.input:
+        name, _, path = item.rpartition("=")
+        arrays[name or None] = read_array(path)
+        paths.append(path)
+        path_of[name or None] = path
+    if args.output:
+        check_output(args.output, paths)
+    what, types, execute, _ = runnable(args)
     feeds = _feeds(what, types, arrays, path_of)
     try:
         outs, provider = execute(feeds)
@@ -363,6 +416,51 @@ def cmd_run(args) -> int:
     return EXIT_OK
 
 
+def cmd_predict(args) -> int:
+
+    from .evaluate import top_classes
+    from .files import atomic_write, check_output
+
+    if args.output:
+        check_output(args.output, [args.file, args.weights, *args.inputs])
+    what, types, execute, m = runnable(args)
+    if len(types) != 1:
+        raise UsageError(f"{what} has inputs {', '.join(types)}: almc predict feeds one (use almc run)")
+    (name, t), = types.items()
+    spec = m.graph.train if m is not None else None
+    if spec is not None and not m.graph.node(spec.labels[0]).type.dtype.startswith("i"):
+        raise UsageError(f"{what} is trained on float targets (a regression): it has no classes to predict; "
+                         "use almc run")
+    if m is not None and args.weights:
+        m.load_weights(args.weights)
+    elif args.weights:
+        raise UsageError("--weights is for a .alm model: an .onnx file holds its weights")
+    elif m is not None:
+        print(f"almc: warning: no --weights: predicting with {m.name}'s initial weights (seed {args.seed})",
+              file=sys.stderr)
+    labels = list(spec.classes) if spec is not None and spec.classes else None
+    rows = []
+    for path in args.inputs:
+        x = read_array(path)
+        if t is not None and x.ndim == t.rank - 1:  # one example: add the batch axis
+            x = x[None]
+        outs, provider = execute(_feeds(what, types, {None: x}, {None: path}))
+        scores = next(iter(outs.values()))
+        for i, top in enumerate(top_classes(scores, args.top, labels)):
+            rows.append((path, i, top))
+            shown = ", ".join(f"{c} ({p:.4f})" for c, p in top)
+            print(f"{path}[{i}]: {shown}")
+    if args.output:
+        k = max(len(top) for *_, top in rows)
+        lines = ["file,index," + ",".join(f"class_{j + 1},p_{j + 1}" for j in range(k))]
+        for path, i, top in rows:
+            quoted = '"' + path.replace('"', '""') + '"' if any(ch in path for ch in ',"\n') else path
+            lines.append(f"{quoted},{i}," + ",".join(f"{c},{p:.6g}" for c, p in top))
+        atomic_write(args.output, ("\n".join(lines) + "\n").encode())
+        print(f"wrote {args.output}")
+    return EXIT_OK
+
+
 def cmd_graph(args) -> int:
     from .draw import render
     from .files import atomic_write, check_output
@@ -383,7 +481,7 @@ def cmd_train(args) -> int:
     m = load_model(args)
     opts = TrainOptions(data=args.data, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
                         device=args.device, metrics=args.metrics, checkpoint=args.checkpoint, resume=args.resume,
-                        out=args.out, progress=not args.no_progress)
+                        out=args.out, progress=not args.no_progress, threads=args.threads)
     if args.init:
         from .checkpoint import match_weights, read_checkpoint
 
@@ -406,6 +504,22 @@ def cmd_train(args) -> int:
     for what, path in (("metrics", args.metrics), ("checkpoint", args.checkpoint), ("trained model", args.out)):
         if path:
             print(f"wrote {what}: {path}")
+    return EXIT_OK
+
+
+def cmd_evaluate(args) -> int:
+    import json
+
+    from .evaluate import EvalOptions, evaluate, report
+
+    m = load_model(args)
+    if args.weights:
+        m.load_weights(args.weights)
+    elif m.graph.train is not None:
+        print(f"almc: warning: no --weights: evaluating {m.name}'s initial weights (seed {args.seed})", file=sys.stderr)
+    metrics = evaluate(m, EvalOptions(data=args.data, split=args.split, seed=args.seed, device=args.device,
+                                      threads=args.threads))
+    print(json.dumps(metrics, indent=2) if args.json else report(metrics))
     return EXIT_OK
 
 
@@ -456,7 +570,7 @@ def cmd_ops(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"ops": cmd_ops, "train": cmd_train, "diff-modes": cmd_diff_modes, "check": cmd_check, "summary": cmd_summary, "compile": cmd_compile, "run": cmd_run, "graph": cmd_graph, "weights": cmd_weights}
+COMMANDS = {"ops": cmd_ops, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "diff-modes": cmd_diff_modes, "check": cmd_check, "summary": cmd_summary, "compile": cmd_compile, "run": cmd_run, "graph": cmd_graph, "weights": cmd_weights}
 
 
 def _terminate(signum, frame):

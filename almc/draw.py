@@ -9,7 +9,9 @@ from .graph import INPUT, Graph, is_leaf, live_nodes
 
 
 def _q(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A DOT string: backslashes and quotes escaped, then each newline as DOT's own `\\n` (escaping
+    a label's `\\n` as text showed a literal backslash-n in every drawn node)."""
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
 def to_dot(graph: Graph) -> str:
@@ -21,11 +23,11 @@ def to_dot(graph: Graph) -> str:
         if node.id not in live or is_leaf(node):
             continue
         if node.op == INPUT:
-            label = f"{node.id}\\ninput {node.type}"
+            label = f"{node.id}\ninput {node.type}"
             lines.append(f"  {_q(node.id)} [label={_q(label)}, shape=oval, fillcolor=\"#e3f4e1\"];")
             continue
         attrs = ", ".join(f"{k}={v}" for k, v in node.attrs.items() if v is not None and k != "init")
-        label = f"{node.id}\\n{node.op}" + (f"({attrs})" if attrs else "")
+        label = f"{node.id}\n{node.op}" + (f"({attrs})" if attrs else "")
         lines.append(f"  {_q(node.id)} [label={_q(label)}];")
     for node in graph.nodes():
         if node.id not in live or is_leaf(node):
@@ -37,7 +39,7 @@ def to_dot(graph: Graph) -> str:
             lines.append(f"  {_q(i)} -> {_q(node.id)} [label={_q(str(src.type))}];")
     for name, nid in graph.outputs.items():
         out = f"output:{name}"
-        label = f"{name}\\noutput {graph.node(nid).type}"
+        label = f"{name}\noutput {graph.node(nid).type}"
         lines.append(f"  {_q(out)} [label={_q(label)}, shape=oval, fillcolor=\"#fbe9e7\"];")
         lines.append(f"  {_q(nid)} -> {_q(out)};")
     lines.append("}")

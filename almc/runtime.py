@@ -67,6 +67,20 @@ def lean_memory(opts) -> None:
         opts.add_session_config_entry("session.use_env_allocators", "1")
 
 
+def default_threads() -> int:
+    """onnxruntime's intra-op threads when none are asked for: the CPUs this process may use, less
+    those other processes keep busy now (the runnable tasks of /proc/loadavg, which the 1-minute
+    load average trails by a minute). onnxruntime's own default takes every core, and on a
+    loaded machine its spinning workers wait for each other (figures: docs/performance.md)."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        with open("/proc/loadavg") as f:
+            others = int(f.read().split()[3].split("/")[0]) - 1  # less this process, which is running
+    except (OSError, ValueError, IndexError):
+        others = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+    return max(1, usable - max(0, others))
+
+
 def session(model, device: str = "auto", threads: int | None = None, memory_pattern: bool = True):
     """An InferenceSession for a ModelProto, bytes or path; `.get_providers()[0]` says what runs.
 
@@ -86,8 +100,7 @@ def session(model, device: str = "auto", threads: int | None = None, memory_patt
     opts = ort.SessionOptions()
     opts.log_severity_level = 4
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        opts.intra_op_num_threads = threads
+    opts.intra_op_num_threads = threads or default_threads()
     lean_memory(opts)
     opts.enable_mem_pattern = memory_pattern
     if not isinstance(model, (bytes, str, os.PathLike)):

@@ -42,6 +42,7 @@ class TrainOptions:
     out: str | None = None
     progress: bool = True
     init: dict | None = None  # starting weights (fine-tuning), by parameter name
+    threads: int | None = None  # onnxruntime's intra-op threads (default: runtime.default_threads)
 
 
 class TrainingStopped(Exception):
@@ -164,8 +165,8 @@ def train(model, opts: TrainOptions) -> dict:
         raise UsageError("the training split is empty")
     classify = np.issubdtype(y_tr.dtype, np.integer)  # float targets: a regression, no accuracy
 
-    step_sess = session(compiled.proto.SerializeToString(), opts.device, memory_pattern=False)
-    eval_sess = session(compile_evaluation(graph, target).SerializeToString(), opts.device)
+    step_sess = session(compiled.proto.SerializeToString(), opts.device, threads=opts.threads, memory_pattern=False)
+    eval_sess = session(compile_evaluation(graph, target).SerializeToString(), opts.device, threads=opts.threads)
     provider = step_sess.get_providers()[0]
     dev = "cuda" if provider == "CUDAExecutionProvider" else "cpu"
     first_out = next(iter(graph.outputs))

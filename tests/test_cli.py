@@ -74,6 +74,9 @@ def test_graph_command_writes_dot_and_explains_missing_graphviz(tmp_path, capsys
     dot = (tmp_path / "g.dot").read_text()
     assert dot.startswith('digraph "LeNet5" {')
     assert '"c1.conv" -> "c1" [label="f32[N, 6, 28, 28]"];' in dot
+    # a label's two lines are split by DOT's newline escape, not by an escaped backslash shown as text
+    assert '"image" [label="image\\ninput f32[N, 1, 32, 32]", shape=oval' in dot
+    assert '"c1" [label="c1\\nrelu"];' in dot and "\\\\n" not in dot
     monkeypatch.setenv("PATH", str(tmp_path))  # no Graphviz here
     assert main(["graph", str(LENET), "-o", "g.svg"]) == 2
     assert "needs Graphviz's 'dot' program: install the graphviz package" in capsys.readouterr().err
@@ -83,7 +86,11 @@ def test_graph_command_writes_dot_and_explains_missing_graphviz(tmp_path, capsys
 @pytest.mark.skipif(__import__("shutil").which("dot") is None, reason="Graphviz is not installed")
 def test_graph_command_renders_svg(tmp_path):
     assert main(["graph", str(LENET), "-o", str(tmp_path / "g.svg")]) == 0
-    assert b"<svg" in (tmp_path / "g.svg").read_bytes()
+    import xml.etree.ElementTree as ET
+
+    texts = [t.text for t in ET.parse(tmp_path / "g.svg").getroot().iter("{http://www.w3.org/2000/svg}text")]
+    assert "input f32[N, 1, 32, 32]" in texts and "relu" in texts
+    assert not any("\\n" in (t or "") for t in texts)
 
 
 def test_python_api_mirrors_the_cli(tmp_path):
