@@ -82,6 +82,16 @@ def threads_option(p) -> None:
                         "machine's current load)")
 
 
+def runnable_options(p) -> None:
+    """What `almc run` and `almc predict` take beside the model (see `runnable`)."""
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights for a .alm model")
+    p.add_argument("--model", help="which model, when the file defines several")
+    p.add_argument("-D", "--set", dest="params", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument("--allow-outside-imports", action="store_true")
+    threads_option(p)
+
+
 def build_parser() -> Parser:
     p = Parser(prog="almc", description="Compile declarative .alm neural networks to ONNX and run them.")
     p.add_argument("--debug", action="store_true", help="show Python tracebacks of internal errors")
@@ -144,12 +154,7 @@ def build_parser() -> Parser:
     r.add_argument("--input", "-i", action="append", default=[], metavar="[NAME=]X.npy", required=True,
                    help="an input array; NAME= is needed when the model has several inputs")
     r.add_argument("--output", "-o", help="write the output to this .npy (.npz when there are several)")
-    r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    r.add_argument("--seed", type=int, default=0, help="seed of the initial weights for a .alm model")
-    r.add_argument("--model", help="which model, when the file defines several")
-    r.add_argument("-D", "--set", dest="params", action="append", default=[], metavar="NAME=VALUE")
-    r.add_argument("--allow-outside-imports", action="store_true")
-    threads_option(r)
+    runnable_options(r)
 
     pr = sub.add_parser("predict", help="the most probable classes of each example, with their probabilities")
     pr.add_argument("file", help="a .alm (with --weights) or a trained .onnx")
@@ -158,12 +163,7 @@ def build_parser() -> Parser:
     pr.add_argument("--weights", metavar="CKPT", help="for a .alm: the trained weights (an almc checkpoint)")
     pr.add_argument("--top", type=positive_int, default=3, metavar="K", help="how many classes (default 3)")
     pr.add_argument("-o", "--output", metavar="OUT.csv", help="also write the predictions as CSV")
-    pr.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    pr.add_argument("--seed", type=int, default=0, help="seed of the initial weights for a .alm without --weights")
-    pr.add_argument("--model", help="which model, when the file defines several")
-    pr.add_argument("-D", "--set", dest="params", action="append", default=[], metavar="NAME=VALUE")
-    pr.add_argument("--allow-outside-imports", action="store_true")
-    threads_option(pr)
+    runnable_options(pr)
 
     sub.add_parser("ops", help="list every op with its arguments (Markdown)")
 
