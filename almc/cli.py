@@ -497,7 +497,14 @@ def cmd_train(args) -> int:
         return EXIT_MODEL
     last = metrics["epochs"][-1] if metrics["epochs"] else {}
     print(f"{metrics['data']}; {metrics['provider']}")
-    print(f"trained {m.name} for {len(metrics['epochs'])} epochs in {metrics['wall_time']:.1f} s "
+    from .checkpoint import CHECKPOINT
+
+    done, total = metrics["resumed_after_epoch"], len(metrics["epochs"])
+    if done is not None:
+        print(f"resumed from {Path(args.checkpoint) / CHECKPOINT} after epoch {done} of {total}")
+    ran = (f"{total} epochs" if not done else f"epoch {total}" if done + 1 == total
+           else f"epochs {done + 1} to {total}" if done < total else f"no epoch (the checkpoint had all {total})")
+    print(f"trained {m.name} for {ran} in {metrics['wall_time']:.1f} s "
           f"({metrics['examples_per_second']:,.0f} examples/s): final train loss {last.get('train_loss', float('nan')):.4f}"
           + (f", validation accuracy {last['val_accuracy']:.4f}" if last.get("val_accuracy") is not None else "")
           + (f", test accuracy {metrics['test_accuracy']:.4f}" if metrics["test_accuracy"] is not None else ""))

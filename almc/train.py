@@ -239,7 +239,8 @@ def train(model, opts: TrainOptions) -> dict:
     metrics = {"model": graph.name, "data": ds.describe(), "provider": provider, "optimizer": spec.optimizer,
                "batch": spec.batch, "epochs": history, "test_accuracy": test_acc, "wall_time": wall,
                "examples_per_second": examples / wall if wall > 0 else None,
-               "median_step_seconds": float(np.median(step_times)) if step_times else None, "seed": opts.seed}
+               "median_step_seconds": float(np.median(step_times)) if step_times else None, "seed": opts.seed,
+               "resumed_after_epoch": start_epoch if opts.resume else None}
     if opts.metrics:
         atomic_write(opts.metrics, (json.dumps(metrics, indent=2) + "\n").encode())
     if opts.out:

@@ -34,11 +34,13 @@ PT_SUFFIXES = (".pt", ".pth")
 # -- reading weight files ---------------------------------------------------------------------
 
 class Arrays(dict):
-    """Named arrays read from a file; `folded`: an almc ONNX export without batch-norm nodes."""
+    """Named arrays read from a file; `folded`: an almc ONNX export without batch-norm nodes;
+    `by_almc`: the file is almc's own export, so its names are almc's."""
 
-    def __init__(self, items=(), folded: bool = False):
+    def __init__(self, items=(), folded: bool = False, by_almc: bool = False):
         super().__init__(items)
         self.folded = folded
+        self.by_almc = by_almc
 
 
 def _as_array(path, name, value) -> np.ndarray:
@@ -108,7 +110,7 @@ def _read_onnx(path: Path) -> dict[str, np.ndarray]:
     # almc's export folds batch norm into the layer before it unless --no-fold: those weights are
     # then not the model's parameters
     folded = "almc.model" in props and not any(n.op_type == "BatchNormalization" for n in model.graph.node)
-    return Arrays(weights, folded=folded)
+    return Arrays(weights, folded=folded, by_almc="almc.model" in props)
 
 
 def read_weights(path) -> Arrays:
@@ -122,10 +124,10 @@ def read_weights(path) -> Arrays:
     if not path.is_file():
         raise FileError(path, "no such file")
     weights = readers[suffix](path)
-    folded = getattr(weights, "folded", False)
+    folded, by_almc = getattr(weights, "folded", False), getattr(weights, "by_almc", False)
     if weights and all(k.startswith("module.") for k in weights):  # saved from nn.DataParallel
         weights = {k[7:]: v for k, v in weights.items()}
-    return Arrays(weights, folded=folded)
+    return Arrays(weights, folded=folded, by_almc=by_almc)
 
 
 # -- import -------------------------------------------------------------------------------------
@@ -195,7 +197,8 @@ def import_weights(model, path, names: str = "auto", seed: int | None = None):
         ext = shown.get(almc_name, external.get(almc_name, almc_name))
         return ext if ext == almc_name else f"{ext} (almc: {almc_name})"
 
-    report = ImportReport(str(path), graph.name, scheme, len(file_weights),
+    shown_scheme = "almc" if file_weights.by_almc else scheme  # almc's export names its own parameters
+    report = ImportReport(str(path), graph.name, shown_scheme, len(file_weights),
                           WeightMatch([label(n) for n in m.loaded], [label(n) for n in m.fresh],
                                       [(label(n), a, b) for n, a, b in m.mismatched], unexpected + m.unused),
                           skipped)

@@ -250,3 +250,24 @@ def test_training_on_cuda_lowers_the_step_and_the_evaluation_for_cuda(monkeypatc
     metrics = m.train(epochs=1, seed=0)
     assert targets == ["cuda", "cuda"]
     assert metrics["test_accuracy"] > 0.5
+
+
+def test_resume_says_where_it_resumes(tmp_path, capsys):
+    from almc.cli import main
+
+    ck = tmp_path / "ck"
+    assert main(["train", str(MODELS / "mlp.alm"), "--epochs", "2", "--checkpoint", str(ck), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["train", str(MODELS / "mlp.alm"), "--epochs", "4", "--checkpoint", str(ck), "--resume",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == f"resumed from {ck / 'last.npz'} after epoch 2 of 4"
+    assert out[2].startswith("trained MLP for epochs 3 to 4 in ")
+    assert main(["train", str(MODELS / "mlp.alm"), "--epochs", "4", "--checkpoint", str(ck), "--resume",
+                 "--no-progress", "--metrics", str(tmp_path / "m.json")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1:3] == [f"resumed from {ck / 'last.npz'} after epoch 4 of 4", out[2]]
+    assert out[2].startswith("trained MLP for no epoch (the checkpoint had all 4) in ")
+    import json
+
+    assert json.loads((tmp_path / "m.json").read_text())["resumed_after_epoch"] == 4

@@ -109,7 +109,8 @@ def test_almc_onnx_and_checkpoints_import_by_almc_names(tmp_path):
     m = almc.load(LENET)
     m.export(tmp_path / "lenet.onnx", seed=7)
     weights, report = import_weights(m, tmp_path / "lenet.onnx")
-    assert report.exact and report.scheme == "pytorch"
+    assert report.exact and report.scheme == "almc"  # almc's own export: not "PyTorch module names"
+    assert report.text().splitlines()[0] == f"read 10 arrays from {tmp_path / 'lenet.onnx'} (almc names for LeNet5)"
     for k, v in almc.load(LENET).initial_weights(7).items():
         np.testing.assert_array_equal(weights[k], v)
     assert main(["weights", "import", LENET, str(tmp_path / "lenet.onnx"), "-o", str(tmp_path / "ck.npz")]) == 0
