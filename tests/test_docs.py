@@ -45,3 +45,24 @@ def test_op_reference_is_current():
     text = (ROOT / "docs" / "language.md").read_text()
     section = text.split("<!-- ops:begin -->\n")[1].split("<!-- ops:end -->")[0]
     assert section == ops_markdown(), "regenerate with: python -m almc.ops.registry docs/language.md"
+
+
+def test_the_training_steps_inputs_come_in_the_documented_order():
+    """docs/training.md's input table, row by row, against a step with dropout and Adam."""
+    import re
+
+    text = (ROOT / "docs" / "training.md").read_text()
+    table = text.split("| inputs, in this order | |")[1].split("\n\n")[0]
+    rows = [line.split("|")[1].strip() for line in table.strip().splitlines()[1:]]
+    assert rows == ["the model's inputs", "`dropout_mask.NODE`", "the section's inputs", "`epoch`", "`step`",
+                    "optimiser state", "every parameter and buffer"]
+    m = almc.load("model M {\n input x: f32[N, 4]\n h = dropout(relu(dense(x, 8)), 0.5)\n output y = dense(h, 3)\n}\n"
+                  "train M {\n input label: i64[N]\n minimize mean(cross_entropy(y, label))\n optimizer adam()\n}\n")
+    names = [i.name for i in m.compile_training_step(gradients=False).graph.input]
+
+    def row(name):
+        for k, pattern in enumerate([r"x", r"dropout_mask\..+", r"label", r"epoch", r"step", r"adam_[mv]\..+", r".+"]):
+            if re.fullmatch(pattern, name):
+                return k
+    kinds = [row(n) for n in names]
+    assert kinds == sorted(kinds) and set(kinds) == set(range(7))
