@@ -135,6 +135,8 @@ def build_parser() -> Parser:
     t.add_argument("--out", metavar="TRAINED.onnx", help="export the trained inference model")
     t.add_argument("--init", metavar="CKPT", help="start from the weights of a checkpoint (fine-tuning)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--plot", metavar="CURVES.png", help="plot the loss and accuracies per epoch (.png, .svg, .pdf; "
+                                                        "needs matplotlib: pip install 'almc[plot]')")
     threads_option(t)
 
     e = sub.add_parser("evaluate", help="a trained model's loss, accuracy, per-class precision / recall / F1 and "
@@ -147,6 +149,12 @@ def build_parser() -> Parser:
     e.add_argument("--seed", type=int, default=0, help="the seed training used: it decides the split (default 0)")
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    e.add_argument("--confusion", metavar="OUT.png", help="draw the confusion matrix (.png, .svg, .pdf; needs "
+                                                          "matplotlib)")
+
+    pl = sub.add_parser("plot", help="plot the training curves of almc train --metrics (needs matplotlib)")
+    pl.add_argument("metrics", help="the JSON file almc train --metrics wrote")
+    pl.add_argument("-o", "--output", required=True, metavar="CURVES.png", help=".png, .svg or .pdf")
     threads_option(e)
 
     r = sub.add_parser("run", help="run a .alm or .onnx model on .npy inputs in onnxruntime")
@@ -481,7 +489,7 @@ def cmd_train(args) -> int:
     m = load_model(args)
     opts = TrainOptions(data=args.data, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
                         device=args.device, metrics=args.metrics, checkpoint=args.checkpoint, resume=args.resume,
-                        out=args.out, progress=not args.no_progress, threads=args.threads)
+                        out=args.out, progress=not args.no_progress, threads=args.threads, plot=args.plot)
     if args.init:
         from .checkpoint import match_weights, read_checkpoint
 
@@ -508,7 +516,8 @@ def cmd_train(args) -> int:
           f"({metrics['examples_per_second']:,.0f} examples/s): final train loss {last.get('train_loss', float('nan')):.4f}"
           + (f", validation accuracy {last['val_accuracy']:.4f}" if last.get("val_accuracy") is not None else "")
           + (f", test accuracy {metrics['test_accuracy']:.4f}" if metrics["test_accuracy"] is not None else ""))
-    for what, path in (("metrics", args.metrics), ("checkpoint", args.checkpoint), ("trained model", args.out)):
+    for what, path in (("metrics", args.metrics), ("checkpoint", args.checkpoint), ("trained model", args.out),
+                       ("curves", args.plot)):
         if path:
             print(f"wrote {what}: {path}")
     return EXIT_OK
@@ -520,6 +529,13 @@ def cmd_evaluate(args) -> int:
     from .evaluate import EvalOptions, evaluate, report
 
     m = load_model(args)
+    if args.confusion:
+        from .files import check_output
+        from .plot import _pyplot, plot_format
+
+        plot_format(args.confusion)
+        _pyplot()
+        check_output(args.confusion, [*m.graph.files, args.weights, args.data], "--confusion")
     if args.weights:
         m.load_weights(args.weights)
     elif m.graph.train is not None:
@@ -527,6 +543,36 @@ def cmd_evaluate(args) -> int:
     metrics = evaluate(m, EvalOptions(data=args.data, split=args.split, seed=args.seed, device=args.device,
                                       threads=args.threads))
     print(json.dumps(metrics, indent=2) if args.json else report(metrics))
+    if args.confusion:
+        from .plot import confusion, save
+
+        if "confusion" not in metrics:
+            raise UsageError(f"{m.name} is trained on float targets: it has no confusion matrix to draw")
+        save(confusion(metrics), args.confusion)
+        print(f"wrote {args.confusion}", file=sys.stderr if args.json else sys.stdout)
+    return EXIT_OK
+
+
+def cmd_plot(args) -> int:
+    import json
+
+    from .files import check_input_file, check_output
+    from .plot import _pyplot, curves, plot_format, save
+
+    plot_format(args.output)
+    _pyplot()
+    if not Path(args.metrics).exists():
+        raise UsageError(f"no such file: {args.metrics}")
+    check_input_file(args.metrics)
+    check_output(args.output, [args.metrics])
+    if Path(args.metrics).stat().st_size > 64 << 20:
+        raise FileError(args.metrics, "is larger than the 64 MiB a metrics file may be")
+    try:
+        metrics = json.loads(Path(args.metrics).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FileError(args.metrics, f"not JSON ({elide(str(e), 120)})") from None
+    save(curves(metrics, args.metrics), args.output)
+    print(f"wrote {args.output}")
     return EXIT_OK
 
 
@@ -577,7 +623,7 @@ def cmd_ops(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"ops": cmd_ops, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "diff-modes": cmd_diff_modes, "check": cmd_check, "summary": cmd_summary, "compile": cmd_compile, "run": cmd_run, "graph": cmd_graph, "weights": cmd_weights}
+COMMANDS = {"ops": cmd_ops, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "plot": cmd_plot, "diff-modes": cmd_diff_modes, "check": cmd_check, "summary": cmd_summary, "compile": cmd_compile, "run": cmd_run, "graph": cmd_graph, "weights": cmd_weights}
 
 
 def _terminate(signum, frame):

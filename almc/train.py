@@ -43,6 +43,7 @@ class TrainOptions:
     progress: bool = True
     init: dict | None = None  # starting weights (fine-tuning), by parameter name
     threads: int | None = None  # onnxruntime's intra-op threads (default: runtime.default_threads)
+    plot: str | None = None  # where to plot the curves after training (.png, .svg, .pdf)
 
 
 class TrainingStopped(Exception):
@@ -104,9 +105,14 @@ def prepare_data(graph: Graph, spec, opts: TrainOptions):
 def check_outputs(graph: Graph, opts: TrainOptions) -> None:
     """Every file the run will write is checked before it starts: not an input, a writable place."""
     inputs = [*graph.files, opts.data if opts.data and Path(opts.data).exists() else None]
-    for flag, path in (("--metrics", opts.metrics), ("--out", opts.out)):
+    for flag, path in (("--metrics", opts.metrics), ("--out", opts.out), ("--plot", opts.plot)):
         if path:
             check_output(path, inputs, flag)
+    if opts.plot:  # matplotlib and the format, before a run that could not be plotted at its end
+        from .plot import _pyplot, plot_format
+
+        plot_format(opts.plot)
+        _pyplot()
     if opts.checkpoint:
         check_output_folder(opts.checkpoint, "--checkpoint")
 
@@ -245,6 +251,10 @@ def train(model, opts: TrainOptions) -> dict:
         atomic_write(opts.metrics, (json.dumps(metrics, indent=2) + "\n").encode())
     if opts.out:
         model.export(opts.out)
+    if opts.plot:
+        from .plot import curves, save
+
+        save(curves(metrics), opts.plot)
     return metrics
 
 

@@ -558,6 +558,10 @@ WRITERS = {  # command -> (argv with {out}, the flag it names, the suffix its ou
     "weights-export": (["weights", "export", "ck.npz", "-o", "{out}"], "-o", ".npz"),
     "train-out": (["train", "m.alm", "--no-progress", "--out", "{out}"], "--out", ".onnx"),
     "train-metrics": (["train", "m.alm", "--no-progress", "--metrics", "{out}"], "--metrics", ".json"),
+    "train-plot": (["train", "m.alm", "--no-progress", "--plot", "{out}"], "--plot", ".png"),
+    "evaluate-confusion": (["evaluate", "m.alm", "--confusion", "{out}"], "--confusion", ".png"),
+    "predict": (["predict", "m.alm", "x.npy", "-o", "{out}"], "-o", ".csv"),
+    "plot": (["plot", "mj.json", "-o", "{out}"], "-o", ".png"),
 }
 BAD_OUTPUTS = {  # kind -> (output path given the suffix, expected message given the path and the flag)
     "directory": (lambda sfx: f"d{sfx}", lambda p, flag: f"almc: error: {p} is a directory; give a file name with {flag}"),
@@ -583,10 +587,12 @@ def test_every_writer_refuses_every_bad_output(here, capsys, command, kind):
     np.save(here / "x.npy", np.ones((2, 4), np.float32))
     np.savez(here / "w.npz", **{"y.weight": np.zeros((3, 4), np.float32)})
     assert run(capsys, "weights", "import", "m.alm", "w.npz", "-o", "ck.npz")[0] == 0
+    (here / "mj.json").write_text('{"epochs": [{"epoch": 1, "train_loss": 1.0}]}')
     (here / f"d{sfx}").mkdir()
     os.mkfifo(here / f"pipe{sfx}")
     if kind == "same-as-input":  # the command's own input under another name: a hard link
-        source = {"run": "x.npy", "weights-import": "w.npz", "weights-export": "ck.npz"}.get(command, "m.alm")
+        source = {"run": "x.npy", "weights-import": "w.npz", "weights-export": "ck.npz", "predict": "x.npy",
+                  "plot": "mj.json"}.get(command, "m.alm")
         os.link(here / source, here / out)
     before = {p.name: p.read_bytes() for p in here.iterdir() if p.is_file()}
     code, err = run(capsys, *[a.replace("{out}", out) for a in argv])
