@@ -120,6 +120,12 @@ def build_parser() -> Parser:
     co.add_argument("--weights", metavar="CKPT", help="export with the weights of an almc checkpoint")
     co.add_argument("--no-fold", action="store_true",
                     help="keep batch norm as its own node (by default it is folded into the conv before it)")
+    co.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                    help="fp16: weights and compute in float16, float32 inputs and outputs (default fp32)")
+    co.add_argument("--quantize", choices=("int8",), help="int8: static QDQ quantisation (int8 weights per channel, "
+                                                          "uint8 activations), calibrated on the training split")
+    co.add_argument("--calibrate", metavar="DATA", help="with --quantize: the data to calibrate on (default: the "
+                                                        "training section's)")
 
     t = sub.add_parser("train", help="train with the model's training section, in onnxruntime")
     model_options(t)
@@ -287,9 +293,35 @@ def cmd_compile(args) -> int:
     out = check_output(Path(args.output) if args.output else Path(default), [*m.graph.files, args.weights])
     if args.weights:
         m.load_weights(args.weights)
+    deploy = args.precision == "fp16" or args.quantize
+    if deploy and args.train:
+        raise UsageError("--precision fp16 and --quantize are for the inference model, not --train")
+    if args.precision == "fp16" and args.quantize:
+        raise UsageError("give --precision fp16 or --quantize int8, not both")
+    if args.calibrate and not args.quantize:
+        raise UsageError("--calibrate goes with --quantize int8")
     if args.train:
         proto = m.compile_training_step(target=args.target)
         atomic_write(out, proto.SerializeToString())
+    elif deploy:
+        from . import deploy as d
+
+        calibration, test = d.calibration_data(m, args.calibrate, args.seed) if args.quantize else (None, None)
+        if test is None and m.graph.train is not None:
+            try:
+                _, test = d.calibration_data(m, None, args.seed)
+            except (UsageError, AlmError):  # data that do not fit: the comparison goes without accuracy
+                test = None
+        fp32 = m.compile(args.seed, fold=not args.no_fold)
+        name = m.graph.inputs[0]
+        proto = d.quantize_int8(fp32, name, calibration) if args.quantize else d.to_fp16(fp32)
+        atomic_write(out, proto.SerializeToString())
+        kind = "int8" if args.quantize else "fp16"
+        figures = d.compare({"fp32": fp32, kind: proto}, name, test)
+        for k, f in figures.items():
+            extra = (f", {f['latency_s'] * 1e3:.3f} ms at batch 1" if "latency_s" in f else "") + (
+                f", test accuracy {f['accuracy']:.4f}" if "accuracy" in f else "")
+            print(f"  {k}: {f['bytes']:,} bytes{extra}")
     else:
         _, proto = m._export(out, args.seed, not args.no_fold)
     s = m.summary()
@@ -297,39 +329,6 @@ def cmd_compile(args) -> int:
     print(f"wrote {out}: {len(proto.graph.node)} ONNX nodes, {s.total_params:,} parameters{buffers}, opset "
           f"{proto.opset_import[0].version}, in {time.perf_counter() - t0:.2f} s")
     return EXIT_OK
-
-
-def read_array(path: str):
-    """A .npy array, its header checked against the file's size before anything is allocated."""
-    import numpy as np
-
-    from .files import npy_header
-
-    p = Path(path)
-    if not p.exists():
-        raise UsageError(f"no such file: {path}")
-    if not p.is_file():
-        raise FileError(path, "not a regular file")
-    try:
-        with open(p, "rb") as f:
-            magic = f.read(6)
-            if magic != b"\x93NUMPY":
-                raise FileError(path, "expected a single array (.npy), got an archive" if magic[:2] == b"PK"
-                                else "not a readable .npy file (it has no .npy header)")
-            f.seek(0)
-            shape, dtype, need = npy_header(f)
-            have = p.stat().st_size - f.tell()
-            if dtype.hasobject:
-                raise FileError(path, "holds Python objects, which almc never unpickles")
-            if need > have:
-                raise FileError(path, f"its header claims {dtype}[{', '.join(map(str, shape))}] ({need:,} bytes), "
-                                      f"but the file holds {have:,}")
-        x = np.load(p, allow_pickle=False)
-    except FileError:
-        raise
-    except (ValueError, OSError, EOFError) as e:
-        raise FileError(path, f"not a readable .npy file ({e})") from None
-    return x
 
 
 def _feeds(what: str, types: dict, arrays: dict, path_of: dict) -> dict:
@@ -387,7 +386,7 @@ def runnable(args):
 def cmd_run(args) -> int:
     import numpy as np
 
-    from .files import atomic_write, check_output
+    from .files import atomic_write, check_output, read_array
 
     arrays, paths, path_of = {}, [args.file], {}
     for item in args.input:
@@ -425,9 +424,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_predict(args) -> int:
-
     from .evaluate import top_classes
-    from .files import atomic_write, check_output
+    from .files import atomic_write, check_output, read_array
 
     if args.output:
         check_output(args.output, [args.file, args.weights, *args.inputs])

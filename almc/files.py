@@ -175,6 +175,37 @@ def _sweep_stale(folder: Path, name: str) -> None:
             os.close(fd)
 
 
+def read_array(path: str):
+    """A .npy array, its header checked against the file's size before anything is allocated."""
+    import numpy as np
+
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"no such file: {path}")
+    if not p.is_file():
+        raise FileError(path, "not a regular file")
+    try:
+        with open(p, "rb") as f:
+            magic = f.read(6)
+            if magic != b"\x93NUMPY":
+                raise FileError(path, "expected a single array (.npy), got an archive" if magic[:2] == b"PK"
+                                else "not a readable .npy file (it has no .npy header)")
+            f.seek(0)
+            shape, dtype, need = npy_header(f)
+            have = p.stat().st_size - f.tell()
+            if dtype.hasobject:
+                raise FileError(path, "holds Python objects, which almc never unpickles")
+            if need > have:
+                raise FileError(path, f"its header claims {dtype}[{', '.join(map(str, shape))}] ({need:,} bytes), "
+                                      f"but the file holds {have:,}")
+        x = np.load(p, allow_pickle=False)
+    except FileError:
+        raise
+    except (ValueError, OSError, EOFError) as e:
+        raise FileError(path, f"not a readable .npy file ({e})") from None
+    return x
+
+
 MAX_ARCHIVE_BYTES = 4 << 30  # what an .npz may inflate to (data sets, weights, checkpoints)
 
 
