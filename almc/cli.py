@@ -184,6 +184,8 @@ def build_parser() -> Parser:
     g = sub.add_parser("graph", help="draw the graph with the shapes on its edges (.dot, .svg, .png)")
     model_options(g)
     g.add_argument("-o", "--output", required=True, help="out.dot, out.svg or out.png")
+    g.add_argument("--depth", type=int, metavar="K", help="draw block calls nested deeper than K as one node each "
+                                                          "(0: every top-level call; default: draw everything)")
 
     w = sub.add_parser("weights", help="import PyTorch / ONNX weights into an almc checkpoint, or export one")
     ws = w.add_subparsers(dest="weights_command", parser_class=Parser)
@@ -476,7 +478,9 @@ def cmd_graph(args) -> int:
         raise UsageError(f"cannot tell the format of {args.output}: use .dot, .svg or .png")
     m = load_model(args)
     check_output(args.output, m.graph.files)
-    atomic_write(args.output, render(m.graph, fmt))
+    if args.depth is not None and args.depth < 0:
+        raise UsageError(f"--depth must be 0 or more, got {args.depth}")
+    atomic_write(args.output, render(m.graph, fmt, args.depth))
     print(f"wrote {args.output}")
     return EXIT_OK
 

@@ -83,6 +83,48 @@ def test_graph_command_writes_dot_and_explains_missing_graphviz(tmp_path, capsys
     assert not (tmp_path / "g.svg").exists()
 
 
+RESNET18 = LENET.parent / "resnet18.alm"
+
+
+def _labelled_counts(dot: str) -> list[int]:
+    import re
+
+    return [int(n.replace(",", "")) for n in re.findall(r"\\n([\d,]+) parameters", dot)]
+
+
+@pytest.mark.parametrize("depth", [None, 0, 1])
+def test_graph_draws_block_calls_as_clusters_with_parameter_counts(depth):
+    from almc.draw import to_dot
+
+    m = almc.load(RESNET18)
+    dot = to_dot(m.graph, depth)
+    calls = {c for n in m.graph.nodes() for c in n.calls}
+    assert sum(_labelled_counts(dot)) == m.summary().trainable_params == 11_689_512  # each parameter drawn once
+    if depth is None:  # every call a cluster, nested as the calls are
+        assert dot.count("subgraph ") == len(calls) == 36
+        assert 'subgraph "cluster_layer0/x/unit0/x/" {' in dot and 'label="basic_block (layer0/x/unit0/x)"' in dot
+    elif depth == 0:  # the stem and the four stages, one node each, in a chain
+        assert dot.count("subgraph ") == 0 and dot.count("shape=box3d") == 5
+        assert '"x/" -> "layer0/x/" [label="f32[N, 64, 56, 56]"];' in dot
+        assert '"layer3/x/" [label="resnet_stage\\nlayer3/x\\n8,393,728 parameters", shape=box3d' in dot
+    else:  # the stages as clusters around their blocks, each block one node
+        assert dot.count("subgraph ") == 5 and dot.count("shape=box3d") == 9
+
+
+def test_graph_depth_must_not_be_negative(tmp_path, capsys):
+    assert main(["graph", str(LENET), "-o", str(tmp_path / "g.dot"), "--depth", "-1"]) == 2
+    assert capsys.readouterr().err.strip() == "almc: error: --depth must be 0 or more, got -1"
+
+
+@pytest.mark.skipif(__import__("shutil").which("dot") is None, reason="Graphviz is not installed")
+def test_graph_svg_draws_the_clusters(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    assert main(["graph", str(RESNET18), "-o", str(tmp_path / "r.svg")]) == 0
+    groups = ET.parse(tmp_path / "r.svg").getroot().iter("{http://www.w3.org/2000/svg}g")
+    assert sum(g.get("class") == "cluster" for g in groups) == 36
+
+
 @pytest.mark.skipif(__import__("shutil").which("dot") is None, reason="Graphviz is not installed")
 def test_graph_command_renders_svg(tmp_path):
     assert main(["graph", str(LENET), "-o", str(tmp_path / "g.svg")]) == 0
