@@ -47,6 +47,18 @@ class Model:
     def summary(self) -> Summary:
         return summarize(self.graph)
 
+    def _repr_html_(self) -> str:
+        """In a notebook, a model shows its summary table."""
+        return self.summary()._repr_html_()
+
+    def _repr_svg_(self) -> str | None:
+        """In a notebook, its graph (None without Graphviz: the notebook shows the table alone)."""
+        import shutil
+
+        from .draw import render
+
+        return render(self.graph, "svg", depth=1).decode() if shutil.which("dot") else None
+
     def initial_weights(self, seed: int | None = None) -> dict[str, np.ndarray]:
         from .init import initialize
 

@@ -66,6 +66,9 @@ class Summary:
     def __str__(self) -> str:
         return format_table(self)
 
+    def _repr_html_(self) -> str:  # Jupyter
+        return to_html(self)
+
 
 def receptive_fields(graph: Graph) -> dict[str, tuple[list, list] | None]:
     """(sizes, jumps) per spatial axis for every node; None where it covers the whole input."""
@@ -162,10 +165,39 @@ def _human_bytes(n: int) -> str:
     return f"{n} B"
 
 
+HEAD = ["layer", "op", "output", "params", "activations", "mult-adds", "rf", "jump"]
+
+
+def table_cells(s: Summary) -> list[list[str]]:
+    """The table's rows as text cells, under HEAD: the terminal's table and the notebook's."""
+    return [[r.name, r.ops, r.shape, f"{r.params:,}" if not r.frozen else f"{r.params + r.frozen:,} frozen",
+             f"{r.activations:,}", f"{r.macs:,}", _axes(r.receptive_field), _axes(r.jump)] for r in s.rows]
+
+
+def totals(s: Summary) -> list[str]:
+    return [f"parameters:  {s.total_params:,} ({s.trainable_params:,} trainable, {s.frozen_params:,} frozen)"
+            + (f"; buffers: {s.buffers:,}" if s.buffers else ""),
+            f"mult-adds:   {s.macs:,} per example",
+            f"activations: {s.activations:,} per example ({_human_bytes(s.activation_bytes)} as float32)"]
+
+
+def to_html(s: Summary) -> str:
+    """The summary as an HTML table, for notebooks (Summary._repr_html_)."""
+    from html import escape
+
+    right = ' style="text-align:right"'
+    head = "".join(f"<th{right if i >= 3 else ''}>{escape(h)}</th>" for i, h in enumerate(HEAD))
+    rows = "".join("<tr>" + "".join(f"<td{right if i >= 3 else ''}>{escape(c)}</td>" for i, c in enumerate(row))
+                   + "</tr>" for row in table_cells(s))
+    io = "<br>".join([*(f"input {escape(k)}: {escape(v)}" for k, v in s.inputs.items()),
+                      *(f"output {escape(k)}: {escape(v)}" for k, v in s.outputs.items())])
+    return (f"<p><b>model {escape(s.model)}</b><br>{io}</p><table><thead><tr>{head}</tr></thead><tbody>{rows}"
+            f"</tbody></table><p>{'<br>'.join(escape(t) for t in totals(s))}</p>")
+
+
 def format_table(s: Summary) -> str:
-    head = ["layer", "op", "output", "params", "activations", "mult-adds", "rf", "jump"]
-    body = [[r.name, r.ops, r.shape, f"{r.params:,}" if not r.frozen else f"{r.params + r.frozen:,} frozen", f"{r.activations:,}", f"{r.macs:,}",
-             _axes(r.receptive_field), _axes(r.jump)] for r in s.rows]
+    head = HEAD
+    body = table_cells(s)
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     right = {3, 4, 5, 6, 7}
 
@@ -176,9 +208,5 @@ def format_table(s: Summary) -> str:
            *(f"  output {k}: {v}" for k, v in s.outputs.items()), "", line(head),
            "  ".join("-" * w for w in widths)]
     out += [line(b) for b in body]
-    out += ["",
-            f"parameters:  {s.total_params:,} ({s.trainable_params:,} trainable, {s.frozen_params:,} frozen)"
-            + (f"; buffers: {s.buffers:,}" if s.buffers else ""),
-            f"mult-adds:   {s.macs:,} per example",
-            f"activations: {s.activations:,} per example ({_human_bytes(s.activation_bytes)} as float32)"]
+    out += ["", *totals(s)]
     return "\n".join(out)

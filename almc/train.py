@@ -272,7 +272,7 @@ def evaluate(sess, weights, x_name, x, y, out_name, batch: int = 256) -> float:
 def _progress(enabled, total, epoch, epochs):
     if not enabled:
         return None
-    from tqdm import tqdm
+    from tqdm.auto import tqdm  # a notebook's widget inside Jupyter (where ipywidgets is), else the terminal's
 
     return tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", unit="step", file=sys.stderr, leave=True,
                 dynamic_ncols=True)

@@ -93,3 +93,48 @@ def test_a_frozen_layer_counts_as_frozen_in_the_table_the_json_and_the_step(tmp_
     _, sig = training_step(graph)
     assert sig.trainable == trainable_params(graph) == ["b.dense.weight", "b.dense.bias", "logits.weight",
                                                         "logits.bias"]
+
+
+def test_a_model_shows_its_summary_and_graph_in_a_notebook(monkeypatch):
+    from html.parser import HTMLParser
+
+    from almc.summary import HEAD, table_cells
+
+    class Cells(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.rows, self.cell = [], None
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "tr":
+                self.rows.append([])
+            elif tag in ("td", "th"):
+                self.cell = ""
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell += data
+
+        def handle_endtag(self, tag):
+            if tag in ("td", "th"):
+                self.rows[-1].append(self.cell)
+                self.cell = None
+
+    m = almc.load(LENET)
+    parser = Cells()
+    parser.feed(m._repr_html_())
+    assert parser.rows == [HEAD, *table_cells(m.summary())]
+    assert "parameters:  61,706 (61,706 trainable, 0 frozen)" in m._repr_html_()
+    monkeypatch.setenv("PATH", "")  # no Graphviz: the notebook shows the table alone
+    assert m._repr_svg_() is None
+
+
+
+@__import__("pytest").mark.skipif(__import__("shutil").which("dot") is None, reason="Graphviz is not installed")
+def test_a_model_draws_its_graph_in_a_notebook():
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(almc.load(LENET)._repr_svg_().encode())
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    texts = {t.text for t in root.iter("{http://www.w3.org/2000/svg}text")}
+    assert "input f32[N, 1, 32, 32]" in texts
