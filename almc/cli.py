@@ -141,6 +141,8 @@ def build_parser() -> Parser:
     t.add_argument("--out", metavar="TRAINED.onnx", help="export the trained inference model")
     t.add_argument("--init", metavar="CKPT", help="start from the weights of a checkpoint (fine-tuning)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--tensorboard", metavar="DIR", help="write TensorBoard event files here every epoch (needs "
+                                                        "tensorboardX: pip install 'almc[tensorboard]')")
     t.add_argument("--plot", metavar="CURVES.png", help="plot the loss and accuracies per epoch (.png, .svg, .pdf; "
                                                         "needs matplotlib: pip install 'almc[plot]')")
     threads_option(t)
@@ -491,7 +493,8 @@ def cmd_train(args) -> int:
     m = load_model(args)
     opts = TrainOptions(data=args.data, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
                         device=args.device, metrics=args.metrics, checkpoint=args.checkpoint, resume=args.resume,
-                        out=args.out, progress=not args.no_progress, threads=args.threads, plot=args.plot)
+                        out=args.out, progress=not args.no_progress, threads=args.threads, plot=args.plot,
+                        tensorboard=args.tensorboard)
     if args.init:
         from .checkpoint import match_weights, read_checkpoint
 
@@ -519,7 +522,7 @@ def cmd_train(args) -> int:
           + (f", validation accuracy {last['val_accuracy']:.4f}" if last.get("val_accuracy") is not None else "")
           + (f", test accuracy {metrics['test_accuracy']:.4f}" if metrics["test_accuracy"] is not None else ""))
     for what, path in (("metrics", args.metrics), ("checkpoint", args.checkpoint), ("trained model", args.out),
-                       ("curves", args.plot)):
+                       ("curves", args.plot), ("TensorBoard events", args.tensorboard)):
         if path:
             print(f"wrote {what}: {path}")
     return EXIT_OK

@@ -44,6 +44,7 @@ class TrainOptions:
     init: dict | None = None  # starting weights (fine-tuning), by parameter name
     threads: int | None = None  # onnxruntime's intra-op threads (default: runtime.default_threads)
     plot: str | None = None  # where to plot the curves after training (.png, .svg, .pdf)
+    tensorboard: str | None = None  # a folder for TensorBoard event files, written every epoch
 
 
 class TrainingStopped(Exception):
@@ -115,6 +116,25 @@ def check_outputs(graph: Graph, opts: TrainOptions) -> None:
         _pyplot()
     if opts.checkpoint:
         check_output_folder(opts.checkpoint, "--checkpoint")
+    if opts.tensorboard:
+        check_output_folder(opts.tensorboard, "--tensorboard")
+        _event_writer_class()
+
+
+def _event_writer_class():
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        raise UsageError("--tensorboard writes through tensorboardX, an optional extra: pip install "
+                         "'almc[tensorboard]' (or pip install tensorboardX)") from None
+    return SummaryWriter
+
+
+def _scalars(writer, step: int, values: dict) -> None:
+    if writer is not None:
+        for tag, v in values.items():
+            if v is not None:
+                writer.add_scalar(tag, v, step)
 
 
 def _check_label_range(graph: Graph, spec, ds, y_type) -> None:
@@ -192,6 +212,7 @@ def train(model, opts: TrainOptions) -> dict:
 
     x_name, y_name = graph.inputs[0], spec.labels[0]
     steps_per_epoch = math.ceil(len(x_tr) / spec.batch)
+    events = _event_writer_class()(opts.tensorboard) if opts.tensorboard else None
     t_start = time.perf_counter()
     examples = 0
     step_times: list[float] = []
@@ -226,6 +247,10 @@ def train(model, opts: TrainOptions) -> dict:
                       "train_accuracy": correct / seen if classify else None,
                       "val_accuracy": val_acc, "seconds": time.perf_counter() - t0}
             history.append(record)
+            _scalars(events, epoch + 1, {"loss/train": record["train_loss"], "accuracy/train": record["train_accuracy"],
+                                         "accuracy/validation": val_acc})
+            if events is not None:
+                events.flush()
             if bar is not None:
                 bar.set_postfix(loss=f"{record['train_loss']:.4f}",
                                 **({"acc": f"{record['train_accuracy']:.4f}"} if classify else {}),
@@ -234,14 +259,23 @@ def train(model, opts: TrainOptions) -> dict:
             if ckpt_dir is not None:
                 save_checkpoint(ckpt_dir / CHECKPOINT, graph, current, runner.state(), epoch + 1, step, history)
     except KeyboardInterrupt:
+        if events is not None:
+            events.close()
         msg = "interrupted; nothing half-written was left"
         if ckpt_dir is not None and (ckpt_dir / CHECKPOINT).exists():
             msg += f". Resume from the last epoch with: --checkpoint {ckpt_dir} --resume"
         raise TrainingStopped(msg) from None
+    except BaseException:
+        if events is not None:
+            events.close()
+        raise
     wall = time.perf_counter() - t_start
     final = runner.weights()
     model.weights = final
     test_acc = evaluate(eval_sess, final, x_name, x_te, y_te, first_out) if classify and len(x_te) else None
+    if events is not None:
+        _scalars(events, len(history), {"accuracy/test": test_acc})
+        events.close()
     metrics = {"model": graph.name, "data": ds.describe(), "provider": provider, "optimizer": spec.optimizer,
                "batch": spec.batch, "epochs": history, "test_accuracy": test_acc, "wall_time": wall,
                "examples_per_second": examples / wall if wall > 0 else None,

@@ -92,3 +92,52 @@ def test_train_plot_and_evaluate_confusion(tmp_path, capsys):
     cells = [t.get_text() for t in ax.texts]
     assert cells == [f"{v:,}" for row in got["confusion"] for v in row]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["3", "8"]
+
+
+# ---- TensorBoard event files ----------------------------------------------------------------------
+
+def read_events(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """The scalars of TensorBoard event files, read as TensorBoard reads them: TFRecord framing
+    (length, its CRC, the Event proto, its CRC) and tensorboardX's Event message."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        pos = 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+            pos += 12 + length + 4
+            for v in event.summary.value:
+                scalars.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return scalars
+
+
+def test_train_writes_tensorboard_events(tmp_path, capsys):
+    pytest.importorskip("tensorboardX")
+    tb = tmp_path / "tb"
+    assert main(["train", str(MODELS / "logistic.alm"), "--no-progress", "--epochs", "3", "--tensorboard", str(tb),
+                 "--metrics", str(tmp_path / "m.json")]) == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    got = read_events(tb)
+    assert sorted(got) == ["accuracy/test", "accuracy/train", "accuracy/validation", "loss/train"]
+    for tag, key in (("loss/train", "train_loss"), ("accuracy/train", "train_accuracy"),
+                     ("accuracy/validation", "val_accuracy")):
+        assert [s for s, _ in got[tag]] == [1, 2, 3]
+        assert [v for _, v in got[tag]] == pytest.approx([e[key] for e in metrics["epochs"]], rel=1e-6)
+    assert got["accuracy/test"] == [(3, pytest.approx(metrics["test_accuracy"], rel=1e-6))]
+    assert f"wrote TensorBoard events: {tb}" in capsys.readouterr().out
+
+
+def test_tensorboard_absent_or_a_file_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    (tmp_path / "afile").write_text("x")
+    assert main(["train", str(MODELS / "logistic.alm"), "--no-progress", "--tensorboard", str(tmp_path / "afile")]) == 2
+    assert capsys.readouterr().err.strip() == f"almc: error: --tensorboard {tmp_path / 'afile'} is a file, not a folder"
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)
+    assert main(["train", str(MODELS / "logistic.alm"), "--no-progress", "--tensorboard", str(tmp_path / "tb")]) == 2
+    assert capsys.readouterr().err.strip() == ("almc: error: --tensorboard writes through tensorboardX, an optional "
+                                               "extra: pip install 'almc[tensorboard]' (or pip install tensorboardX)")
+    assert not (tmp_path / "tb").exists()
