@@ -441,6 +441,7 @@ def cmd_predict(args) -> int:
     if spec is not None and not m.graph.node(spec.labels[0]).type.dtype.startswith("i"):
         raise UsageError(f"{what} is trained on float targets (a regression): it has no classes to predict; "
                          "use almc run")
+    arrays = [(path, read_array(path)) for path in args.inputs]  # every file checked before any work
     if m is not None and args.weights:
         m.load_weights(args.weights)
     elif args.weights:
@@ -450,8 +451,7 @@ def cmd_predict(args) -> int:
               file=sys.stderr)
     labels = list(spec.classes) if spec is not None and spec.classes else None
     rows = []
-    for path in args.inputs:
-        x = read_array(path)
+    for path, x in arrays:
         if t is not None and x.ndim == t.rank - 1:  # one example: add the batch axis
             x = x[None]
         outs, provider = execute(_feeds(what, types, {None: x}, {None: path}))
@@ -543,10 +543,10 @@ def cmd_evaluate(args) -> int:
         check_output(args.confusion, [*m.graph.files, args.weights, args.data], "--confusion")
     if args.weights:
         m.load_weights(args.weights)
-    elif m.graph.train is not None:
-        print(f"almc: warning: no --weights: evaluating {m.name}'s initial weights (seed {args.seed})", file=sys.stderr)
     metrics = evaluate(m, EvalOptions(data=args.data, split=args.split, seed=args.seed, device=args.device,
                                       threads=args.threads))
+    if not args.weights:  # after the data are read: a bad file's error comes first
+        print(f"almc: warning: no --weights: evaluating {m.name}'s initial weights (seed {args.seed})", file=sys.stderr)
     print(json.dumps(metrics, indent=2) if args.json else report(metrics))
     if args.confusion:
         from .plot import confusion, save

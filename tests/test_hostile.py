@@ -611,6 +611,12 @@ READERS = {  # reader -> argv with {path} (the file it reads), and what the path
     "weights-import": (["weights", "import", "m.alm", "{path}", "-o", "ck.npz"], ".npz"),
     "train-data": (["train", "m.alm", "--data", "{path}", "--no-progress"], ".npz"),
     "train-init": (["train", "m.alm", "--init", "{path}", "--no-progress"], ".npz"),
+    "evaluate-weights": (["evaluate", "m.alm", "--weights", "{path}"], ".npz"),
+    "evaluate-data": (["evaluate", "m.alm", "--data", "{path}"], ".npz"),
+    "predict-input": (["predict", "m.alm", "{path}"], ".npy"),
+    "predict-model": (["predict", "{path}", "x.npy"], ".onnx"),
+    "plot-metrics": (["plot", "{path}", "-o", "c.png"], ".json"),
+    "quantize-calibrate": (["compile", "m.alm", "--quantize", "int8", "--calibrate", "{path}", "-o", "q.onnx"], ".npy"),
 }
 
 
