@@ -21,10 +21,14 @@ class Parser(argparse.ArgumentParser):
 
 
 def parse_value(text: str):
-    """A -D value: integer, float, true/false, a comma-separated tuple, or else a string."""
+    """A -D value: integer, float, true/false, a tuple (comma-separated, or in brackets: `[8]` and
+    `(8,)` are one-item lists, `[]` the empty one), or else a string."""
     t = text.strip()
-    if "," in t:
-        items = t.strip("()[]").split(",")
+    bracketed = len(t) >= 2 and (t[0], t[-1]) in (("(", ")"), ("[", "]"))
+    if bracketed and not t[1:-1].strip():
+        return ()
+    if "," in t or bracketed:
+        items = (t[1:-1] if bracketed else t).split(",")
         if items and not items[-1].strip():  # a trailing comma: (1, 2,)
             items = items[:-1]
         if any(not x.strip() for x in items):

@@ -1,6 +1,8 @@
 """The command line end to end: compile, run, graph, the Python API beside it, exit codes and streams."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -169,3 +171,20 @@ def test_the_console_script_flushes_everything_and_keeps_the_exit_code(tmp_path,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.startswith("almc: error: no such file") and r.stdout == ""
 
+
+
+@pytest.mark.parametrize("text,value", [
+    ("7", 7), ("0.5", 0.5), ("true", True), ('"relu"', "relu"), ("relu", "relu"),
+    ("1,2", (1, 2)), ("(1, 2)", (1, 2)), ("[1, 2]", (1, 2)), ("8,", (8,)), ("(8,)", (8,)), ("[8]", (8,)),
+    ("[]", ()), ("()", ()),
+])
+def test_define_values(text, value):
+    from almc.cli import parse_value
+
+    assert parse_value(text) == value and type(parse_value(text)) is type(value)
+
+
+def test_a_one_item_list_reaches_the_model(tmp_path, capsys):
+    """`-D hidden=[8]` used to arrive as the string "[8]" (the for loop then refused a string)."""
+    assert main(["summary", str(LENET.parent / "mlp.alm"), "-D", "hidden=[8]", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["trainable_params"] == 784 * 8 + 8 + 8 * 10 + 10
