@@ -163,11 +163,11 @@ def build_parser() -> Parser:
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
     e.add_argument("--confusion", metavar="OUT.png", help="draw the confusion matrix (.png, .svg, .pdf; needs "
                                                           "matplotlib)")
+    threads_option(e)
 
     pl = sub.add_parser("plot", help="plot the training curves of almc train --metrics (needs matplotlib)")
     pl.add_argument("metrics", help="the JSON file almc train --metrics wrote")
     pl.add_argument("-o", "--output", required=True, metavar="CURVES.png", help=".png, .svg or .pdf")
-    threads_option(e)
 
     r = sub.add_parser("run", help="run a .alm or .onnx model on .npy inputs in onnxruntime")
     r.add_argument("file", help="a .alm or .onnx model")
@@ -540,10 +540,9 @@ def cmd_evaluate(args) -> int:
     m = load_model(args)
     if args.confusion:
         from .files import check_output
-        from .plot import _pyplot, plot_format
+        from .plot import require
 
-        plot_format(args.confusion)
-        _pyplot()
+        require(args.confusion)
         check_output(args.confusion, [*m.graph.files, args.weights, args.data], "--confusion")
     if args.weights:
         m.load_weights(args.weights)
@@ -566,10 +565,9 @@ def cmd_plot(args) -> int:
     import json
 
     from .files import check_input_file, check_output
-    from .plot import _pyplot, curves, plot_format, save
+    from .plot import curves, require, save
 
-    plot_format(args.output)
-    _pyplot()
+    require(args.output)
     if not Path(args.metrics).exists():
         raise UsageError(f"no such file: {args.metrics}")
     check_input_file(args.metrics)

@@ -32,7 +32,7 @@ def to_dot(graph: Graph, depth: int | None = None) -> str:
 
     # the clusters: call prefix -> (its block's name, the enclosing call), in first-seen order
     clusters: dict[str, tuple[str, str | None]] = {}
-    members: dict[str | None, list[str]] = {}
+    members: dict[str | None, dict[str, None]] = {}  # cluster -> what is drawn in it (an ordered set)
     collapsed: dict[str, int] = {}  # a collapsed call's parameter count
     for node in shown:
         keep = node.calls if depth is None else node.calls[:depth + 1]
@@ -44,8 +44,7 @@ def to_dot(graph: Graph, depth: int | None = None) -> str:
             home = clusters[where][1]
         else:
             home = node.calls[-1] if node.calls else None
-        if where not in members.get(home, []):
-            members.setdefault(home, []).append(where)
+        members.setdefault(home, {})[where] = None
 
     def node_line(nid: str) -> str:
         if nid in collapsed:
@@ -67,7 +66,7 @@ def to_dot(graph: Graph, depth: int | None = None) -> str:
              '  edge [fontname="Helvetica", fontsize=9, color="#555555"];']
 
     def emit(home: str | None, indent: str) -> None:
-        for nid in members.get(home, []):
+        for nid in members.get(home, {}):
             lines.append(indent + node_line(nid))
         for prefix, (block, parent) in clusters.items():
             if parent == home and prefix not in collapsed:

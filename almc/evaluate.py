@@ -40,7 +40,8 @@ def evaluate(model, opts: EvalOptions) -> dict:
     if opts.split not in SPLITS:
         raise UsageError(f"--split must be one of {', '.join(SPLITS)}, got '{opts.split}'")
     ds, xs, ys = prepare_data(graph, spec, TrainOptions(data=opts.data, seed=opts.seed))
-    x, y = dict(zip(SPLITS, zip((xs[2], xs[1], xs[0]), (ys[2], ys[1], ys[0]))))[opts.split]
+    k = {"train": 0, "val": 1, "test": 2}[opts.split]  # prepare_data's order
+    x, y = xs[k], ys[k]
     if len(x) == 0:
         raise UsageError(f"the {opts.split} split of the data ({ds.describe()}) is empty")
     first = next(iter(graph.outputs))

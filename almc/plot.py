@@ -34,6 +34,12 @@ def plot_format(path) -> str:
     return fmt
 
 
+def require(path) -> None:
+    """Before the work whose result is plotted: a format almc writes, and matplotlib there."""
+    plot_format(path)
+    _pyplot()
+
+
 def check_metrics(metrics, source: str = "the metrics") -> list[dict]:
     """The per-epoch records of `almc train --metrics` output, or a FileError naming `source`."""
     epochs = metrics.get("epochs") if isinstance(metrics, dict) else None

@@ -110,10 +110,9 @@ def check_outputs(graph: Graph, opts: TrainOptions) -> None:
         if path:
             check_output(path, inputs, flag)
     if opts.plot:  # matplotlib and the format, before a run that could not be plotted at its end
-        from .plot import _pyplot, plot_format
+        from .plot import require
 
-        plot_format(opts.plot)
-        _pyplot()
+        require(opts.plot)
     if opts.checkpoint:
         check_output_folder(opts.checkpoint, "--checkpoint")
     if opts.tensorboard:
@@ -164,11 +163,11 @@ def _keep_classes(ds, classes):
 
 def predictions_correct(scores: np.ndarray, y: np.ndarray) -> int:
     """How many predictions are right: argmax over classes, or score > 0 for one output."""
+    from .evaluate import predicted_classes
+
     if not np.issubdtype(y.dtype, np.integer):
         y = y.astype(np.int64)
-    if scores.ndim == 2 and scores.shape[1] > 1:
-        return int((scores.argmax(axis=1) == y).sum())
-    return int(((scores.reshape(-1) > 0).astype(np.int64) == y).sum())
+    return int((predicted_classes(scores) == y).sum())
 
 
 def train(model, opts: TrainOptions) -> dict:
@@ -265,7 +264,7 @@ def train(model, opts: TrainOptions) -> dict:
         if ckpt_dir is not None and (ckpt_dir / CHECKPOINT).exists():
             msg += f". Resume from the last epoch with: --checkpoint {ckpt_dir} --resume"
         raise TrainingStopped(msg) from None
-    except BaseException:
+    except BaseException:  # a NaN loss, a full disk: the events written so far stay readable
         if events is not None:
             events.close()
         raise

@@ -14,6 +14,9 @@ import pytest
 
 from almc.cli import main
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from workers import mem, reset_peak  # noqa: E402  (VmRSS / VmHWM and their reset, as the benchmark reads them)
+
 MODEL = "model M {\n input x: f32[N, 4]\n output y = dense(x, 3)\n}\n"
 TRAINED = MODEL + ("train M {\n input label: i64[N]\n minimize mean(cross_entropy(y, label))\n"
                    " epochs 1\n batch 8\n}\n")
@@ -23,30 +26,14 @@ WALL_LIMIT_S = 60  # every case, whatever it is given: no hang, no runaway work
 PEAK_LIMIT_MIB = 300  # and what it may add to the process's resident memory at its peak
 
 
-def _status_mib() -> dict:
-    with open("/proc/self/status") as f:
-        return {k: int(v.split()[0]) / 1024 for k, v in (line.split(":", 1) for line in f)
-                if k in ("VmRSS", "VmHWM")}
-
-
-def _reset_peak() -> bool:
-    """Set VmHWM back to the current RSS (Linux), so that the next reading is this case's peak."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def run(capsys, *argv):
-    measured = _reset_peak()
-    before = _status_mib()["VmRSS"] if measured else 0.0
+    measured = reset_peak()
+    before = mem()["VmRSS"] if measured else 0.0
     t0 = time.perf_counter()
     code = main([str(a) for a in argv])
     assert time.perf_counter() - t0 < WALL_LIMIT_S
     if measured:
-        assert _status_mib()["VmHWM"] - before < PEAK_LIMIT_MIB, argv
+        assert mem()["VmHWM"] - before < PEAK_LIMIT_MIB, argv
     out = capsys.readouterr()
     assert "Traceback" not in out.err and "internal error" not in out.err
     return code, out.err.strip()
