@@ -67,18 +67,24 @@ def lean_memory(opts) -> None:
         opts.add_session_config_entry("session.use_env_allocators", "1")
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, which a container or taskset narrows)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def default_threads() -> int:
-    """onnxruntime's intra-op threads when none are asked for: the CPUs this process may use, less
+    """onnxruntime's intra-op threads for inference when none are asked for: the usable CPUs, less
     those other processes keep busy now (the runnable tasks of /proc/loadavg, which the 1-minute
     load average trails by a minute). onnxruntime's own default takes every core, and on a
-    loaded machine its spinning workers wait for each other (figures: docs/performance.md)."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    loaded machine its spinning workers wait for each other (figures: docs/performance.md).
+    Training does not use it: its float sums depend on the thread count, and a seed must give
+    the same weights however busy the machine is (train.py)."""
     try:
         with open("/proc/loadavg") as f:
             others = int(f.read().split()[3].split("/")[0]) - 1  # less this process, which is running
     except (OSError, ValueError, IndexError):
         others = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
-    return max(1, usable - max(0, others))
+    return max(1, usable_cpus() - max(0, others))
 
 
 def session(model, device: str = "auto", threads: int | None = None, memory_pattern: bool = True):

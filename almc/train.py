@@ -42,7 +42,7 @@ class TrainOptions:
     out: str | None = None
     progress: bool = True
     init: dict | None = None  # starting weights (fine-tuning), by parameter name
-    threads: int | None = None  # onnxruntime's intra-op threads (default: runtime.default_threads)
+    threads: int | None = None  # onnxruntime's intra-op threads (default: every usable CPU, runtime.usable_cpus)
     plot: str | None = None  # where to plot the curves after training (.png, .svg, .pdf)
     tensorboard: str | None = None  # a folder for TensorBoard event files, written every epoch
 
@@ -176,7 +176,7 @@ def train(model, opts: TrainOptions) -> dict:
     from .data import batches
     from .init import initialize
     from .runner import StepRunner
-    from .runtime import providers_for, session
+    from .runtime import providers_for, session, usable_cpus
 
     graph = model.graph
     spec = _spec_with(graph, opts)
@@ -190,8 +190,11 @@ def train(model, opts: TrainOptions) -> dict:
         raise UsageError("the training split is empty")
     classify = np.issubdtype(y_tr.dtype, np.integer)  # float targets: a regression, no accuracy
 
-    step_sess = session(compiled.proto.SerializeToString(), opts.device, threads=opts.threads, memory_pattern=False)
-    eval_sess = session(compile_evaluation(graph, target).SerializeToString(), opts.device, threads=opts.threads)
+    # A fixed thread count, not the load-aware inference default: the step's float sums are split
+    # by thread, so the same seed gives the same weights only on the same number of threads.
+    threads = opts.threads or usable_cpus()
+    step_sess = session(compiled.proto.SerializeToString(), opts.device, threads=threads, memory_pattern=False)
+    eval_sess = session(compile_evaluation(graph, target).SerializeToString(), opts.device, threads=threads)
     provider = step_sess.get_providers()[0]
     dev = "cuda" if provider == "CUDAExecutionProvider" else "cpu"
     first_out = next(iter(graph.outputs))

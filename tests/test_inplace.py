@@ -16,7 +16,7 @@ import pytest
 import almc
 from almc.lower import lower
 from almc.runner import bind_state, device_value
-from almc.runtime import session
+from almc.runtime import session, usable_cpus
 from almc.step import training_step
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,7 +111,7 @@ def step_feeds(m, sig, proto, rng, batch=3):
 def run_steps(m, in_place: bool, steps: int = 3) -> dict[str, np.ndarray]:
     g, sig = training_step(m.graph, gradients=False)
     proto = lower(g, params_as_inputs=True)
-    s = session(proto, "cpu")
+    s = session(proto, "cpu", threads=usable_cpus())  # the same count for both runs: sums split by thread
     weights = m.initial_weights(0)
     values = {k: device_value(v, "cpu") for k, v in {**weights, **{k: np.zeros(shape) for k, shape in sig.state.items()}}.items()
               if k in {i.name for i in proto.graph.input}}

@@ -71,6 +71,20 @@ def test_interrupted_then_resumed_reaches_the_same_weights(tmp_path, monkeypatch
         np.testing.assert_array_equal(resumed.weights[k], v, err_msg=k)
 
 
+def test_a_seed_gives_the_same_weights_however_busy_the_machine_is(monkeypatch):
+    """Inference's default threads shrink with the load; the step's float sums are split by
+    thread, so training keeps to every usable CPU and the weights do not depend on the load."""
+    import almc.runtime as runtime
+
+    quiet = almc.load(MODELS / "lenet.alm")
+    quiet.train(epochs=1, seed=3, progress=False)
+    monkeypatch.setattr(runtime, "default_threads", lambda: 1)  # as if other processes held the rest
+    busy = almc.load(MODELS / "lenet.alm")
+    busy.train(epochs=1, seed=3, progress=False)
+    for k, v in quiet.weights.items():
+        np.testing.assert_array_equal(busy.weights[k], v, err_msg=k)
+
+
 def test_trained_weights_are_exported(tmp_path):
     m = almc.load(MODELS / "logistic.alm")
     m.train(epochs=2, out=str(tmp_path / "t.onnx"))
