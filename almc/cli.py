@@ -187,6 +187,13 @@ def build_parser() -> Parser:
 
     sub.add_parser("ops", help="list every op with its arguments (Markdown)")
 
+    f = sub.add_parser("fmt", help="rewrite .alm files in the canonical layout, comments kept")
+    f.add_argument("files", nargs="+", metavar="FILE", help=".alm files or folders of them; - reads stdin, "
+                                                            "writes stdout")
+    f.add_argument("--check", action="store_true", help="write nothing; list the files it would change, exit 1 "
+                                                        "if there are any")
+    f.add_argument("--diff", action="store_true", help="write nothing; print what it would change as a diff")
+
     g = sub.add_parser("graph", help="draw the graph with the shapes on its edges (.dot, .svg, .png)")
     model_options(g)
     g.add_argument("-o", "--output", required=True, help="out.dot, out.svg or out.png")
@@ -623,6 +630,67 @@ def cmd_weights(args) -> int:
     return EXIT_OK
 
 
+def cmd_fmt(args) -> int:
+    import difflib
+
+    from .files import atomic_write
+    from .fmt import format_source
+    from .parse import MAX_SOURCE_BYTES, read_source, source_text
+
+    if args.files == ["-"]:
+        data = sys.stdin.buffer.read(MAX_SOURCE_BYTES + 1)
+        if len(data) > MAX_SOURCE_BYTES:
+            raise UsageError(f"stdin holds more than a model file's {MAX_SOURCE_BYTES:,} bytes")
+        sys.stdout.write(format_source(source_text(data, "<stdin>"), "<stdin>"))
+        return EXIT_OK
+    if "-" in args.files:
+        raise UsageError("- (stdin) cannot be given with other files")
+    paths = []
+    for name in args.files:
+        path = Path(name)
+        if path.is_dir():  # its .alm files, outside hidden folders (.git, .venv)
+            paths += sorted(p for p in path.rglob("*.alm")
+                            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        elif not path.exists():
+            raise UsageError(f"no such file: {name}")
+        else:
+            paths.append(path)
+    changed, failed = [], 0
+    for path in paths:
+        try:
+            text = read_source(path)
+            formatted = format_source(text, str(path))
+        except AlmError as e:
+            print(e.render(), file=sys.stderr)
+            failed += 1
+            continue
+        if formatted == text:
+            continue
+        changed.append(path)
+        if args.diff:
+            sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), formatted.splitlines(True),
+                                                       f"{path} (before)", f"{path} (formatted)"))
+        elif args.check:
+            print(f"{path}: would be reformatted")
+        else:  # the file a link points to, keeping its permissions
+            target = path.resolve()
+            try:
+                if not os.access(target, os.W_OK) or not target.stat().st_mode & 0o222:  # root too
+                    raise FileError(path, "is read-only; it was left as it is")
+                atomic_write(target, formatted.encode("utf-8"), mode=target.stat().st_mode & 0o7777)
+            except FileError as e:
+                print(str(e), file=sys.stderr)
+                changed.pop()
+                failed += 1
+                continue
+            print(f"reformatted {path}")
+    kept = len(paths) - len(changed) - failed
+    verb = "would be reformatted" if args.check or args.diff else "reformatted"
+    print(f"{len(changed)} file{'s' * (len(changed) != 1)} {verb}, {kept} already formatted"
+          + (f", {failed} with errors" if failed else ""), file=sys.stderr)
+    return EXIT_MODEL if failed or (args.check and changed) else EXIT_OK
+
+
 def cmd_ops(args) -> int:
     from .ops.registry import ops_markdown
 
@@ -630,7 +698,7 @@ def cmd_ops(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"ops": cmd_ops, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "plot": cmd_plot, "diff-modes": cmd_diff_modes, "check": cmd_check, "summary": cmd_summary, "compile": cmd_compile, "run": cmd_run, "graph": cmd_graph, "weights": cmd_weights}
+COMMANDS = {"ops": cmd_ops, "fmt": cmd_fmt, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "plot": cmd_plot, "diff-modes": cmd_diff_modes, "check": cmd_check, "summary": cmd_summary, "compile": cmd_compile, "run": cmd_run, "graph": cmd_graph, "weights": cmd_weights}
 
 
 def _terminate(signum, frame):

@@ -99,9 +99,10 @@ def check_output_folder(path, flag: str) -> Path:
     return path
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | list) -> Path:
+def atomic_write(path: str | os.PathLike, data: bytes | list, mode: int | None = None) -> Path:
     """Write `data` (bytes, or a list of bytes-like pieces written in turn) to `path`, atomically.
-    Only a regular file or a new path is written; OS errors become FileError (exit 1)."""
+    Only a regular file or a new path is written; OS errors become FileError (exit 1).
+    `mode`: the permissions the file gets (a rewritten source keeps its own)."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if path.exists() and not path.is_file():
@@ -123,6 +124,8 @@ def atomic_write(path: str | os.PathLike, data: bytes | list) -> Path:
                 f.write(piece)
             f.flush()
             os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException as e:
         try:

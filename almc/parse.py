@@ -65,6 +65,11 @@ def read_source(path: str | Path, shown: str | None = None) -> str:
         raise AlmError(Diagnostic(f"no such file: {shown}", where)) from None
     except OSError as e:
         raise AlmError(Diagnostic(f"cannot read {shown}: {e.strerror}", where)) from None
+    return source_text(data, shown)
+
+
+def source_text(data: bytes, shown: str) -> str:
+    """A source file's bytes as text: UTF-8 without NUL bytes, or a located error."""
     if b"\0" in data:
         line, col = _position(data, data.index(b"\0"))
         raise AlmError(Diagnostic("this is a binary file, not .alm text (it contains a NUL byte)",

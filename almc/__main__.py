@@ -1,0 +1,4 @@
+"""python -m almc: the almc command."""
+from .cli import main
+
+raise SystemExit(main())
