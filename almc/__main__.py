@@ -1,4 +1,4 @@
 """python -m almc: the almc command."""
-from .cli import main
+from .cli import entry
 
-raise SystemExit(main())
+entry()

@@ -197,6 +197,7 @@ class Builder:
         return hit
 
     def bind(self, frame: Frame, name: str, value, span: Span, stmt) -> None:
+        self.graph.bindings.append((span, name, value))
         reads = name in self.names_read(stmt) if isinstance(stmt, s.Assign) else False
         if name in frame.defined_at and frame.vars.get(name) is POISON and value is POISON:
             return
@@ -841,6 +842,7 @@ class Builder:
                                     f"{b.name}({', '.join(names)})")
                 inner.vars[p.name] = v
                 inner.defined_at[p.name] = p.span
+                self.graph.bindings.append((p.span, p.name, v))
             self.exec_body(b.body, inner)
             rets = [st for st in b.body if isinstance(st, s.Return)]
             if not rets:
@@ -939,6 +941,7 @@ def build_model(blocks: dict[str, s.BlockDef], model: s.ModelDef, collector: Col
             v = POISON
         frame.vars[p.name] = v
         frame.defined_at[p.name] = p.span
+        b.graph.bindings.append((p.span, p.name, v))
     for name in overrides:
         known = [p.name for p in model.params]
         b.err(f"model {model.name} has no parameter '{name}'", model.span,

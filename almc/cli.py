@@ -187,6 +187,8 @@ def build_parser() -> Parser:
 
     sub.add_parser("ops", help="list every op with its arguments (Markdown)")
 
+    sub.add_parser("lsp", help="a language server for editors, over stdin / stdout (needs pygls)")
+
     f = sub.add_parser("fmt", help="rewrite .alm files in the canonical layout, comments kept")
     f.add_argument("files", nargs="+", metavar="FILE", help=".alm files or folders of them; - reads stdin, "
                                                             "writes stdout")
@@ -691,6 +693,13 @@ def cmd_fmt(args) -> int:
     return EXIT_MODEL if failed or (args.check and changed) else EXIT_OK
 
 
+def cmd_lsp(args) -> int:
+    from .lsp import serve
+
+    serve()
+    return EXIT_OK
+
+
 def cmd_ops(args) -> int:
     from .ops.registry import ops_markdown
 
@@ -698,7 +707,7 @@ def cmd_ops(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"ops": cmd_ops, "fmt": cmd_fmt, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "plot": cmd_plot, "diff-modes": cmd_diff_modes, "check": cmd_check, "summary": cmd_summary, "compile": cmd_compile, "run": cmd_run, "graph": cmd_graph, "weights": cmd_weights}
+COMMANDS = {"ops": cmd_ops, "fmt": cmd_fmt, "lsp": cmd_lsp, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "plot": cmd_plot, "diff-modes": cmd_diff_modes, "check": cmd_check, "summary": cmd_summary, "compile": cmd_compile, "run": cmd_run, "graph": cmd_graph, "weights": cmd_weights}
 
 
 def _terminate(signum, frame):

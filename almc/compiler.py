@@ -39,9 +39,10 @@ def check(path=None, text=None, **options) -> tuple[Graph, list]:
 
 
 def _check(path=None, text=None, *, model: str | None = None, params: dict | None = None,
-           name: str = "<string>", allow_outside: bool = False, limits: Limits | None = None) -> tuple[Graph, list]:
+           name: str = "<string>", allow_outside: bool = False, limits: Limits | None = None,
+           base=None) -> tuple[Graph, list]:
     c = Collector()
-    prog = load_program(c, path=path, text=text, name=name, allow_outside=allow_outside)
+    prog = load_program(c, path=path, text=text, name=name, allow_outside=allow_outside, base=base)
     c.check()
     models = prog.root.models
     shown = str(path) if path is not None else name

@@ -47,6 +47,9 @@ class Graph:
     files: tuple = ()  # the source files read, resolved: a command's output must not be one of them
     span: Span = UNKNOWN  # the model's name in its source
     train: object = None  # the training section (objective.TrainSpec), when the file has one
+    # (statement span, name, value) for every name a statement bound, in build order (a block's
+    # statements once per call): what the language server shows on hover
+    bindings: list = field(default_factory=list)
 
     def add(self, node: Node) -> Node:
         assert node.id not in self.nx, node.id

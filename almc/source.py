@@ -33,14 +33,15 @@ def stdlib_dir() -> Path:
 
 
 def load_program(c: Collector, path: str | os.PathLike | None = None, text: str | None = None,
-                 name: str = "<string>", allow_outside: bool = False) -> Program:
+                 name: str = "<string>", allow_outside: bool = False, base: Path | None = None) -> Program:
+    """`base`: the folder imports of `text` resolve in (default: the current one)."""
     if path is not None:
         shown = str(path)
         text = read_source(path, shown)
         root_path = Path(path).resolve()
         base = root_path.parent
     else:
-        shown, root_path, base = name, None, Path.cwd().resolve()
+        shown, root_path, base = name, None, Path(base or Path.cwd()).resolve()
         text = normalize_newlines(text)
     c.sources[shown] = text
     root = parse(text, shown)
