@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -30,6 +31,7 @@ class Model:
         self.warnings = list(warnings)
         self.seed = seed
         self.weights: dict[str, np.ndarray] | None = None  # set by training or load_weights
+        self.data_record: dict | None = None  # how training prepared its images (data.Dataset.image_record)
         self._session = None
 
     @property
@@ -86,8 +88,11 @@ class Model:
         seed = self.seed if seed is None else seed
         fresh = self.weights is None
         weights = self.initial_weights(seed) if fresh else self.weights
-        return compile_inference(self.graph, weights, seed=seed, fold=fold, overwrite=fresh,
-                                 check_runtime=check_runtime)
+        skeleton, params = compile_inference(self.graph, weights, seed=seed, fold=fold, overwrite=fresh,
+                                             check_runtime=check_runtime)
+        if self.data_record is not None:  # almc predict reads image files as training read its data
+            skeleton.metadata_props.add(key="almc.data", value=json.dumps(self.data_record))
+        return skeleton, params
 
     def train(self, data: str | None = None, **options) -> dict:
         """Train with the model's training section; returns the metrics. Options are those of
@@ -111,9 +116,10 @@ class Model:
         """Take the weights of an almc checkpoint (checked against this model's parameters)."""
         from .checkpoint import check_weights, read_checkpoint
 
-        weights, _, _ = read_checkpoint(path)
+        weights, _, meta = read_checkpoint(path)
         check_weights(path, self.graph, weights, self.initial_weights())
         self.weights = {k: v.astype(np.float32) for k, v in weights.items()}
+        self.data_record = meta.get("data") if isinstance(meta.get("data"), dict) else None
         self._session = None
 
     def compile_training_step(self, gradients: bool = True, target: str = "cpu"):

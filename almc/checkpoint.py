@@ -18,13 +18,17 @@ from .graph import Graph
 CHECKPOINT = "last.npz"  # the file name in a --checkpoint folder
 
 
-def save_checkpoint(path: Path, graph: Graph, weights, state, epoch: int, step: int, history) -> None:
+def save_checkpoint(path: Path, graph: Graph, weights, state, epoch: int, step: int, history,
+                    data: dict | None = None) -> None:
+    """`data`: how the training images were prepared (data.Dataset.image_record), for predict."""
     from .lower import source_hash
 
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {f"param:{k}": v for k, v in weights.items()}
     arrays.update({f"state:{k}": v for k, v in state.items()})
     meta = {"model": graph.name, "epoch": epoch, "step": step, "history": history, "source_sha256": source_hash(graph)}
+    if data is not None:
+        meta["data"] = data
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     buf = io.BytesIO()
     np.savez(buf, **arrays)

@@ -178,8 +178,12 @@ def build_parser() -> Parser:
 
     pr = sub.add_parser("predict", help="the most probable classes of each example, with their probabilities")
     pr.add_argument("file", help="a .alm (with --weights) or a trained .onnx")
-    pr.add_argument("inputs", nargs="+", metavar="X.npy",
-                    help="examples: one per file (the input's shape without the batch axis) or a batch [n, ...]")
+    pr.add_argument("inputs", nargs="+", metavar="INPUT",
+                    help="examples: .npy files (one example, or a batch [n, ...]), image files (PNG, JPEG, ...: "
+                         "prepared as almc train prepared its data; needs Pillow) or folders of them")
+    pr.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
+                    help="images: swap dark and light (auto: when the background is the opposite of the "
+                         "training images')")
     pr.add_argument("--weights", metavar="CKPT", help="for a .alm: the trained weights (an almc checkpoint)")
     pr.add_argument("--top", type=positive_int, default=3, metavar="K", help="how many classes (default 3)")
     pr.add_argument("-o", "--output", metavar="OUT.csv", help="also write the predictions as CSV")
@@ -369,8 +373,8 @@ def _feeds(what: str, types: dict, arrays: dict, path_of: dict) -> dict:
 
 
 def runnable(args):
-    """(its name, its input types, feeds -> (outputs, provider), the Model or None) of `almc run`'s
-    or `almc predict`'s model: an .onnx file, or a .alm compiled on the fly."""
+    """(its name, its input types, feeds -> (outputs, provider), the Model or the ONNX file's
+    metadata) of `almc run`'s or `almc predict`'s model: an .onnx file, or a .alm compiled on the fly."""
     from .files import check_input_file
     from .runtime import session
 
@@ -388,10 +392,14 @@ def runnable(args):
         except Exception as e:  # onnx raises several types for damaged files
             raise FileError(args.file, f"not a valid ONNX model ({str(e).splitlines()[0][:200]})") from None
 
+        sessions = []  # one, made at the first call (predict calls once per file)
+
         def execute(feeds):
-            sess = session(proto.SerializeToString(), args.device, threads=args.threads)
+            if not sessions:
+                sessions.append(session(proto.SerializeToString(), args.device, threads=args.threads))
+            sess = sessions[0]
             return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds))), sess.get_providers()[0]
-        return args.file, input_types(proto), execute, None
+        return args.file, input_types(proto), execute, {p.key: p.value for p in proto.metadata_props}
     args.max_params = args.max_activations = 2_000_000_000
     m = load_model(args)
 
@@ -446,7 +454,12 @@ def cmd_predict(args) -> int:
 
     if args.output:
         check_output(args.output, [args.file, args.weights, *args.inputs])
+    import json
+
+    from .data import IMAGE_SUFFIXES, fit_input, read_image
+
     what, types, execute, m = runnable(args)
+    props, m = (m, None) if isinstance(m, dict) else ({}, m)
     if len(types) != 1:
         raise UsageError(f"{what} has inputs {', '.join(types)}: almc predict feeds one (use almc run)")
     (name, t), = types.items()
@@ -454,7 +467,18 @@ def cmd_predict(args) -> int:
     if spec is not None and not m.graph.node(spec.labels[0]).type.dtype.startswith("i"):
         raise UsageError(f"{what} is trained on float targets (a regression): it has no classes to predict; "
                          "use almc run")
-    arrays = [(path, read_array(path)) for path in args.inputs]  # every file checked before any work
+    paths = []
+    for name in args.inputs:  # a folder: its .npy and image files, in name order
+        if Path(name).is_dir():
+            found = sorted(str(p) for p in Path(name).iterdir()
+                           if p.is_file() and p.suffix.lower() in (".npy", *IMAGE_SUFFIXES))
+            if not found:
+                raise UsageError(f"{name} holds no .npy or image files ({', '.join(IMAGE_SUFFIXES)})")
+            paths += found
+        else:
+            paths.append(name)
+    images = [p for p in paths if Path(p).suffix.lower() in IMAGE_SUFFIXES]
+    arrays = [(path, read_array(path)) for path in paths if path not in images]  # checked before any work
     if m is not None and args.weights:
         m.load_weights(args.weights)
     elif args.weights:
@@ -462,6 +486,28 @@ def cmd_predict(args) -> int:
     elif m is not None:
         print(f"almc: warning: no --weights: predicting with {m.name}'s initial weights (seed {args.seed})",
               file=sys.stderr)
+    if images:
+        try:
+            record = m.data_record if m is not None else json.loads(props["almc.data"])
+        except (KeyError, json.JSONDecodeError):
+            record = None
+        if not isinstance(record, dict) or t is None:
+            source = f"{args.weights} does" if m is not None and args.weights else f"{what} does"
+            raise UsageError(f"{images[0]} is an image, but {source} not record how the training images were "
+                             "prepared (a checkpoint of almc train, or a file from almc train --out or almc "
+                             "compile --weights, does); give .npy inputs")
+        for path in images:
+            x, flipped = read_image(path, record, args.invert)
+            if flipped and args.invert == "auto":
+                print(f"almc: note: {path}: inverted: its background is "
+                      f"{'light' if record['background'] == 'dark' else 'dark'}, the training images' "
+                      f"({record['dataset']}) {record['background']} (--invert no keeps it)", file=sys.stderr)
+            try:
+                arrays.append((path, fit_input(x[None], t.dims[1:])))
+            except ValueError as e:
+                raise UsageError(f"{path}: {e}") from None
+        order = {p: i for i, p in enumerate(paths)}
+        arrays.sort(key=lambda item: order[item[0]])
     labels = list(spec.classes) if spec is not None and spec.classes else None
     rows = []
     for path, x in arrays:

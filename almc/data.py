@@ -43,7 +43,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import FileError
+from .errors import FileError, UsageError, elide
 from .files import check_input_file, check_npz
 
 
@@ -57,6 +57,18 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     classes: int
+
+    def image_record(self) -> dict | None:
+        """How an image file becomes an example as this data's were, for the exported model's
+        metadata (`almc.data`): the images' size, the range their pixels span and whether their
+        background is dark (MNIST, the digits) or light. None for feature vectors."""
+        x = self.x_train
+        if x.ndim != 4 or x.shape[1] != 1 or not len(x):
+            return None
+        frame = np.concatenate([x[:, 0, 0], x[:, 0, -1], x[:, 0, :, 0], x[:, 0, :, -1]], axis=1)
+        lo, hi = float(x.min()), float(x.max())
+        return {"dataset": self.name, "size": [int(x.shape[2]), int(x.shape[3])], "range": [lo, hi],
+                "background": "dark" if float(frame.mean()) < (lo + hi) / 2 else "light"}
 
     def describe(self) -> str:
         """One line, e.g. 'digits: 1,258 train / 180 val / 359 test, 10 classes, examples [1, 8, 8]'."""
@@ -410,6 +422,47 @@ def fit_input(x: np.ndarray, dims: tuple) -> np.ndarray:
                          "of pixels to resize them to")
     raise ValueError(f"the model input has {len(dims)} dimensions per example ({shown}); "
                      "images fit [C, H, W], [T, F] (rows as a sequence) or [F] (flattened)")
+
+
+# ---------------------------------------------------------------- image files
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+MAX_IMAGE_PIXELS = 1 << 26  # 64 megapixels: a larger file is refused before it is decoded
+
+
+def read_image(path: str | os.PathLike, record: dict, invert: str = "auto") -> tuple[np.ndarray, bool]:
+    """An image file as one example [1, h, w] prepared as the training data were (`record`, from
+    Dataset.image_record): grey (transparency on white), resized to the data's size, pixels mapped
+    onto the data's range; inverted when `invert` is "yes", or "auto" and its background is the
+    opposite of the data's. Returns (the example, whether it was inverted)."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise UsageError("reading images needs Pillow: pip install 'almc[images]'") from None
+    check_input_file(path)
+    try:
+        with Image.open(path) as im:
+            if im.width * im.height > MAX_IMAGE_PIXELS:
+                raise FileError(path, f"is {im.width}x{im.height} pixels: more than the {MAX_IMAGE_PIXELS:,} "
+                                      "an input image may have")
+            im.seek(0)  # the first frame of a GIF or TIFF
+            if "A" in im.getbands() or "transparency" in im.info:
+                rgba = im.convert("RGBA")
+                im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+            h, w = record["size"]
+            grey = im.convert("L").resize((w, h), Image.Resampling.BILINEAR)  # antialiased when shrinking
+            x = np.asarray(grey, dtype=np.float32) / 255.0
+    except FileError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise FileError(path, f"not a readable image ({elide(str(e), 160)})") from None
+    frame = np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]])
+    light = float(frame.mean()) > 0.5
+    flip = invert == "yes" or (invert == "auto" and light != (record["background"] == "light"))
+    if flip:
+        x = 1.0 - x
+    lo, hi = record["range"]
+    return (lo + x * (hi - lo)).astype(np.float32)[None], flip
 
 
 # ---------------------------------------------------------------- batches

@@ -186,6 +186,7 @@ def train(model, opts: TrainOptions) -> dict:
     compiled = compile_step(graph_t, gradients=False, target=target, checked=False)
     sig = compiled.signature
     ds, (x_tr, x_va, x_te), (y_tr, y_va, y_te) = prepare_data(graph, spec, opts)
+    model.data_record = ds.image_record()
     if len(x_tr) == 0:
         raise UsageError("the training split is empty")
     classify = np.issubdtype(y_tr.dtype, np.integer)  # float targets: a regression, no accuracy
@@ -259,7 +260,8 @@ def train(model, opts: TrainOptions) -> dict:
                                 val_acc=f"{val_acc:.4f}" if val_acc is not None else "-")
                 bar.close()
             if ckpt_dir is not None:
-                save_checkpoint(ckpt_dir / CHECKPOINT, graph, current, runner.state(), epoch + 1, step, history)
+                save_checkpoint(ckpt_dir / CHECKPOINT, graph, current, runner.state(), epoch + 1, step, history,
+                                model.data_record)
     except KeyboardInterrupt:
         if events is not None:
             events.close()
