@@ -107,7 +107,7 @@ def build_parser() -> Parser:
     c.add_argument("--grad", action="store_true",
                    help="also compare every parameter's gradient with finite differences (needs a train section)")
 
-    dm = sub.add_parser("diff-modes", help="list the nodes that differ between inference and training")
+    dm = sub.add_parser("diff-modes", help="list the layers that differ between inference and training")
     model_options(dm)
 
     s = sub.add_parser("summary", help="per-layer shapes, parameters, activations, mult-adds, receptive field")
@@ -292,9 +292,11 @@ def cmd_diff_modes(args) -> int:
     if not mode.forms:
         print(f"{m.name}: inference and training compute the same nodes")
         return EXIT_OK
-    print(f"{m.name}: nodes that differ between inference and training")
+    # by layer, as almc summary names them: a node's id depends on whether it ends its statement
+    # (conv2 = conv_bn(...) names the batch norm conv2, conv1 = conv_bn(...) |> relu does not)
+    print(f"{m.name}: layers that differ between inference and training (named as in almc summary)")
     for node, form in mode.forms.items():
-        print(f"  {node}: {form.describe}")
+        print(f"  {m.graph.node(node).layer or node}: {form.describe}")
     return EXIT_OK
 
 

@@ -188,6 +188,17 @@ def test_diff_modes_lists_dropout_and_batchnorm(capsys):
     assert capsys.readouterr().out.count(": dropout(p = 0.5)") == 2
 
 
+def test_diff_modes_names_each_layer_as_the_summary_does(capsys):
+    """ResNet-18's batch norms end some statements and not others; they are named one way."""
+    assert main(["diff-modes", str(MODELS / "resnet18.alm"), "-D", "size=32"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "ResNet18: layers that differ between inference and training (named as in almc summary)"
+    rows = {r.name for r in almc.load(MODELS / "resnet18.alm", size=32).summary().rows if r.ops.endswith("batchnorm")}
+    named = [line.split(": batchnorm:")[0].strip() for line in lines[1:]]
+    assert len(named) == 20 and set(named) == rows
+    assert "x/conv1.conv_bn" in named and "layer0/x/unit0/x/conv2" in named
+
+
 def test_training_needs_a_section(capsys, tmp_path):
     assert main(["train", str(MODELS / "unet.alm"), "--no-progress"]) == 1
     assert "model UNet has no training section" in capsys.readouterr().err
