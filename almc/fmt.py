@@ -16,11 +16,12 @@ wrote stay. Layout:
 - trailing comments two spaces after the longest line of their run of commented lines.
 
 Long lines are not wrapped. The result parses to the same tree, so it compiles to the same
-ONNX (node doc strings, which hold source positions, aside): tests/test_fmt.py holds every
+ONNX (node doc strings, which hold source positions, and the source's hash aside): tests/test_fmt.py holds every
 model, the standard library and the documentation's examples to that, and to idempotence.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -31,10 +32,10 @@ from .parse import grammar_text, parse
 INDENT = "    "
 STATEMENTS = {"import_stmt", "model_def", "block_def", "train_def", "input_stmt", "output_stmt", "assign",
               "for_stmt", "return_stmt", "assert_stmt", "setting"}
-ITEMS = {"import_stmt", "model_def", "block_def", "train_def"}
 BREAKS_BEFORE = {"binop", "and_", "or_", "ifelse"}  # a line may break before their operator
 TIGHT_BEFORE = {",", ")", "]", ".", ":"}
 TIGHT_AFTER = {"(", "[", "."}
+LINE_ENDS = re.compile(r"[ \t\r]*[\n#]")  # what follows a bracket the source broke the line after
 _comments: list[Token] = []  # filled by the lexer callback during one parse
 
 
@@ -126,6 +127,13 @@ class _Printer:
         self.line.standalone = True
         self.last_line = comment.line
 
+    def trailing(self, comment: Token, prev: tuple[Token, str] | None) -> bool:
+        """Ends the current line with `comment` when it follows `prev` on its source line."""
+        if prev is not None and prev[0].end_line == comment.line and self.line.comment is None:
+            self.line.comment = _comment_text(comment)
+            return True
+        return False
+
 
 def _comment_text(c: Token) -> str:
     return str(c).rstrip()
@@ -149,8 +157,7 @@ def format_source(text: str, file: str = "<string>") -> str:
         while ci < len(comments) and comments[ci].start_pos < tok.start_pos:
             c = comments[ci]
             ci += 1
-            if prev is not None and prev[0].end_line == c.line and p.line.comment is None:
-                p.line.comment = _comment_text(c)
+            if p.trailing(c, prev):
                 continue
             if starts or w == "}" or prev is None:
                 p.standalone(c, INDENT * p.depth)
@@ -172,9 +179,9 @@ def format_source(text: str, file: str = "<string>") -> str:
                 p.line.code = w
             else:
                 p.line.code += _space(prev[0], prev[1], tok, rule) + w
-        if w in ("(", "["):
+        if w in ("(", "["):  # broken after in the source: its contents hang four in
             col = len(p.line.indent) + len(p.line.code)
-            p.brackets.append((col, False, p.line.indent))
+            p.brackets.append((col, LINE_ENDS.match(text, tok.end_pos) is not None, p.line.indent))
         elif w in (")", "]"):
             p.brackets.pop()
         elif w == "{":
@@ -185,24 +192,11 @@ def format_source(text: str, file: str = "<string>") -> str:
             p.line.item_end = "import"
         p.last_line = tok.end_line
         prev = (tok, rule)
-        _mark_broken_bracket(p, tok, text)
     for c in comments[ci:]:
-        if prev is not None and prev[0].end_line == c.line and p.line.comment is None:
-            p.line.comment = _comment_text(c)
-        else:
+        if not p.trailing(c, prev):
             p.standalone(c, "")
     newline = "\r\n" if "\r\n" in text else "\n"
     return newline.join(_aligned(p.lines)) + newline if p.lines else ""
-
-
-def _mark_broken_bracket(p: _Printer, tok: Token, text: str) -> None:
-    """An opening bracket followed by a line break in the source: its contents hang four in."""
-    if str(tok) in ("(", "[") and p.brackets:
-        rest = text[tok.end_pos:]
-        stripped = rest.lstrip(" \t\r")
-        if stripped.startswith("\n") or stripped.startswith("#"):
-            col, _, indent = p.brackets[-1]
-            p.brackets[-1] = (col, True, indent)
 
 
 def _aligned(lines: list[_Line]) -> list[str]:
