@@ -375,8 +375,9 @@ def _feeds(what: str, types: dict, arrays: dict, path_of: dict) -> dict:
 
 
 def runnable(args):
-    """(its name, its input types, feeds -> (outputs, provider), the Model or the ONNX file's
-    metadata) of `almc run`'s or `almc predict`'s model: an .onnx file, or a .alm compiled on the fly."""
+    """(its name, its input types, feeds -> (outputs, provider), the Model or None, the ONNX
+    file's metadata or {}) of `almc run`'s or `almc predict`'s model: an .onnx file, or a .alm
+    compiled on the fly."""
     from .files import check_input_file
     from .runtime import session
 
@@ -401,13 +402,13 @@ def runnable(args):
                 sessions.append(session(proto.SerializeToString(), args.device, threads=args.threads))
             sess = sessions[0]
             return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds))), sess.get_providers()[0]
-        return args.file, input_types(proto), execute, {p.key: p.value for p in proto.metadata_props}
+        return args.file, input_types(proto), execute, None, {p.key: p.value for p in proto.metadata_props}
     args.max_params = args.max_activations = 2_000_000_000
     m = load_model(args)
 
     def execute(feeds):
         return m.run(feeds, device=args.device, threads=args.threads), m.provider
-    return m.name, m.inputs, execute, m
+    return m.name, m.inputs, execute, m, {}
 
 
 def cmd_run(args) -> int:
@@ -423,7 +424,7 @@ def cmd_run(args) -> int:
         path_of[name or None] = path
     if args.output:
         check_output(args.output, paths)
-    what, types, execute, _ = runnable(args)
+    what, types, execute, _, _ = runnable(args)
     feeds = _feeds(what, types, arrays, path_of)
     try:
         outs, provider = execute(feeds)
@@ -460,8 +461,7 @@ def cmd_predict(args) -> int:
 
     from .data import IMAGE_SUFFIXES, fit_input, read_image
 
-    what, types, execute, m = runnable(args)
-    props, m = (m, None) if isinstance(m, dict) else ({}, m)
+    what, types, execute, m, props = runnable(args)
     if len(types) != 1:
         raise UsageError(f"{what} has inputs {', '.join(types)}: almc predict feeds one (use almc run)")
     (name, t), = types.items()
@@ -479,8 +479,9 @@ def cmd_predict(args) -> int:
             paths += found
         else:
             paths.append(name)
-    images = [p for p in paths if Path(p).suffix.lower() in IMAGE_SUFFIXES]
-    arrays = [(path, read_array(path)) for path in paths if path not in images]  # checked before any work
+    is_image = [Path(p).suffix.lower() in IMAGE_SUFFIXES for p in paths]
+    arrays = {i: (p, read_array(p)) for i, p in enumerate(paths) if not is_image[i]}  # checked before any work
+    images = [(i, p) for i, p in enumerate(paths) if is_image[i]]
     if m is not None and args.weights:
         m.load_weights(args.weights)
     elif args.weights:
@@ -495,24 +496,22 @@ def cmd_predict(args) -> int:
             record = None
         if not isinstance(record, dict) or t is None:
             source = f"{args.weights} does" if m is not None and args.weights else f"{what} does"
-            raise UsageError(f"{images[0]} is an image, but {source} not record how the training images were "
+            raise UsageError(f"{images[0][1]} is an image, but {source} not record how the training images were "
                              "prepared (a checkpoint of almc train, or a file from almc train --out or almc "
                              "compile --weights, does); give .npy inputs")
-        for path in images:
+        for i, path in images:
             x, flipped = read_image(path, record, args.invert)
             if flipped and args.invert == "auto":
                 print(f"almc: note: {path}: inverted: its background is "
                       f"{'light' if record['background'] == 'dark' else 'dark'}, the training images' "
                       f"({record['dataset']}) {record['background']} (--invert no keeps it)", file=sys.stderr)
             try:
-                arrays.append((path, fit_input(x[None], t.dims[1:])))
+                arrays[i] = (path, fit_input(x[None], t.dims[1:]))
             except ValueError as e:
                 raise UsageError(f"{path}: {e}") from None
-        order = {p: i for i, p in enumerate(paths)}
-        arrays.sort(key=lambda item: order[item[0]])
     labels = list(spec.classes) if spec is not None and spec.classes else None
     rows = []
-    for path, x in arrays:
+    for path, x in (arrays[i] for i in sorted(arrays)):  # in the order given
         if t is not None and x.ndim == t.rank - 1:  # one example: add the batch axis
             x = x[None]
         outs, provider = execute(_feeds(what, types, {None: x}, {None: path}))
@@ -725,9 +724,10 @@ def cmd_fmt(args) -> int:
         else:  # the file a link points to, keeping its permissions
             target = path.resolve()
             try:
-                if not os.access(target, os.W_OK) or not target.stat().st_mode & 0o222:  # root too
+                mode = target.stat().st_mode & 0o7777
+                if not os.access(target, os.W_OK) or not mode & 0o222:  # root too
                     raise FileError(path, "is read-only; it was left as it is")
-                atomic_write(target, formatted.encode("utf-8"), mode=target.stat().st_mode & 0o7777)
+                atomic_write(target, formatted.encode("utf-8"), mode=mode)
             except FileError as e:
                 print(str(e), file=sys.stderr)
                 changed.pop()

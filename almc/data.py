@@ -65,10 +65,9 @@ class Dataset:
         x = self.x_train
         if x.ndim != 4 or x.shape[1] != 1 or not len(x):
             return None
-        frame = np.concatenate([x[:, 0, 0], x[:, 0, -1], x[:, 0, :, 0], x[:, 0, :, -1]], axis=1)
         lo, hi = float(x.min()), float(x.max())
         return {"dataset": self.name, "size": [int(x.shape[2]), int(x.shape[3])], "range": [lo, hi],
-                "background": "dark" if float(frame.mean()) < (lo + hi) / 2 else "light"}
+                "background": "dark" if border_mean(x) < (lo + hi) / 2 else "light"}
 
     def describe(self) -> str:
         """One line, e.g. 'digits: 1,258 train / 180 val / 359 test, 10 classes, examples [1, 8, 8]'."""
@@ -424,6 +423,11 @@ def fit_input(x: np.ndarray, dims: tuple) -> np.ndarray:
                      "images fit [C, H, W], [T, F] (rows as a sequence) or [F] (flattened)")
 
 
+def border_mean(x: np.ndarray) -> float:
+    """The mean of the outermost rows and columns of images [..., h, w]: their background."""
+    return float(np.concatenate([x[..., 0, :], x[..., -1, :], x[..., :, 0], x[..., :, -1]], axis=-1).mean())
+
+
 # ---------------------------------------------------------------- image files
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -456,8 +460,7 @@ def read_image(path: str | os.PathLike, record: dict, invert: str = "auto") -> t
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise FileError(path, f"not a readable image ({elide(str(e), 160)})") from None
-    frame = np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]])
-    light = float(frame.mean()) > 0.5
+    light = border_mean(x) > 0.5
     flip = invert == "yes" or (invert == "auto" and light != (record["background"] == "light"))
     if flip:
         x = 1.0 - x

@@ -384,7 +384,6 @@ def serve() -> None:
         a = analyse(doc.source, path)
         previous = analyses.get(uri)
         if previous is not None and a.module is None:  # mid-edit syntax error: keep answering from the last parse
-            previous.diagnostics = a.diagnostics
             a = Analysis(path, doc.source, a.diagnostics, previous.module, previous.blocks, previous.values,
                          previous.base)
         analyses[uri] = a
