@@ -452,15 +452,24 @@ def cmd_run(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .evaluate import top_classes
-    from .files import atomic_write, check_output, read_array
-
-    if args.output:
-        check_output(args.output, [args.file, args.weights, *args.inputs])
     import json
 
     from .data import IMAGE_SUFFIXES, fit_input, read_image
+    from .evaluate import top_classes
+    from .files import atomic_write, check_output, read_array
 
+    paths = []
+    for given in args.inputs:  # a folder: its .npy and image files, in name order
+        if Path(given).is_dir():
+            found = sorted(str(p) for p in Path(given).iterdir()
+                           if p.is_file() and p.suffix.lower() in (".npy", *IMAGE_SUFFIXES))
+            if not found:
+                raise UsageError(f"{given} holds no .npy or image files ({', '.join(IMAGE_SUFFIXES)})")
+            paths += found
+        else:
+            paths.append(given)
+    if args.output:  # the files a folder holds are inputs too
+        check_output(args.output, [args.file, args.weights, *paths])
     what, types, execute, m, props = runnable(args)
     if len(types) != 1:
         raise UsageError(f"{what} has inputs {', '.join(types)}: almc predict feeds one (use almc run)")
@@ -469,16 +478,6 @@ def cmd_predict(args) -> int:
     if spec is not None and not m.graph.node(spec.labels[0]).type.dtype.startswith("i"):
         raise UsageError(f"{what} is trained on float targets (a regression): it has no classes to predict; "
                          "use almc run")
-    paths = []
-    for name in args.inputs:  # a folder: its .npy and image files, in name order
-        if Path(name).is_dir():
-            found = sorted(str(p) for p in Path(name).iterdir()
-                           if p.is_file() and p.suffix.lower() in (".npy", *IMAGE_SUFFIXES))
-            if not found:
-                raise UsageError(f"{name} holds no .npy or image files ({', '.join(IMAGE_SUFFIXES)})")
-            paths += found
-        else:
-            paths.append(name)
     is_image = [Path(p).suffix.lower() in IMAGE_SUFFIXES for p in paths]
     arrays = {i: (p, read_array(p)) for i, p in enumerate(paths) if not is_image[i]}  # checked before any work
     images = [(i, p) for i, p in enumerate(paths) if is_image[i]]

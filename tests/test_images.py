@@ -104,6 +104,10 @@ def test_larger_rgb_and_transparent_drawings_are_read_as_the_small_grey_ones(tra
     assert agree >= 18, (agree, [t[0][0] for _, t in got], small.tolist())
     rows = (trained / "p.csv").read_text().splitlines()
     assert rows[0] == "file,index,class_1,p_1" and len(rows) == 21
+    first = folder / "00.jpg"
+    before = first.read_bytes()
+    assert main(["predict", str(trained / "net.onnx"), str(folder), "-o", str(first)]) == 2  # an input, in a folder
+    assert "00.jpg" in capsys.readouterr().err and first.read_bytes() == before
 
 
 def bomb(path, width, height):
