@@ -122,10 +122,10 @@ class Model:
         self.data_record = meta.get("data") if isinstance(meta.get("data"), dict) else None
         self._session = None
 
-    def compile_training_step(self, gradients: bool = True, target: str = "cpu"):
+    def compile_training_step(self, gradients: bool = True, target: str = "portable"):
         """The training step as an onnx.ModelProto (see docs/training.md); `gradients=False`
-        leaves out the grad.P outputs (what `almc train` runs). `target` ("cpu" or "cuda"): the
-        onnxruntime provider it is tuned for; it computes the same and runs on either."""
+        leaves out the grad.P outputs (what `almc train` runs). `target`: "portable" runs in every
+        ONNX runtime; "cpu" and "cuda" are tuned for onnxruntime's providers and run only there."""
         return compile_step(self.graph, gradients=gradients, target=target).proto
 
     def run(self, inputs, device: str = "auto", threads: int | None = None) -> dict[str, np.ndarray]:

@@ -119,8 +119,9 @@ def build_parser() -> Parser:
     co.add_argument("-o", "--output", help="output path (default: FILE's name with .onnx, in the current folder)")
     co.add_argument("--seed", type=int, default=0, help="seed of the parameter initialisation (default 0)")
     co.add_argument("--train", action="store_true", help="write the training step (see docs/training.md)")
-    co.add_argument("--target", choices=("cpu", "cuda"), default="cpu",
-                    help="with --train: the onnxruntime provider the step is tuned for (it runs on either; default cpu)")
+    co.add_argument("--target", choices=("portable", "cpu", "cuda"), default="portable",  # ops/emit.TARGETS
+                    help="with --train: portable runs in every ONNX runtime (default); cpu and cuda are tuned "
+                         "for onnxruntime's providers and run in onnxruntime only")
     co.add_argument("--weights", metavar="CKPT", help="export with the weights of an almc checkpoint")
     co.add_argument("--no-fold", action="store_true",
                     help="keep batch norm as its own node (by default it is folded into the conv before it)")

@@ -108,7 +108,7 @@ def compile_inference(graph: Graph, weights: dict, *, seed: int = 0, fold: bool 
     return skeleton, params
 
 
-def compile_evaluation(graph: Graph, target: str = "cpu"):
+def compile_evaluation(graph: Graph, target: str = "portable"):
     """The inference model with its parameters as inputs: almc train's validation and test passes
     feed it the weights the step holds."""
     from .lower import lower
@@ -123,10 +123,11 @@ class CompiledStep:
     signature: object  # step.StepSignature: its parameters, state and in-place updates
 
 
-def compile_step(graph: Graph, *, gradients: bool = True, target: str = "cpu", checked: bool = True) -> CompiledStep:
+def compile_step(graph: Graph, *, gradients: bool = True, target: str = "portable", checked: bool = True) -> CompiledStep:
     """The training step (docs/training.md), verified unless `checked=False` (almc train runs
     what it has just built, as every test does). `gradients=False` leaves out the grad.P outputs
-    (what almc train runs); `target` ("cpu" or "cuda") picks among equivalent formulations."""
+    (what almc train runs); `target` picks among equivalent formulations (ops/emit.TARGETS): the
+    default runs in every ONNX runtime, "cpu" and "cuda" only in onnxruntime (almc train's)."""
     from .lower import lower
     from .step import training_step
 

@@ -50,11 +50,11 @@ def names_read(nodes) -> set[str]:
 
 
 def lower(graph: Graph, weights: dict[str, np.ndarray] | None = None, seed: int = 0,
-          params_as_inputs: bool = False, target: str = "cpu") -> onnx.ModelProto:
+          params_as_inputs: bool = False, target: str = "portable") -> onnx.ModelProto:
     """The ONNX model of a graph. Parameters become initializers, or graph inputs of the same
     names for a training step (`params_as_inputs`), which takes them as inputs and returns them updated.
-    `target` ("cpu" or "cuda"): the provider whose kernels pick between equivalent formulations
-    (ops/conv_forms.py); the model computes the same and runs on either."""
+    `target` (ops/emit.TARGETS: "portable", "cpu" or "cuda") picks between equivalent formulations
+    (ops/conv_forms.py); the model computes the same whichever it is."""
     from .onnxfile import attach
 
     skeleton, params = lower_split(graph, weights, seed, params_as_inputs, target)
@@ -62,7 +62,7 @@ def lower(graph: Graph, weights: dict[str, np.ndarray] | None = None, seed: int 
 
 
 def lower_split(graph: Graph, weights: dict[str, np.ndarray] | None = None, seed: int = 0,
-                params_as_inputs: bool = False, target: str = "cpu") -> tuple[onnx.ModelProto, list[tuple[str, np.ndarray]]]:
+                params_as_inputs: bool = False, target: str = "portable") -> tuple[onnx.ModelProto, list[tuple[str, np.ndarray]]]:
     """(the model without its parameters' data, [(name, array)] of the parameters, in
     initializer order): `onnxfile` writes the two without copying the arrays through protobuf."""
     if weights is None and not params_as_inputs:

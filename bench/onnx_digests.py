@@ -1,5 +1,5 @@
 """Byte-identity of what almc writes: the SHA-256 of every model in models/ compiled for
-inference (folded and not), and of its training step (CPU and CUDA forms) where it has a
+inference (folded and not), and of its training step (portable, CPU and CUDA forms) where it has a
 train section. A refactoring that claims to change no behaviour must leave every digest as
 it was:
 
@@ -20,7 +20,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORD = ROOT / "bench" / "onnx_digests.txt"
-MODES = {"infer": [], "nofold": ["--no-fold"], "train": ["--train"], "train-cuda": ["--train", "--target", "cuda"]}
+MODES = {"infer": [], "nofold": ["--no-fold"], "train": ["--train"], "train-cpu": ["--train", "--target", "cpu"],
+         "train-cuda": ["--train", "--target", "cuda"]}
 
 
 def has_train_section(path: Path) -> bool:

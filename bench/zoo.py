@@ -111,7 +111,7 @@ def training(reps: int, steps_checked: int = 3) -> dict:
     m = almc.load(ROOT / "models" / "vit_digits.alm")
     weights = m.initial_weights(0)
     t = m.graph.train
-    compiled = compile_step(m.graph, gradients=False)
+    compiled = compile_step(m.graph, gradients=False, target="cpu")  # as almc train on the CPU
     sess = ort_session(compiled.proto.SerializeToString(), "cpu", THREADS, memory_pattern=False)
     state = {k: np.zeros(s, np.float32) for k, s in compiled.signature.state.items()}
     runner = StepRunner(sess, compiled, weights, state, "cpu")

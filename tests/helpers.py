@@ -62,3 +62,22 @@ train M {
     epochs 2
 }
 """
+
+
+def random_feeds(proto, rng, classes: int, batch: int, skip=(), scale: float = 1.0) -> dict:
+    """Random values for a model's inputs (those not in `skip`): integer labels below `classes`,
+    dropout masks that keep 3 in 4 (scaled by 4/3), normal float data times `scale`."""
+    import onnx
+
+    feeds = {}
+    for i in proto.graph.input:
+        if i.name in skip:
+            continue
+        dims = [d.dim_value or batch for d in i.type.tensor_type.shape.dim]
+        if i.type.tensor_type.elem_type == onnx.TensorProto.INT64:
+            feeds[i.name] = rng.integers(0, classes, dims)
+        elif i.name.startswith("dropout_mask."):
+            feeds[i.name] = ((rng.random(dims) >= 0.25) / 0.75).astype(np.float32)
+        else:
+            feeds[i.name] = (rng.standard_normal(dims) * scale).astype(np.float32)
+    return feeds

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from helpers import random_feeds
 
 import almc
 from almc.lower import lower
@@ -93,19 +94,8 @@ def unordered_reads(proto) -> list[str]:
 
 def step_feeds(m, sig, proto, rng, batch=3):
     """Random inputs for a step: the data, labels, dropout masks; parameters and state apart."""
-    feeds = {}
     classes = m.graph.node(next(iter(m.graph.outputs.values()))).type.dims[-1]
-    for i in proto.graph.input:
-        if i.name in sig.params or i.name in sig.state or i.name in ("epoch", "step"):
-            continue
-        dims = [d.dim_value or batch for d in i.type.tensor_type.shape.dim]
-        if i.type.tensor_type.elem_type == onnx.TensorProto.INT64:
-            feeds[i.name] = rng.integers(0, classes, dims)
-        elif i.name.startswith("dropout_mask."):
-            feeds[i.name] = ((rng.random(dims) >= 0.25) / 0.75).astype(np.float32)
-        else:
-            feeds[i.name] = rng.standard_normal(dims).astype(np.float32)
-    return feeds
+    return random_feeds(proto, rng, classes, batch, skip={*sig.params, *sig.state, "epoch", "step"})
 
 
 def run_steps(m, in_place: bool, steps: int = 3) -> dict[str, np.ndarray]:

@@ -1,6 +1,7 @@
 """One registry-driven test walks every op: shape rule, numpy reference, ONNX in
-onnxruntime, and onnx's strict shape inference must all agree. A new op is
-tested the moment it is registered with `examples`."""
+onnxruntime (each target's formulation: ops/emit.TARGETS), and onnx's strict shape
+inference must all agree. A new op is tested the moment it is registered with `examples`;
+tests/test_portable.py runs the portable forms in the other runtimes."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,6 +11,7 @@ from opcheck import assert_close, random_inputs, single_op_graph
 
 from almc.init import initialize
 from almc.lower import lower
+from almc.ops.emit import TARGETS
 from almc.ops.registry import all_ops
 from almc.reference import execute
 from almc.runtime import run
@@ -23,8 +25,9 @@ def test_every_op_has_examples():
     assert not missing, f"ops without examples (untested): {missing}"
 
 
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("name,i,example", CASES, ids=[f"{n}-{i}" for n, i, _ in CASES])
-def test_op_reference_onnx_and_shape_agree(name, i, example):
+def test_op_reference_onnx_and_shape_agree(name, i, example, target):
     specs, attrs, *opts = example
     symbolic = (opts[0] if opts else {}).get("symbolic_batch", True)
     g = single_op_graph(name, specs, attrs, batch="N" if symbolic else None)
@@ -41,7 +44,7 @@ def test_op_reference_onnx_and_shape_agree(name, i, example):
     expected = execute(g, weights, feeds)["y"]
     ours = g.node("y").type
     assert expected.shape[1:] == tuple(ours.dims[1:]), "shape rule disagrees with the numpy reference"
-    model = lower(g, weights)
+    model = lower(g, weights, target=target)
     onnx.checker.check_model(model, full_check=True)
     inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     out = inferred.graph.output[0].type.tensor_type.shape.dim

@@ -15,8 +15,13 @@ example on a 1x1 map, bound by reading the weight once per example. In order of 
   weight is restricted to the kept taps and the weight gradient put back with zeros;
 - otherwise Conv forward; the input gradient a Conv with the weight flipped (stride 1, many
   channels, larger maps), or (on the CPU, 2-D, small columns) one MatMul to columns and Col2Im,
-  or a ConvTranspose; the weight gradient a Conv over transposed operands, or one Gemm per
-  kernel tap from 16 input channels.
+  or a ConvTranspose; the weight gradient a Conv over transposed operands (every group in one
+  grouped Conv), or one Gemm per kernel tap from 16 input channels.
+
+Each form is a constant number of nodes whatever the group count. The portable target (ops/emit.py)
+keeps to what onnx's reference evaluator and OpenVINO run: there the weight gradient below 16
+channels, or grouped, is a product with the unfolded input (its Conv form has the batch in its
+weight's shape), and a grouped input gradient a Conv over the zero-spread gradient.
 
 All of that is for onnxruntime's CPU kernels. On CUDA (target "cuda") a small step is bound by
 launching kernels, one or more per ONNX node, not by arithmetic: there every convolution is
@@ -83,7 +88,7 @@ def choose(geo: ConvGeo, target: str = "cpu") -> Form:
     """The cheapest exact formulation of a convolution with this geometry on `target`'s
     onnxruntime provider (see the module doc)."""
     n = len(geo.kernel)
-    if target != "cpu" or any(isinstance(v, str) for v in geo.size + geo.out):
+    if target == "cuda" or any(isinstance(v, str) for v in geo.size + geo.out):
         return Form(geo, tuple((0, k) for k in geo.kernel), False, geo.kernel)
     taps, kernel, pads, fits = [], [], [], []
     for i in range(n):
@@ -257,13 +262,47 @@ def grad_input(g, gy, w, form: Form, channels_out: int, channels_in: int, out):
             return dx
         return g.node("Pad", [dx, _i64(g, "x_pad", [0, 0] + [0] * len(pad_end) + [0, 0] + pad_end)], out=out)
     wt = _taps_of(g, w, form, lead, [*lead, *geo.kernel])
-    if g.target == "cpu" and _flip_pays(geo, channels_out):
+    if g.cpu_kernels and _flip_pays(geo, channels_out):
         return _grad_input_flipped(g, gy, wt, geo, lead, out)
-    if g.target == "cpu" and _col2im_pays(geo, channels_in):
+    if g.cpu_kernels and _col2im_pays(geo, channels_in):
         return _grad_input_col2im(g, gy, wt, geo, lead, out)
+    if g.target == "portable" and geo.groups > 1 and transposed_portable(geo):
+        return transposed_as_conv(g, gy, wt, geo, channels_out, channels_in, out)
     return g.node("ConvTranspose", [gy, wt], out=out, kernel_shape=list(geo.kernel), strides=list(geo.stride),
                   dilations=list(geo.dilation), pads=onnx_pads(geo.pads), group=geo.groups,
                   output_padding=output_padding(geo))
+
+
+def transposed_portable(geo: ConvGeo) -> bool:
+    """Whether `transposed_as_conv` can write this transposed convolution (each begin pad at most
+    the kernel's span: the Conv's own pads stay >= 0; sizes known)."""
+    if any(isinstance(v, str) for v in geo.size + geo.out):
+        return False
+    return all(b <= (k - 1) * d and L - ((o - 1) * s + 1) + b >= 0
+               for k, d, s, (b, _), L, o in zip(geo.kernel, geo.dilation, geo.stride, geo.pads, geo.size, geo.out))
+
+
+def transposed_as_conv(g, y, w, geo: ConvGeo, M: int, C: int, out, bias=None):
+    """ONNX ConvTranspose(y [N, M, *out], w [M, C/G, *kernel]) -> [N, C, *size], G groups, as a Conv
+    (onnx's reference evaluator gets a grouped ConvTranspose wrong): y with stride - 1 zeros
+    between its elements, convolved by the kernel flipped in space with its two channel axes
+    swapped in each group, padded by (kernel - 1) * dilation - pad."""
+    n, G = len(geo.kernel), geo.groups
+    K = int(np.prod(geo.kernel))
+    if any(s > 1 for s in geo.stride):  # [N, M, o1, 1, o2, 1] padded to [N, M, o1, s1, o2, s2], merged, cut
+        spread = g.node("Reshape", [y, _i64(g, "y_spread", [0, M, *(v for o in geo.out for v in (o, 1))])])
+        ends = [v for s in geo.stride for v in (0, s - 1)]
+        spread = g.node("Pad", [spread, _i64(g, "y_zeros", [0] * (2 + 2 * n) + [0, 0] + ends)])
+        spread = g.node("Reshape", [spread, _i64(g, "y_merged", [0, M, *(o * s for o, s in zip(geo.out, geo.stride))])])
+        y = g.node("Slice", [spread, _i64(g, "y_s0", [0] * n), _i64(g, "y_s1", [(o - 1) * s + 1 for o, s in zip(geo.out, geo.stride)]),
+                             _i64(g, "y_axes", geo.axes)])
+    flip = np.eye(K, dtype=np.float32)[::-1].copy()
+    wg = g.node("Transpose", [g.node("Reshape", [w, _i64(g, "w_gmck", [G, M // G, C // G, K])])], perm=[0, 2, 1, 3])
+    wf = g.node("Reshape", [g.node("MatMul", [wg, g.const("flip", flip)]), _i64(g, "w_flipped", [C, M // G, *geo.kernel])])
+    pads = [((k - 1) * d - b, L - ((o - 1) * s + 1) + b)
+            for k, d, s, (b, _), L, o in zip(geo.kernel, geo.dilation, geo.stride, geo.pads, geo.size, geo.out)]
+    return g.node("Conv", [y, wf] + ([bias] if bias else []), out=out, kernel_shape=list(geo.kernel),
+                  dilations=list(geo.dilation), pads=onnx_pads(pads), group=G if G > 1 else None)
 
 
 # With stride 1 the input gradient is also a plain Conv of the output gradient by the weight
@@ -330,8 +369,12 @@ def grad_weight(g, gy, x, form: Form, channels_in: int, channels_out: int, out):
         if form.pruned:
             return _place_taps(g, dw, form, lead, out)
         return g.node("Reshape", [dw, _i64(g, "w_shape", [*lead, *geo.kernel])], out=out)
-    per_tap = g.target == "cpu" and geo.groups == 1 and channels_in >= MIN_CHANNELS_PER_TAP
-    weight_grad = _grad_weight_per_tap if per_tap else _grad_weight_conv
+    if g.cpu_kernels and geo.groups == 1 and channels_in >= MIN_CHANNELS_PER_TAP:
+        weight_grad = _grad_weight_per_tap
+    elif g.target == "portable":
+        weight_grad = _grad_weight_unfolded
+    else:
+        weight_grad = _grad_weight_conv
     dw = weight_grad(g, gy, x, geo, channels_in, channels_out, None if form.pruned else out)
     return _place_taps(g, dw, form, lead, out) if form.pruned else dw
 
@@ -367,20 +410,50 @@ def _grad_weight_per_tap(g, gy, x, geo: ConvGeo, C: int, M: int, out):
     return g.node("Reshape", [dw, _i64(g, "w_shape", [M, C, *geo.kernel])], out=out)
 
 
+def _unfold(g, x, geo: ConvGeo, C: int):
+    """The columns of x, [N, C x taps, *out] (channel c's tap t at c * taps + t): one grouped Conv
+    by a constant 0/1 kernel, each of its C x taps filters picking one tap of one channel."""
+    K = int(np.prod(geo.kernel))
+    pick = np.tile(np.eye(K, dtype=np.float32).reshape(K, 1, *geo.kernel), (C, 1, *([1] * len(geo.kernel))))
+    return g.node("Conv", [x, g.const("unfold", pick)], kernel_shape=list(geo.kernel), strides=list(geo.stride),
+                  dilations=list(geo.dilation), pads=onnx_pads(geo.pads), group=C)
+
+
+def _grad_weight_unfolded(g, gy, x, geo: ConvGeo, C: int, M: int, out):
+    """A grouped convolution's weight gradient in the same few nodes whatever its group count:
+    per group, dW_g [M/G, C/G x taps] = gy_g [M/G, N x positions] @ columns_g [N x positions, C/G x taps],
+    all groups in one batched MatMul over the unfolded input. Depthwise (one channel in and out
+    per group): an elementwise product summed over examples and positions."""
+    G, K = geo.groups, int(np.prod(geo.kernel))
+    cg, mg = C // G, M // G
+    cols = g.node("Reshape", [_unfold(g, x, geo, C), _i64(g, "cols_ngkp", [0, G, cg * K, -1])])
+    if cg == 1 and mg == 1:
+        gr = g.node("Reshape", [gy, _i64(g, "g_ng1p", [0, G, 1, -1])])
+        dw = g.node("ReduceSum", [g.node("Mul", [cols, gr]), _i64(g, "np_axes", [0, 3])], keepdims=0)
+    else:
+        ct = g.node("Reshape", [g.node("Transpose", [cols], perm=[1, 0, 3, 2]), _i64(g, "cols_g", [G, -1, cg * K])])
+        gr = g.node("Reshape", [gy, _i64(g, "g_ngmp", [0, G, mg, -1])])
+        gt = g.node("Reshape", [g.node("Transpose", [gr], perm=[1, 2, 0, 3]), _i64(g, "g_g", [G, mg, -1])])
+        dw = g.node("MatMul", [gt, ct])
+    return g.node("Reshape", [dw, _i64(g, "w_shape", [M, cg, *geo.kernel])], out=out)
+
+
 def _grad_weight_conv(g, gy, x, geo: ConvGeo, C: int, M: int, out):
-    """[C, N, H, W] convolved by [M, N, OH, OW] gives [C, M, KH', KW'] with KH' >= KH (the forward
-    stride becomes a dilation and the forward dilation a stride); one conv per group."""
-    n = len(geo.kernel)
-    perm = [1, 0, *range(2, n + 2)]
-    cg, mg = C // geo.groups, M // geo.groups
-    parts = []
-    for grp in range(geo.groups):
-        xs, gs = x, gy
-        if geo.groups > 1:
-            xs = g.node("Slice", [x, _i64(g, f"xs{grp}", [grp * cg]), _i64(g, f"xe{grp}", [(grp + 1) * cg]), _i64(g, f"ax{grp}", [1])])
-            gs = g.node("Slice", [gy, _i64(g, f"gs{grp}", [grp * mg]), _i64(g, f"ge{grp}", [(grp + 1) * mg]), _i64(g, f"gx{grp}", [1])])
-        wt = g.node("Conv", [g.node("Transpose", [xs], perm=perm), g.node("Transpose", [gs], perm=perm)],
-                    strides=list(geo.dilation), dilations=list(geo.stride), pads=onnx_pads(geo.pads))
-        wt = g.node("Slice", [wt, _i64(g, f"k0_{grp}", [0] * n), _i64(g, f"k1_{grp}", geo.kernel), _i64(g, f"ka_{grp}", geo.axes)])
-        parts.append(g.node("Transpose", [wt], perm=perm, out=out if geo.groups == 1 else None))
-    return parts[0] if geo.groups == 1 else g.node("Concat", parts, axis=0, out=out)
+    """x as [C/G, G x N, H, W] convolved by gy as [M, N, OH, OW] in G groups gives
+    [C/G, M, KH', KW'] with KH' >= KH (the forward stride becomes a dilation and the forward
+    dilation a stride): one Conv whatever the group count. Its weight holds the batch, a shape
+    known only at run time, which OpenVINO's CPU plugin refuses (the portable target unfolds)."""
+    n, G = len(geo.kernel), geo.groups
+    space = list(range(3, n + 3))
+    if G == 1:
+        xt = g.node("Transpose", [x], perm=[1, 0, *range(2, n + 2)])
+        gt = g.node("Transpose", [gy], perm=[1, 0, *range(2, n + 2)])
+    else:
+        xg = g.node("Reshape", [x, _i64(g, "x_ngc", [0, G, C // G, *geo.size])])
+        xt = g.node("Reshape", [g.node("Transpose", [xg], perm=[2, 1, 0, *space]), _i64(g, "x_c_gn", [C // G, -1, *geo.size])])
+        gg = g.node("Reshape", [gy, _i64(g, "g_ngm", [0, G, M // G, *geo.out])])
+        gt = g.node("Reshape", [g.node("Transpose", [gg], perm=[1, 2, 0, *space]), _i64(g, "g_m_n", [M, -1, *geo.out])])
+    wt = g.node("Conv", [xt, gt], strides=list(geo.dilation), dilations=list(geo.stride), pads=onnx_pads(geo.pads),
+                group=G if G > 1 else None)
+    wt = g.node("Slice", [wt, _i64(g, "k0", [0] * n), _i64(g, "k1", geo.kernel), _i64(g, "ka", geo.axes)])
+    return g.node("Transpose", [wt], perm=[1, 0, *range(2, n + 2)], out=out)

@@ -15,12 +15,23 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper, numpy_helper
 
+# What a lowering's choices between equivalent formulations are made for (docs/training.md):
+# - "portable": ops that onnxruntime, onnx's reference evaluator and OpenVINO all run, with a
+#   symbolic batch; where that allows, the forms tuned for onnxruntime's CPU kernels;
+# - "cpu", "cuda": onnxruntime's providers; free to use what only onnxruntime runs where it is
+#   faster there (MaxUnpool, a Conv whose weight holds the batch: ops/pool.py, ops/conv_forms.py).
+TARGETS = ("portable", "cpu", "cuda")
+
 
 class Emitter:
     def __init__(self, nodes: list, initializers: list, node_id: str, doc: str = "", constants: dict | None = None,
-                 target: str = "cpu"):
+                 target: str = "portable"):
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
         self.nodes = nodes
-        self.target = target  # the execution provider that formulation choices are tuned for
+        self.target = target
+        # onnxruntime's CPU kernels decide between the portable forms too (portable and cpu)
+        self.cpu_kernels = target != "cuda"
         self.initializers = initializers
         self.id = node_id
         self.out = node_id

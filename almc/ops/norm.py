@@ -76,7 +76,7 @@ FLAT_MAX_POSITIONS = 16
 def channel_op(g, op: str, x: str, v: str, t, out: str | None = None) -> str:
     """ONNX `op`(x, v): x of type t [N, C, ...], v per channel ([1, C, 1, ...] or [C, 1, ...])."""
     positions = t.dims[2:]
-    if g.target != "cpu" or t.rank < 3 or not all(isinstance(d, int) for d in positions) or not 1 < np.prod(positions) <= FLAT_MAX_POSITIONS:
+    if not g.cpu_kernels or t.rank < 3 or not all(isinstance(d, int) for d in positions) or not 1 < np.prod(positions) <= FLAT_MAX_POSITIONS:
         return g.node(op, [x, v], out=out)
     C, P = t.dims[1], int(np.prod(positions))
     column = g.node("Reshape", [v, g.const("chan_column", [C, 1], np.int64)])
@@ -489,12 +489,26 @@ def lrn_shape(types, a):
 
 def lrn_lower(g, ins, p, a, types, out):
     attrs = dict(size=a.size, alpha=a.alpha, beta=a.beta, bias=a.k)
+    if g.target == "portable":
+        return _lrn_portable(g, ins[0], a, types[0].dims[1])
     if types[0].rank == 4:
         return g.node("LRN", [ins[0]], out=g.out, **attrs)
     # onnxruntime's LRN takes only 4-D input: fold the spatial axes into [N, C, -1, 1] and back.
     flat = g.node("Reshape", [ins[0], g.const("shape4", [0, 0, -1, 1], np.int64)])
     y = g.node("LRN", [flat], **attrs)
     return g.node("Reshape", [y, g.node("Shape", [ins[0]])], out=g.out)
+
+
+def _lrn_portable(g, x, a, channels: int):
+    """LRN in ops onnx's reference evaluator gets right (its LRN sums over the wrong axis): the
+    window's mean of x^2 is an AveragePool over the channels of [N, 1, C, positions], padding
+    counted, so that alpha * mean = alpha / size * sum."""
+    lo, hi = floor((a.size - 1) / 2), ceil((a.size - 1) / 2)
+    sq = g.node("Reshape", [g.node("Mul", [x, x]), g.const("shape_n1cp", [0, 1, channels, -1], np.int64)])
+    mean = g.node("AveragePool", [sq], kernel_shape=[a.size, 1], pads=[lo, 0, hi, 0], count_include_pad=1)
+    mean = g.node("Reshape", [mean, g.node("Shape", [x])])
+    d = g.node("Add", [g.node("Mul", [mean, g.const("alpha", a.alpha)]), g.const("k", a.k)])
+    return g.node("Div", [x, g.node("Pow", [d, g.const("beta", a.beta)])], out=g.out)
 
 
 def lrn_reference(xs, p, a):

@@ -30,6 +30,15 @@ def pool_geometry(x: TensorType, a, opname):
     return n, kernel, stride, pads, out
 
 
+def ceil_mode(size, kernel, stride, pads, ceil: bool) -> int:
+    """ONNX's ceil_mode: 1 only where it changes an output size. Where it does not, 1 would compute
+    the same, but onnx's reference evaluator gets the size wrong (8x8 by 3x3, stride 1, pad 1: 10x10)."""
+    if not ceil:
+        return 0
+    return int(any(isinstance(L, str) or window_out(L, k, s, 1, p, True) != window_out(L, k, s, 1, p, False)
+                   for L, k, s, p in zip(size, kernel, stride, pads)))
+
+
 def pool_shape_rule(opname):
     def shape(types, a):
         (x,) = types
@@ -80,12 +89,20 @@ def avgpool_reference(xs, p, a):
 
 def pool_lower_rule(onnx_op):
     def lower(g, ins, p, a, types, out):
-        n, kernel, stride, pads, _ = pool_geometry(types[0], a, onnx_op)
+        n, kernel, stride, pads, out_sizes = pool_geometry(types[0], a, onnx_op)
+        x, size = ins[0], types[0].dims[2:]
+        ceil = ceil_mode(size, kernel, stride, pads, a.ceil)
         extra = {"count_include_pad": int(a.count_pad)} if onnx_op == "AveragePool" else {}
-        return g.node(onnx_op, [ins[0]], out=g.out, kernel_shape=list(kernel), strides=list(stride),
-                      pads=onnx_pads(pads), ceil_mode=int(a.ceil), **extra)
+        if extra.get("count_include_pad") and ceil and any(b or e for b, e in pads):
+            # OpenVINO counts the ceil-mode overhang as padding: pad explicitly and count what lies
+            # inside, which is the padding and not the overhang
+            padded = [L + b + e for L, (b, e) in zip(size, pads)]
+            if [window_out(L, k, s, 1, (0, 0), True) for L, k, s in zip(padded, kernel, stride)] == list(out_sizes):
+                x = g.node("Pad", [x, g.const("pads", [0, 0, *(b for b, _ in pads), 0, 0, *(e for _, e in pads)], np.int64)])
+                pads, extra = [(0, 0)] * n, {"count_include_pad": 0}
+        return g.node(onnx_op, [x], out=g.out, kernel_shape=list(kernel), strides=list(stride),
+                      pads=onnx_pads(pads), ceil_mode=ceil, **extra)
     return lower
-
 
 
 # -- gradients ---------------------------------------------------------------
@@ -101,14 +118,21 @@ def _maxpool_grad_lower(g, ins, p, a, types, out):
     """Route each output gradient to the input element that won its window, through
     MaxPool's indices (flat positions in the unpadded input). Windows that do not overlap
     (stride >= kernel) send at most one gradient to each element: MaxUnpool places them
-    (faster than the scatter on LeNet's 2x2 pools; figures: docs/performance.md); overlapping
-    windows add theirs up with ScatterElements."""
+    (faster than the scatter on LeNet's 2x2 pools; figures: docs/performance.md), except on the
+    portable target (OpenVINO has no MaxUnpool); otherwise ScatterElements adds them up."""
     gy, x = ins
     idx = g.tmp("indices")
-    g.node("MaxPool", [x], outputs=[g.tmp("max"), idx], kernel_shape=list(a.kernel), strides=list(a.stride),
-           pads=onnx_pads(a.pads), ceil_mode=int(a.ceil))
+    kernel, stride, pads = list(a.kernel), list(a.stride), list(a.pads)
+    pooled = x
+    if g.target == "portable" and all(s == 1 for s in stride) and len(kernel) < 3:
+        # onnx's reference evaluator numbers the indices of a stride-1 MaxPool wrongly; one more
+        # axis of size 1, pooled with stride 2, takes it down its right path (same flat indices)
+        pooled = g.node("Unsqueeze", [x, g.const("last_axis", [-1], np.int64)])
+        kernel, stride, pads = kernel + [1], stride + [2], pads + [(0, 0)]
+    g.node("MaxPool", [pooled], outputs=[g.tmp("max"), idx], kernel_shape=kernel, strides=stride,
+           pads=onnx_pads(pads), ceil_mode=ceil_mode(types[1].dims[2:], a.kernel, a.stride, a.pads, a.ceil))
     shape = g.node("Shape", [x])
-    if all(s >= k for s, k in zip(a.stride, a.kernel)):
+    if g.target != "portable" and all(s >= k for s, k in zip(a.stride, a.kernel)):
         return g.node("MaxUnpool", [gy, idx, shape], out=g.out, kernel_shape=list(a.kernel), strides=list(a.stride),
                       pads=onnx_pads(a.pads))
     from onnx import helper
@@ -336,7 +360,9 @@ register(Op(
 
 register(Op(
     name="global_maxpool", inputs=("x",), shape=gap_shape,
-    lower=lambda g, ins, p, a, types, out: g.node("GlobalMaxPool", [ins[0]], out=g.out),
+    # ReduceMax, not GlobalMaxPool: onnx's reference evaluator runs GlobalMaxPool on 2-D maps only
+    lower=lambda g, ins, p, a, types, out: g.node(
+        "ReduceMax", [ins[0], g.const("spatial", list(range(2, types[0].rank)), np.int64)], out=g.out, keepdims=1),
     reference=lambda xs, p, a: xs[0].max(axis=tuple(range(2, xs[0].ndim)), keepdims=True),
     window=lambda types, a: "global", category="pooling",
     grad=lambda d, n, gy: ([d.op("extreme_grad", [gy, n.inputs[0], n.id],

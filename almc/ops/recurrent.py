@@ -345,6 +345,9 @@ def rec_lower(cell: Cell):
     order = cell.onnx_order
 
     def lower(g, ins, p, a, types, out):
+        if g.target == "portable" and cell.onnx_attrs(a).get("activations", ["Tanh"]) != ["Tanh"]:
+            # onnx's reference evaluator runs RNN with tanh only: the steps as a Scan
+            return _scan_forward(g, cell, ins[0], p, a, types[0])
         axes0 = g.const("axes0", [0], np.int64)
         w = onnx_gates(g, [p["weight_ih"]], order, axes0)  # [1, G*H, F]
         r = onnx_gates(g, [p["weight_hh"]], order, axes0)  # [1, G*H, H]
@@ -447,7 +450,8 @@ def bptt_shape(cell: Cell):
 
 class Body:
     """A Scan body graph, built node by node. Names carry the node id and a tag, so
-    they stay unique in the model; the body reads the weights from the outer scope."""
+    they stay unique in the model. Declare the states' inputs before the scanned ones, and the
+    new states' outputs before the scanned ones."""
 
     def __init__(self, g, tag, elem):
         from onnx import helper
@@ -476,21 +480,75 @@ class Body:
         self.nodes.append(self.helper.make_node("Identity", [value], [nm], name=nm))
         self.outputs.append(self.helper.make_tensor_value_info(nm, self.elem, list(dims)))
 
-    def graph(self):
-        return self.helper.make_graph(self.nodes, f"{self.g.id}.{self.tag}", self.inputs, self.outputs)
+    def outer(self) -> list[str]:
+        """The outer graph's tensors the body reads (the weights, constants), in first-read order."""
+        made = {i.name for i in self.inputs} | {o for n in self.nodes for o in n.output}
+        return list(dict.fromkeys(i for n in self.nodes for i in n.input if i and i not in made))
+
+    def graph(self, n_states: int, carried: list[str]):
+        """The body with each of `carried` (outer tensors) as one more state, passed on unchanged:
+        OpenVINO's Scan reads no outer tensor. The carried states come after the real ones."""
+        h = self.helper
+        ins, outs, nodes = list(self.inputs), list(self.outputs), list(self.nodes)
+        for k, t in enumerate(carried):
+            inner, passed = f"{self.g.id}.{self.tag}.carried{k}", f"{self.g.id}.{self.tag}.carried{k}.next"
+            ins.insert(n_states + k, h.make_empty_tensor_value_info(inner))
+            outs.insert(n_states + k, h.make_empty_tensor_value_info(passed))
+            nodes.append(h.make_node("Identity", [inner], [passed], name=passed))
+        rename = {t: f"{self.g.id}.{self.tag}.carried{k}" for k, t in enumerate(carried)}
+        for n in nodes:
+            n.input[:] = [rename.get(i, i) for i in n.input]
+        return h.make_graph(nodes, f"{self.g.id}.{self.tag}", ins, outs)
 
 
 def scan(g, body, states, seq, reverse, n_scan_out):
-    """Run `body` over axis 1 (time) of the `seq` tensors; returns (final states, scan outputs)."""
-    d = int(reverse)
-    outs = [g.tmp("final") for _ in states] + [g.tmp("steps") for _ in range(n_scan_out)]
-    g.node("Scan", list(states) + list(seq), outputs=outs, body=body.graph(), num_scan_inputs=len(seq),
-           scan_input_axes=[1] * len(seq), scan_input_directions=[d] * len(seq),
-           scan_output_axes=[1] * n_scan_out, scan_output_directions=[d] * n_scan_out)
-    return outs[:len(states)], outs[len(states):]
+    """Run `body` over axis 1 (time) of the batch-first `seq` tensors [N, T, ...], last step first
+    if `reverse`; returns (final states, scan outputs [N, T, ...] in time order). The Scan itself
+    runs forward over axis 0, all that onnx's reference evaluator implements: the sequences go
+    in time-major (and reversed), the outputs come back batch-first."""
+    def reverse_time(t):  # [N, T, ...]: the last step first
+        return g.node("Slice", [t, g.const("rev_start", [-1], np.int64), g.const("rev_end", [-2 ** 63], np.int64),
+                                g.const("rev_axis", [1], np.int64), g.const("rev_step", [-1], np.int64)])
+
+    def time_major(t):
+        return g.node("Transpose", [reverse_time(t) if reverse else t], perm=[1, 0, 2])
+
+    def batch_first(t):
+        t = g.node("Transpose", [t], perm=[1, 0, 2])
+        return reverse_time(t) if reverse else t
+
+    carried = body.outer()
+    finals = [g.tmp("final") for _ in list(states) + carried]
+    steps = [g.tmp("steps") for _ in range(n_scan_out)]
+    g.node("Scan", list(states) + carried + [time_major(t) for t in seq], outputs=finals + steps,
+           body=body.graph(len(states), carried), num_scan_inputs=len(seq))
+    return finals[:len(states)], [batch_first(t) for t in steps]
 
 
 STATE_NAMES = ("h", "c")
+
+
+def _scan_forward(g, cell: Cell, x, p, a, xt):
+    """The layer's steps as one Scan over the cell's own equations (as the gradient's forward)."""
+    from onnx import helper
+
+    elem, npd = onnx_elem_type(xt.dtype), np.dtype(xt.numpy_dtype)
+    N, H, G = xt.dims[0], a.hidden, cell.gates
+    nh = g.node("Concat", [g.node("Shape", [x], start=0, end=1), g.const("h", [H], np.int64)], axis=0)
+    zeros = g.node("ConstantOfShape", [nh], value=helper.make_tensor("zero", elem, [1], [0.0]))
+    ai_all = g.node("Add", [g.node("MatMul", [x, g.node("Transpose", [p["weight_ih"]])]), p["bias_ih"]])
+    w_hh_t = g.node("Transpose", [p["weight_hh"]])
+    f = Body(g, "fwd", elem)
+    states = tuple(f.input(s, (N, H)) for s in STATE_NAMES[:cell.states])
+    ai = f.input("ai", (N, G * H))
+    new, _ = cell.step(BodyKernel(f, g, g.const("one", 1.0, npd), npd, elem), ai,
+                       f("Add", f("MatMul", states[0], w_hh_t), p["bias_hh"]), states, a)
+    for s, v in zip(STATE_NAMES, new):
+        f.output(v, s, (N, H))
+    if not a.last:
+        f.output(new[0], "y", (N, H))
+    finals, steps = scan(g, f, [zeros] * cell.states, [ai_all], reverse=False, n_scan_out=0 if a.last else 1)
+    return g.node("Identity", [finals[0] if a.last else steps[0]], out=g.out)
 
 
 def bptt_lower(cell: Cell):

@@ -8,9 +8,11 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..types import TensorType
+from . import conv_forms as forms
 from .attrs import weight_inits
 from .common import np_pad, onnx_pads, per_axis, positive, resolve_pads
 from .conv import GEO_ATTRS, WINDOW_ATTRS, spatial_rank, window_grad
+from .conv_forms import ConvGeo
 from .registry import Attr, Op, Param, TorchModule, Window, register
 
 
@@ -87,6 +89,11 @@ def ct_params(types, a):
 
 def ct_lower(g, ins, p, a, types, out):
     n, kernel, stride, dilation, pads, opad, _ = ct_geometry(types[0], a)
+    geo = ConvGeo(tuple(kernel), tuple(stride), tuple(dilation), tuple(pads), a.groups, tuple(out.dims[2:]),
+                  tuple(types[0].dims[2:]))
+    if g.target == "portable" and a.groups > 1 and forms.transposed_portable(geo):
+        return forms.transposed_as_conv(g, ins[0], p["weight"], geo, types[0].dims[1], a.channels, g.out,
+                                        p["bias"] if a.bias else None)
     args = [ins[0], p["weight"]] + ([p["bias"]] if a.bias else [])
     return g.node("ConvTranspose", args, out=g.out, kernel_shape=list(kernel), strides=list(stride),
                   dilations=list(dilation), pads=onnx_pads(pads), output_padding=list(opad), group=a.groups)
