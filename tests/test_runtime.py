@@ -98,3 +98,40 @@ def test_training_steps_run_without_the_memory_pattern(monkeypatch):
     monkeypatch.setattr(runtime, "session", spy)
     almc.load(str(Path(__file__).resolve().parent.parent / "models" / "logistic.alm")).train(epochs=1)
     assert made[:2] == [False, True]  # the step, then the evaluation model
+
+
+def test_an_op_onnxruntime_lacks_is_found_by_its_one_node_probe(tmp_path, monkeypatch):
+    """No mock: onnxruntime has no float64 Col2Im kernel. The check loads one node per op type
+    (support.one_node_per_op), not the whole model, and names the node's place in the source."""
+    from onnx import TensorProto, helper
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="r", doc_string="m.alm:2:5"),
+             helper.make_node("Col2Im", ["r", "size", "block"], ["y"], name="y", doc_string="m.alm:3:6")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["N", 4, 9])],
+                              [helper.make_tensor_value_info("y", TensorProto.DOUBLE, None)],
+                              [helper.make_tensor("size", TensorProto.INT64, [2], [4, 4]),
+                               helper.make_tensor("block", TensorProto.INT64, [2], [2, 2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=10)
+    probe = support.one_node_per_op(model, {"Relu", "Col2Im"})
+    assert [n.op_type for n in probe.graph.node] == ["Relu", "Col2Im"]
+    with pytest.raises(AlmError) as e:
+        support.ensure_supported(model, OPSET)
+    d = e.value.diagnostics[0]
+    assert d.message == f"onnxruntime {support.ort_version()} cannot run ONNX op Col2Im at opset 18"  # its version
+    assert (d.span.file, d.span.line, d.span.col) == ("m.alm", 3, 6)
+
+
+@pytest.mark.parametrize("name", ["lenet", "lstm", "resnet18", "efficientnet_b0", "googlenet"])
+def test_the_one_node_probe_of_every_step_loads(name):
+    """The probe is itself a valid model (no fall-back to a session of the whole step): every op
+    of these steps, Scan with its carried weights included."""
+    from test_models import RUN
+    from test_portable import load
+
+    proto = load(name).compile_training_step(gradients=False)
+    ops = {n.op_type for n in proto.graph.node}
+    probe = support.one_node_per_op(proto, ops)
+    assert probe is not None and {n.op_type for n in probe.graph.node} == ops
+    runtime.session(probe, "cpu")
+    assert RUN[name]
