@@ -4,12 +4,13 @@ Reads the types already inferred (never re-infers). Each graph node is lowered
 by its op's `lower` rule through an `Emitter`; the tensor a node produces is
 named after the node, so ONNX names follow the .alm names. Every intermediate
 type goes into `value_info`; each ONNX node's doc_string holds its source
-position and block path. Output is deterministic: the same graph and seed give
-byte-identical bytes.
+position and block path. Output is deterministic: the same source text, options and
+library versions give byte-identical bytes, however the path was spelled (file_names).
 """
 from __future__ import annotations
 
 import hashlib
+import os
 
 import numpy as np
 import onnx
@@ -31,10 +32,35 @@ def value_info(name: str, t: TensorType):
     return helper.make_tensor_value_info(name, elem, [d for d in t.dims])
 
 
+def file_names(graph: Graph) -> dict[str, str]:
+    """Each source file's name (as shown to the user) -> the name the ONNX file records: the
+    model's file by its name alone, the files it imports by their path from its folder, the
+    standard library as std/...; never the path as typed or the working directory, so that the
+    bytes depend on the source text, the options and the library versions alone."""
+    from .source import STDLIB_PREFIX
+
+    shown = list(graph.sources)  # the model's own file first
+    if not shown:
+        return {}
+    folder = os.path.dirname(os.path.abspath(shown[0]))
+    out = {shown[0]: os.path.basename(shown[0])}
+    for name in shown[1:]:
+        out[name] = name if name.startswith((STDLIB_PREFIX, "<")) else \
+            os.path.relpath(os.path.abspath(name), folder).replace(os.sep, "/")
+    return out
+
+
+def recorded_doc(doc: str, names: dict[str, str]) -> str:
+    """A node's `file:line:col in block > ...` with the file as file_names records it."""
+    file = next((f for f in names if doc.startswith(f + ":")), None)
+    return doc if file is None else names[file] + doc[len(file):]
+
+
 def source_hash(graph: Graph) -> str:
     h = hashlib.sha256()
-    for f in sorted(graph.sources):
-        h.update(f.encode() + b"\0" + graph.sources[f].encode() + b"\0")
+    names = file_names(graph)
+    for f in sorted(graph.sources, key=lambda f: names[f]):
+        h.update(names[f].encode() + b"\0" + graph.sources[f].encode() + b"\0")
     return h.hexdigest()
 
 
@@ -68,6 +94,7 @@ def lower_split(graph: Graph, weights: dict[str, np.ndarray] | None = None, seed
     if weights is None and not params_as_inputs:
         weights = initialize(graph, seed)
     live = live_nodes(graph)
+    names = file_names(graph)
     nodes, inits, infos = [], [], []
     constants: dict = {}
     tensor: dict[str, str] = {}
@@ -90,7 +117,7 @@ def lower_split(graph: Graph, weights: dict[str, np.ndarray] | None = None, seed
         op = lookup(node.op)
         types = [graph.node(i).type for i in node.inputs]
         pnames = {local: full for local, full, _ in node_params(graph, node)}
-        g = Emitter(nodes, inits, node.id, node.doc, constants, target)
+        g = Emitter(nodes, inits, node.id, recorded_doc(node.doc, names), constants, target)
         name = op.lower(g, [tensor[i] for i in node.inputs], pnames, node.attrs, types, node.type)
         tensor[node.id] = name
         if name == node.id and node.id not in out_nodes:
@@ -107,7 +134,7 @@ def lower_split(graph: Graph, weights: dict[str, np.ndarray] | None = None, seed
             rename[t] = oname
         elif t != oname:
             nodes.append(helper.make_node("Identity", [rename.get(t, t)], [oname], name=f"{oname}/output",
-                                          doc_string=graph.node(nid).doc))
+                                          doc_string=recorded_doc(graph.node(nid).doc, names)))
         outputs.append(value_info(oname, graph.node(nid).type))
     if rename:
         for n in nodes:

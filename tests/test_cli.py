@@ -188,3 +188,27 @@ def test_a_one_item_list_reaches_the_model(tmp_path, capsys):
     """`-D hidden=[8]` used to arrive as the string "[8]" (the for loop then refused a string)."""
     assert main(["summary", str(LENET.parent / "mlp.alm"), "-D", "hidden=[8]", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["trainable_params"] == 784 * 8 + 8 + 8 * 10 + 10
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_the_bytes_depend_on_the_text_not_on_how_the_path_is_spelled(tmp_path, monkeypatch, train):
+    """almc compile of one file by a relative path, an absolute one, through `..`, from another
+    folder and through a symbolic link writes the same bytes; the nodes name the model's file by
+    its name and an imported one by its path from the model's folder."""
+    (tmp_path / "net" / "blocks").mkdir(parents=True)
+    (tmp_path / "net" / "blocks" / "b.alm").write_text("block twice(x) {\n    return dense(x, 4) |> relu\n}\n")
+    (tmp_path / "net" / "m.alm").write_text(
+        'import "blocks/b.alm"\nmodel M {\n    input x: f32[N, 3]\n    output y = twice(x)\n}\n'
+        "train M {\n    input t: f32[N, 4]\n    minimize mean(squared_error(y, t))\n}\n")
+    (tmp_path / "link").symlink_to(tmp_path / "net")
+    spellings = [(tmp_path / "net", "m.alm"), (tmp_path / "net", "./blocks/../m.alm"), (tmp_path, "net/m.alm"),
+                 (tmp_path / "net" / "blocks", str(tmp_path / "net" / "m.alm")), (tmp_path, "link/m.alm")]
+    written = []
+    for k, (cwd, path) in enumerate(spellings):
+        monkeypatch.chdir(cwd)
+        out = tmp_path / f"out{k}.onnx"
+        assert main(["compile", path, "-o", str(out)] + (["--train"] if train else [])) == 0
+        written.append(out.read_bytes())
+    assert all(w == written[0] for w in written)
+    docs = {n.doc_string.split(" in ")[0].rsplit(":", 2)[0] for n in onnx.load(tmp_path / "out0.onnx").graph.node}
+    assert "blocks/b.alm" in docs <= {"m.alm", "blocks/b.alm"}
