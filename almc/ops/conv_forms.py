@@ -19,9 +19,9 @@ example on a 1x1 map, bound by reading the weight once per example. In order of 
   grouped Conv), or one Gemm per kernel tap from 16 input channels.
 
 Each form is a constant number of nodes whatever the group count. The portable target (ops/emit.py)
-keeps to what onnx's reference evaluator and OpenVINO run: there the weight gradient below 16
-channels, or grouped, is a product with the unfolded input (its Conv form has the batch in its
-weight's shape), and a grouped input gradient a Conv over the zero-spread gradient.
+keeps to what onnx's reference evaluator and OpenVINO run (its Conv form has the batch in its
+weight's shape): there the weight gradient is one Gemm per kernel tap, or grouped, a product with
+the unfolded input; a grouped input gradient is a Conv over the zero-spread gradient.
 
 All of that is for onnxruntime's CPU kernels. On CUDA (target "cuda") a small step is bound by
 launching kernels, one or more per ONNX node, not by arithmetic: there every convolution is
@@ -369,7 +369,7 @@ def grad_weight(g, gy, x, form: Form, channels_in: int, channels_out: int, out):
         if form.pruned:
             return _place_taps(g, dw, form, lead, out)
         return g.node("Reshape", [dw, _i64(g, "w_shape", [*lead, *geo.kernel])], out=out)
-    if g.cpu_kernels and geo.groups == 1 and channels_in >= MIN_CHANNELS_PER_TAP:
+    if g.cpu_kernels and geo.groups == 1 and (channels_in >= MIN_CHANNELS_PER_TAP or g.target == "portable"):
         weight_grad = _grad_weight_per_tap
     elif g.target == "portable":
         weight_grad = _grad_weight_unfolded

@@ -517,6 +517,13 @@ def scan(g, body, states, seq, reverse, n_scan_out):
         t = g.node("Transpose", [t], perm=[1, 0, 2])
         return reverse_time(t) if reverse else t
 
+    if g.target != "portable":  # onnxruntime's Scan: over axis 1, both ways, reading the weights outside
+        d = int(reverse)
+        outs = [g.tmp("final") for _ in states] + [g.tmp("steps") for _ in range(n_scan_out)]
+        g.node("Scan", list(states) + list(seq), outputs=outs, body=body.graph(len(states), []),
+               num_scan_inputs=len(seq), scan_input_axes=[1] * len(seq), scan_input_directions=[d] * len(seq),
+               scan_output_axes=[1] * n_scan_out, scan_output_directions=[d] * n_scan_out)
+        return outs[:len(states)], outs[len(states):]
     carried = body.outer()
     finals = [g.tmp("final") for _ in list(states) + carried]
     steps = [g.tmp("steps") for _ in range(n_scan_out)]
