@@ -1,7 +1,8 @@
 """Time each ONNX formulation almc can emit for a convolution and its gradients, layer by layer,
 in onnxruntime (CPU, 2 threads): the figures behind the choices in almc/ops/conv_forms.py.
 
-    python bench/conv_forms.py            # ResNet-18 on 32x32 (batch 32), LeNet (batch 64), one 56x56 layer
+    python bench/conv_forms.py            # ResNet-18 on 32x32 (batch 32), LeNet (batch 64), one 56x56 layer,
+                                          # EfficientNet-B0's depthwise layers (weight gradient)
 
 Each formulation is built by the same emitters almc's lowering uses, as a one-op model taking the
 weight as an input (as in a training step), checked against the first one's output, and timed
@@ -34,6 +35,16 @@ LAYERS = [
     ("ResNet-18 layer3 (1x1)", 32, 512, 512, 1, 3, 1, 1),
     ("56x56, 64 channels", 32, 64, 64, 56, 3, 1, 1),
     ("56x56 -> 28x28, 64 -> 128 channels", 32, 64, 128, 56, 3, 2, 1),
+]
+
+
+# depthwise layers of EfficientNet-B0 at 64x64 (batch 32): (label, N, C, size, kernel, stride)
+DEPTHWISE = [
+    ("depthwise 32ch 32x32 k3", 32, 32, 32, 3, 1),
+    ("depthwise 96ch 32x32 k3 s2", 32, 96, 32, 3, 2),
+    ("depthwise 144ch 16x16 k5 s2", 32, 144, 16, 5, 2),
+    ("depthwise 672ch 4x4 k5", 32, 672, 4, 5, 1),
+    ("depthwise 1152ch 2x2 k3", 32, 1152, 2, 3, 1),
 ]
 
 
@@ -105,6 +116,21 @@ def main() -> None:
                     raise SystemExit(f"{label} {what}: {name} disagrees with {next(iter(builds))}")
                 cells.append(f"{'*' if name == picks[what] else ''}{name} {ms:.2f}")
             print(f"| {label} | {what} | {', '.join(cells)} |", flush=True)
+    for label, N, C, H, k, s in DEPTHWISE:  # the weight gradient: the two forms a grouped conv may take
+        p = k // 2
+        out = (H + 2 * p - k) // s + 1
+        geo = F.ConvGeo((k, k), (s, s), (1, 1), ((p, p), (p, p)), C, (H, H), (out, out))
+        feeds = {"gy": rng.standard_normal((N, C, out, out)).astype(np.float32),
+                 "x": rng.standard_normal((N, C, H, H)).astype(np.float32)}
+        cells, first = [], None
+        for name, build in {"*grouped Conv, operands transposed": F._grad_weight_conv,
+                            "unfolded (portable)": F._grad_weight_unfolded}.items():
+            ms, y = timed(lambda g, b=build: b(g, "gy", "x", geo, C, C, None), feeds, args.threads)
+            if first is not None and not np.allclose(y, first, rtol=1e-3, atol=1e-3 * float(np.abs(first).max())):
+                raise SystemExit(f"{label}: {name} disagrees")
+            first = y if first is None else first
+            cells.append(f"{name} {ms:.2f}")
+        print(f"| {label} | weight grad | {', '.join(cells)} |", flush=True)
 
 
 def _pick_forward(form):

@@ -186,3 +186,14 @@ def test_device_values_own_their_memory():
     a[:] = -1
     np.testing.assert_array_equal(v.numpy(), np.arange(6, dtype=np.float32).reshape(2, 3))
     assert v.numpy().dtype == np.float32
+
+
+@pytest.mark.parametrize("make", [c[1] for c in CASES], ids=[c[0] for c in CASES])
+def test_the_ordering_survives_onnxsim(make):
+    """A user who simplifies a step with onnxsim (a test extra) keeps a step that may run in
+    place: it drops some of the `after` gates, never one that orders a read before its update."""
+    onnxsim = pytest.importorskip("onnxsim")
+    proto = make().compile_training_step(gradients=False)
+    simplified, ok = onnxsim.simplify(proto)
+    assert ok and len(simplified.graph.node) < len(proto.graph.node)
+    assert not unordered_reads(simplified)
