@@ -75,6 +75,84 @@ def names_read(nodes) -> set[str]:
     return read
 
 
+def compose_transposes(nodes, keep: set[str]) -> list:
+    """A Transpose of a Transpose that nothing else reads as one Transpose (attention's keys are
+    split into heads, then transposed for q k^T: two permutations written apart)."""
+    from collections import Counter
+
+    readers = Counter(i for n in nodes for i in n.input)
+    readers.update(names_read([n for n in nodes if n.attribute and any(a.g.node or a.graphs for a in n.attribute)]))
+    made = {n.output[0]: n for n in nodes if n.op_type == "Transpose" and n.attribute}  # with its perm
+    dropped = set()
+    for n in nodes:
+        inner = made.get(n.input[0]) if n.op_type == "Transpose" and n.attribute else None
+        if inner is None or inner.output[0] in keep or readers[inner.output[0]] != 1:
+            continue
+        p1, p2 = list(inner.attribute[0].ints), list(n.attribute[0].ints)
+        n.input[0] = inner.input[0]
+        n.attribute[0].ints[:] = [p1[j] for j in p2]
+        dropped.add(id(inner))
+    return [n for n in nodes if id(n) not in dropped]
+
+
+# Ops whose result, from constant inputs, is computed at compile time (exactly: a relayout, or
+# arithmetic that rounds as onnxruntime's does) when it is no larger than those inputs. The
+# larger folds (a convolution's dense matrix from its weight, ops/conv_forms.py) stay in the
+# graph, computed once per run, since they would double the file.
+FOLDABLE = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Concat", "Split", "Slice", "Identity",
+            "Flatten", "MatMul", "Add", "Sub", "Mul", "Div", "Neg", "Cast"}
+
+
+def fold_constants(nodes, inits, params, keep: set[str]):
+    """(nodes, initializers, parameters) with every FOLDABLE node whose inputs are all constants
+    replaced by its result, under its output's name (a float result among the parameters, which
+    the file stores as raw data); the outputs in `keep` stay computed."""
+    from onnx import numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    values = {t.name: numpy_helper.to_array(t) for t in inits}
+    values.update(params)
+    sizes = _result_sizes(nodes, values)
+    kept, folded = [], {}
+    for n in nodes:
+        ins = [i for i in n.input if i]
+        if (n.op_type in FOLDABLE and ins and all(i in values for i in ins) and not set(n.output) & keep
+                and sizes.get(n.output[0], np.inf) <= sum(values[i].nbytes for i in set(ins))):
+            graph = helper.make_graph([n], "fold", [helper.make_tensor_value_info(i, helper.np_dtype_to_tensor_dtype(
+                values[i].dtype), values[i].shape) for i in dict.fromkeys(ins)],
+                [helper.make_empty_tensor_value_info(o) for o in n.output])
+            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+            for o, v in zip(n.output, ReferenceEvaluator(model).run(None, {i: values[i] for i in ins})):
+                values[o] = folded[o] = np.asarray(v)
+            continue
+        kept.append(n)
+    params = params + [(k, v) for k, v in folded.items() if v.dtype == np.float32]
+    inits = inits + [numpy_helper.from_array(v, k) for k, v in folded.items() if v.dtype != np.float32]
+    return kept, inits, params
+
+
+def _result_sizes(nodes, values) -> dict[str, float]:
+    """The bytes of each node's first output, from onnx's shape inference over the nodes with
+    `values` as typed inputs (inf where it cannot tell)."""
+    from onnx import numpy_helper, shape_inference
+
+    produced = {o for n in nodes for o in n.output}
+    read = {i for n in nodes for i in n.input if i and i not in produced}
+    shapes = [k for k in read if k in values and values[k].dtype == np.int64]  # their values decide shapes
+    ins = [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(values[k].dtype), values[k].shape)
+           for k in read if k in values and k not in shapes]
+    ins += [helper.make_empty_tensor_value_info(k) for k in read if k not in values]
+    g = helper.make_graph(nodes, "sizes", ins, [], initializer=[numpy_helper.from_array(values[k], k) for k in shapes])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    out = {}
+    for v in shape_inference.infer_shapes(m).graph.value_info:
+        t = v.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+        if t.HasField("shape") and None not in dims:
+            out[v.name] = float(np.prod(dims)) * helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize
+    return out
+
+
 def lower(graph: Graph, weights: dict[str, np.ndarray] | None = None, seed: int = 0,
           params_as_inputs: bool = False, target: str = "portable") -> onnx.ModelProto:
     """The ONNX model of a graph. Parameters become initializers, or graph inputs of the same
@@ -143,9 +221,14 @@ def lower_split(graph: Graph, weights: dict[str, np.ndarray] | None = None, seed
         infos = [v for v in infos if v.name not in rename]
     for rewrite in rewrites():
         rewrite(nodes)
+    nodes = compose_transposes(nodes, {o.name for o in outputs})
+    if not params_as_inputs:
+        nodes, inits, params = fold_constants(nodes, inits, params, {o.name for o in outputs})
+        infos = [v for v in infos if v.name not in {t.name for t in inits} | {k for k, _ in params}]
     # constants that were reshaped for their consumers (elementwise.full_rank_scalars) may be left unread
     read = names_read(nodes) | {o.name for o in outputs}
     inits = [t for t in inits if t.name in read]
+    params = [(k, v) for k, v in params if k in read]
     inputs = [value_info(i, graph.node(i).type) for i in graph.inputs if i in live] + param_inputs
     g = helper.make_graph(nodes, graph.name, inputs, outputs, initializer=inits, value_info=infos)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="almc",
