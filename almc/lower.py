@@ -110,6 +110,12 @@ def fold_constants(nodes, inits, params, keep: set[str]):
     from onnx import numpy_helper
     from onnx.reference import ReferenceEvaluator
 
+    constant = {t.name for t in inits} | {k for k, _ in params}
+    for n in nodes:  # what would be constant once folded; nothing to do without a candidate
+        if n.op_type in FOLDABLE and n.input and all(i in constant for i in n.input if i):
+            constant.update(n.output)
+    if constant <= {t.name for t in inits} | {k for k, _ in params}:
+        return nodes, inits, params
     values = {t.name: numpy_helper.to_array(t) for t in inits}
     values.update(params)
     sizes = _result_sizes(nodes, values)
