@@ -5,9 +5,13 @@ step's node count per target:
     python bench/compile_train.py            # median of 3 runs each, on 224 x 224 inputs
 
 The models are models/NAME.alm with a cross-entropy training section appended (the files have none).
+It writes bench/results-compile-train.json and, where bench/run.py has run, its section of RESULTS.md.
 """
 from __future__ import annotations
 
+import json
+import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -17,7 +21,11 @@ from pathlib import Path
 
 import onnx
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import document, render_compile_train, sections  # noqa: E402
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
 MODELS = {"resnet18": "ResNet18", "efficientnet_b0": "EfficientNet_B0"}
 TRAIN = "\ntrain {model} {{\n    input label: i64[N]\n    minimize mean(cross_entropy(logits, label))\n" \
         "    optimizer sgd(lr = 0.1, momentum = 0.9)\n}}\n"
@@ -31,22 +39,31 @@ def compile_once(src: Path, out: Path, cache: Path, target: str) -> float:
 
 
 def main() -> None:
-    print("| model | target | nodes | cold s | warm s |\n|---|---|---:|---:|---:|")
+    import onnxruntime
+
+    runs, rows = 3, []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for name, model in MODELS.items():
             src = tmp / f"{name}.alm"
-            src.write_text((ROOT / "models" / f"{name}.alm").read_text()
-                           + TRAIN.format(model=model))
+            src.write_text((ROOT / "models" / f"{name}.alm").read_text() + TRAIN.format(model=model))
             for target in ("portable", "cpu", "cuda"):
                 cold, warm = [], []
-                for k in range(3):
+                for k in range(runs):
                     cache = tmp / f"cache-{name}-{target}-{k}"  # empty: cold
                     cold.append(compile_once(src, tmp / "step.onnx", cache, target))
                     warm.append(compile_once(src, tmp / "step.onnx", cache, target))
                 nodes = len(onnx.load(tmp / "step.onnx", load_external_data=False).graph.node)
-                print(f"| {name} | {target} | {nodes} | {statistics.median(cold):.2f} | {statistics.median(warm):.2f} |",
-                      flush=True)
+                rows.append({"model": name, "target": target, "nodes": nodes,
+                             "cold_s": statistics.median(cold), "warm_s": statistics.median(warm)})
+                print(rows[-1], flush=True)
+    res = {"command": "python bench/compile_train.py", "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+           "versions": f"Python {platform.python_version()}, onnx {onnx.__version__}, onnxruntime {onnxruntime.__version__}",
+           "runs": runs, "rows": rows}
+    (BENCH / "results-compile-train.json").write_text(json.dumps(res, indent=1) + "\n")
+    print(render_compile_train(res))
+    if (BENCH / "results.json").exists():  # RESULTS.md: run.py's last run, then the other sections
+        (BENCH / "RESULTS.md").write_text(document(json.loads((BENCH / "results.json").read_text()), *sections(BENCH)))
 
 
 if __name__ == "__main__":

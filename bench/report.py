@@ -3,6 +3,7 @@ the headline ratios. A pure function of the results, so that a committed results
 the committed tables (tests/test_bench_report.py)."""
 from __future__ import annotations
 
+import json
 import statistics
 
 from config import TRAIN_MODELS
@@ -364,6 +365,27 @@ def render_zoo(res: dict) -> str:
     return "\n".join(lines)
 
 
-def document(res: dict, zoo: dict | None) -> str:
-    """RESULTS.md: run.py's report, then bench/zoo.py's section where it has run."""
-    return render(res) + ("\n" + render_zoo(zoo) if zoo else "")
+def render_compile_train(res: dict) -> str:
+    lines = ["## 6. bench/compile_train.py: `almc compile --train`, cold and warm cache", "",
+             f"`{res['command']}` on {res['machine']}; {res['versions']}. Each a fresh process, median of "
+             f"{res['runs']} runs; cold: an empty `~/.cache/almc`, as on a fresh machine or in CI. 224 x 224 inputs.", "",
+             "| model | target | step nodes | cold s | warm s |", "|---|---|---:|---:|---:|"]
+    lines += [f"| {r['model']} | {r['target']} | {r['nodes']} | {r['cold_s']:.2f} | {r['warm_s']:.2f} |" for r in res["rows"]]
+    return "\n".join(lines + [""])
+
+
+def document(res: dict, zoo: dict | None, compile_train: dict | None = None) -> str:
+    """RESULTS.md: run.py's report, then bench/zoo.py's and bench/compile_train.py's sections where
+    they have run."""
+    return (render(res) + ("\n" + render_zoo(zoo) if zoo else "")
+            + ("\n" + render_compile_train(compile_train) if compile_train else ""))
+
+
+def sections(out) -> tuple[dict | None, dict | None]:
+    """The results of bench/zoo.py and bench/compile_train.py in folder `out`, where they have run."""
+    from pathlib import Path
+
+    def read(name):
+        f = Path(out) / name
+        return json.loads(f.read_text()) if f.exists() else None
+    return read("results-zoo.json"), read("results-compile-train.json")

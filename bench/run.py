@@ -31,7 +31,7 @@ from importlib import metadata
 from pathlib import Path
 
 from config import ARCH_FILES, TRAIN_MODELS
-from report import document, headline
+from report import document, headline, sections
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -443,9 +443,8 @@ def save(res: dict, out_dir: str, suffix: str, t_start: float, final: bool) -> N
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"results{suffix}.json").write_text(json.dumps(res, indent=1, default=float) + "\n")
-    zoo = out / "results-zoo.json"  # bench/zoo.py's section, kept (CPU only)
-    zoo_res = json.loads(zoo.read_text()) if zoo.exists() and not suffix else None
-    (out / f"RESULTS{suffix.upper()}.md").write_text(document(res, zoo_res))
+    extra = sections(out) if not suffix else (None, None)  # bench/zoo.py's and compile_train.py's, kept (CPU only)
+    (out / f"RESULTS{suffix.upper()}.md").write_text(document(res, *extra))
     if final:
         log(f"wrote {out / f'RESULTS{suffix.upper()}.md'} and {out / f'results{suffix}.json'} in {res['wall_s'] / 60:.1f} min")
 

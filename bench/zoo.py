@@ -37,7 +37,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from report import document, median_ms, render_zoo  # noqa: E402
+from report import document, median_ms, render_zoo, sections  # noqa: E402
 from workers import alternate, eager_runner, graph_stats, onnx_runner, optimized_ops  # noqa: E402
 
 THREADS = 2
@@ -196,7 +196,7 @@ def main() -> None:
     print(render_zoo(json.loads((out / "results-zoo.json").read_text())))
     if (out / "results.json").exists():  # RESULTS.md: run.py's last run, then this section
         main_res = json.loads((out / "results.json").read_text())
-        (out / "RESULTS.md").write_text(document(main_res, json.loads((out / "results-zoo.json").read_text())))
+        (out / "RESULTS.md").write_text(document(main_res, *sections(out)))
 
 
 if __name__ == "__main__":
