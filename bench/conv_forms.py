@@ -131,6 +131,19 @@ def main() -> None:
             first = y if first is None else first
             cells.append(f"{name} {ms:.2f}")
         print(f"| {label} | weight grad | {', '.join(cells)} |", flush=True)
+        w = rng.standard_normal((C, 1, k, k)).astype(np.float32)
+        pick = "flipped" if s == 1 else "ConvTranspose"
+        builds = {"ConvTranspose": lambda g: g.node("ConvTranspose", ["gy", "w"], kernel_shape=[k, k], strides=[s, s],
+                                                    pads=[p] * 4, group=C, output_padding=F.output_padding(geo)),
+                  "flipped": lambda g: F.transposed_as_conv(g, "gy", "w", geo, C, C, None)}
+        cells, first = [], None
+        for name, build in builds.items():
+            ms, y = timed(build, {"gy": feeds["gy"], "w": w}, args.threads)
+            if first is not None and not np.allclose(y, first, rtol=1e-3, atol=1e-3 * float(np.abs(first).max())):
+                raise SystemExit(f"{label}: {name} disagrees")
+            first = y if first is None else first
+            cells.append(f"{'*' if name == pick else ''}{name} {ms:.2f}")
+        print(f"| {label} | input grad | {', '.join(cells)} |", flush=True)
 
 
 def _pick_forward(form):
