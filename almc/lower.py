@@ -75,13 +75,28 @@ def names_read(nodes) -> set[str]:
     return read
 
 
+def outer_reads(nodes, defined=()) -> list[str]:
+    """The tensors the nodes read, in their subgraphs too, that neither they nor `defined` make,
+    in first-read order: what a subgraph reads from the graph around it."""
+    read = []
+    for n in nodes:
+        read += [i for i in n.input if i]
+        for a in n.attribute:
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else a.graphs):
+                read += outer_reads(sub.node, [i.name for i in sub.input])
+    made = set(defined) | {o for n in nodes for o in n.output}
+    return [i for i in dict.fromkeys(read) if i not in made]
+
+
 def compose_transposes(nodes, keep: set[str]) -> list:
     """A Transpose of a Transpose that nothing else reads as one Transpose (attention's keys are
     split into heads, then transposed for q k^T: two permutations written apart)."""
     from collections import Counter
 
     readers = Counter(i for n in nodes for i in n.input)
-    readers.update(names_read([n for n in nodes if n.attribute and any(a.g.node or a.graphs for a in n.attribute)]))
+    for n in nodes:  # what a Scan's body reads counts too
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute):
+            readers.update(outer_reads([n]))
     made = {n.output[0]: n for n in nodes if n.op_type == "Transpose" and n.attribute}  # with its perm
     dropped = set()
     for n in nodes:
@@ -95,8 +110,10 @@ def compose_transposes(nodes, keep: set[str]) -> list:
     return [n for n in nodes if id(n) not in dropped]
 
 
-# Ops whose result, from constant inputs, is computed at compile time (exactly: a relayout, or
-# arithmetic that rounds as onnxruntime's does) when it is no larger than those inputs. The
+# Ops whose result, from constant inputs, is computed at compile time (by onnx's reference
+# evaluator: a relayout is exact, and so is a MatMul with a 0/1 selection such as
+# conv_forms._taps_of's, the only MatMul of constants almc's own lowerings write; a user's
+# product of two parameters is rounded as numpy rounds) when it is no larger than those inputs. The
 # larger folds (a convolution's dense matrix from its weight, ops/conv_forms.py) stay in the
 # graph, computed once per run, since they would double the file.
 FOLDABLE = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Concat", "Split", "Slice", "Identity",
@@ -110,12 +127,9 @@ def fold_constants(nodes, inits, params, keep: set[str]):
     from onnx import numpy_helper
     from onnx.reference import ReferenceEvaluator
 
-    constant = {t.name for t in inits} | {k for k, _ in params}
-    for n in nodes:  # what would be constant once folded; nothing to do without a candidate
-        if n.op_type in FOLDABLE and n.input and all(i in constant for i in n.input if i):
-            constant.update(n.output)
-    if constant <= {t.name for t in inits} | {k for k, _ in params}:
-        return nodes, inits, params
+    given = {t.name for t in inits} | {k for k, _ in params}
+    if not any(n.op_type in FOLDABLE and n.input and all(i in given for i in n.input if i) for n in nodes):
+        return nodes, inits, params  # no candidate: spare loading the arrays and a shape inference
     values = {t.name: numpy_helper.to_array(t) for t in inits}
     values.update(params)
     sizes = _result_sizes(nodes, values)
@@ -227,10 +241,12 @@ def lower_split(graph: Graph, weights: dict[str, np.ndarray] | None = None, seed
         infos = [v for v in infos if v.name not in rename]
     for rewrite in rewrites():
         rewrite(nodes)
-    nodes = compose_transposes(nodes, {o.name for o in outputs})
+    keep = {o.name for o in outputs}
+    nodes = compose_transposes(nodes, keep)
     if not params_as_inputs:
-        nodes, inits, params = fold_constants(nodes, inits, params, {o.name for o in outputs})
-        infos = [v for v in infos if v.name not in {t.name for t in inits} | {k for k, _ in params}]
+        nodes, inits, params = fold_constants(nodes, inits, params, keep)
+        stored = {t.name for t in inits} | {k for k, _ in params}
+        infos = [v for v in infos if v.name not in stored]
     # constants that were reshaped for their consumers (elementwise.full_rank_scalars) may be left unread
     read = names_read(nodes) | {o.name for o in outputs}
     inits = [t for t in inits if t.name in read]

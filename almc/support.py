@@ -84,12 +84,14 @@ def _unimplemented(e):
 
 
 def one_node_per_op(model, op_types: set[str]):
-    """A model of the first node of each of `op_types` alone (None where a type is unknown), its inputs (and whatever its
-    subgraphs read from outside) made graph inputs of the types shape inference gives: onnxruntime
+    """A model of the first node of each of `op_types` alone (None where a type is unknown), what
+    it reads (its subgraphs too) made graph inputs of the types shape inference gives: onnxruntime
     finds a kernel for each just as in the whole model, and a session of a few nodes opens in
     milliseconds where EfficientNet-B0's step (6197 nodes) took a second."""
     import onnx
     from onnx import helper
+
+    from .lower import outer_reads
 
     inferred = onnx.shape_inference.infer_shapes(model)
     g = inferred.graph
@@ -103,7 +105,7 @@ def one_node_per_op(model, op_types: set[str]):
     made = {o for n in nodes for o in n.output}
     inputs, outputs = {}, []
     for n in nodes:
-        for name in [*n.input, *_outer_reads(n)]:
+        for name in outer_reads([n]):
             if name and name not in inputs and name not in made:
                 if name not in types:
                     return None  # shape inference left a type open: check the whole model
@@ -112,19 +114,6 @@ def one_node_per_op(model, op_types: set[str]):
                     for o in n.output if o]
     graph = helper.make_graph(nodes, "probe", list(inputs.values()), outputs)
     return helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
-
-
-def _outer_reads(node) -> set[str]:
-    """What a node's subgraphs read from the enclosing graph."""
-    import onnx
-
-    read = set()
-    for a in node.attribute:
-        for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else a.graphs):
-            made = {i.name for i in sub.input} | {o for n in sub.node for o in n.output}
-            for n in sub.node:
-                read |= {i for i in [*n.input, *_outer_reads(n)] if i and i not in made}
-    return read
 
 
 def _span_of(doc: str) -> Span:

@@ -102,7 +102,7 @@ def main() -> None:
             variants["weight grad"][name] = lambda g, f=wform: F.grad_weight(g, "gy", "x", f, C, M, None)
         variants["input grad"]["MatMul + Col2Im"] = lambda g: F._grad_input_col2im(g, "gy", "w", geo, [M, C], None)
         if s == 1:
-            variants["input grad"]["Conv, weight flipped"] = lambda g: F._grad_input_flipped(g, "gy", "w", geo, [M, C], None)
+            variants["input grad"]["Conv, weight flipped"] = lambda g: F.transposed_as_conv(g, "gy", "w", geo, M, C, None)
         feeds = {"forward": {"x": x, "w": w}, "input grad": {"gy": gy, "w": w}, "weight grad": {"gy": gy, "x": x}}
         picks = {"forward": _pick_forward(form), "input grad": _pick_input(form, geo, M, C),
                  "weight grad": _pick_weight(form, C)}

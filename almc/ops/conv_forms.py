@@ -263,7 +263,7 @@ def grad_input(g, gy, w, form: Form, channels_out: int, channels_in: int, out):
         return g.node("Pad", [dx, _i64(g, "x_pad", [0, 0] + [0] * len(pad_end) + [0, 0] + pad_end)], out=out)
     wt = _taps_of(g, w, form, lead, [*lead, *geo.kernel])
     if g.cpu_kernels and _flip_pays(geo, channels_out):
-        return _grad_input_flipped(g, gy, wt, geo, lead, out)
+        return transposed_as_conv(g, gy, wt, geo, channels_out, channels_in, out)
     if g.cpu_kernels and _col2im_pays(geo, channels_in):
         return _grad_input_col2im(g, gy, wt, geo, lead, out)
     if geo.groups > 1 and transposed_portable(geo) and (
@@ -309,7 +309,8 @@ def transposed_as_conv(g, y, w, geo: ConvGeo, M: int, C: int, out, bias=None):
 
 
 # With stride 1 the input gradient is also a plain Conv of the output gradient by the weight
-# flipped in space, channels swapped, padded by (kernel - 1) * dilation - pad. onnxruntime's
+# flipped in space, channels swapped, padded by (kernel - 1) * dilation - pad (transposed_as_conv,
+# with no zeros to spread). onnxruntime's
 # Conv beats its ConvTranspose from 32 channels on maps of 64 positions or more (64 channels on
 # 8x8 and 56x56 maps) and loses below (LeNet's 16 channels on 10x10; figures: docs/performance.md).
 FLIP_MIN_CHANNELS, FLIP_MIN_POSITIONS = 32, 64
@@ -320,17 +321,6 @@ def _flip_pays(geo: ConvGeo, channels_out: int) -> bool:
             and not any(isinstance(v, str) for v in geo.out) and np.prod(geo.out) >= FLIP_MIN_POSITIONS
             and all((k - 1) * d - b >= 0 and (k - 1) * d - e >= 0
                     for k, d, (b, e) in zip(geo.kernel, geo.dilation, geo.pads)))
-
-
-def _grad_input_flipped(g, gy, w, geo: ConvGeo, lead: list[int], out):
-    K = int(np.prod(geo.kernel))
-    flip = np.eye(K, dtype=np.float32)[::-1].copy()  # tap t -> tap K - 1 - t: every axis reversed
-    wf = g.node("MatMul", [g.node("Reshape", [w, _i64(g, "w_taps", [lead[0] * lead[1], K])]), g.const("flip", flip)])
-    wf = g.node("Transpose", [g.node("Reshape", [wf, _i64(g, "w_shape", [*lead, *geo.kernel])])],
-                perm=[1, 0, *range(2, 2 + len(geo.kernel))])
-    pads = [((k - 1) * d - b, (k - 1) * d - e) for k, d, (b, e) in zip(geo.kernel, geo.dilation, geo.pads)]
-    return g.node("Conv", [gy, wf], out=out, kernel_shape=list(geo.kernel), dilations=list(geo.dilation),
-                  pads=onnx_pads(pads))
 
 
 # Otherwise the input gradient is the columns w^T @ gy of all examples in one MatMul, put back by
@@ -372,7 +362,7 @@ def grad_weight(g, gy, x, form: Form, channels_in: int, channels_out: int, out):
         if form.pruned:
             return _place_taps(g, dw, form, lead, out)
         return g.node("Reshape", [dw, _i64(g, "w_shape", [*lead, *geo.kernel])], out=out)
-    if g.cpu_kernels and geo.groups == 1 and (channels_in >= MIN_CHANNELS_PER_TAP or g.target == "portable"):
+    if geo.groups == 1 and (g.target == "portable" or g.target == "cpu" and channels_in >= MIN_CHANNELS_PER_TAP):
         weight_grad = _grad_weight_per_tap
     elif g.target == "portable":
         weight_grad = _grad_weight_unfolded

@@ -482,8 +482,9 @@ class Body:
 
     def outer(self) -> list[str]:
         """The outer graph's tensors the body reads (the weights, constants), in first-read order."""
-        made = {i.name for i in self.inputs} | {o for n in self.nodes for o in n.output}
-        return list(dict.fromkeys(i for n in self.nodes for i in n.input if i and i not in made))
+        from ..lower import outer_reads
+
+        return outer_reads(self.nodes, [i.name for i in self.inputs])
 
     def graph(self, n_states: int, carried: list[str]):
         """The body with each of `carried` (outer tensors) as one more state, passed on unchanged:
@@ -503,9 +504,18 @@ class Body:
 
 def scan(g, body, states, seq, reverse, n_scan_out):
     """Run `body` over axis 1 (time) of the batch-first `seq` tensors [N, T, ...], last step first
-    if `reverse`; returns (final states, scan outputs [N, T, ...] in time order). The Scan itself
-    runs forward over axis 0, all that onnx's reference evaluator implements: the sequences go
-    in time-major (and reversed), the outputs come back batch-first."""
+    if `reverse`; returns (final states, scan outputs [N, T, ...] in time order). On the portable
+    target the Scan runs forward over axis 0, all that onnx's reference evaluator implements (the
+    sequences go in time-major, reversed if need be, and the outputs come back batch-first), and
+    reads the weights as carried states."""
+    if g.target != "portable":  # onnxruntime's Scan: over axis 1, both ways, reading the weights outside
+        d = int(reverse)
+        outs = [g.tmp("final") for _ in states] + [g.tmp("steps") for _ in range(n_scan_out)]
+        g.node("Scan", list(states) + list(seq), outputs=outs, body=body.graph(len(states), []),
+               num_scan_inputs=len(seq), scan_input_axes=[1] * len(seq), scan_input_directions=[d] * len(seq),
+               scan_output_axes=[1] * n_scan_out, scan_output_directions=[d] * n_scan_out)
+        return outs[:len(states)], outs[len(states):]
+
     def reverse_time(t):  # [N, T, ...]: the last step first
         return g.node("Slice", [t, g.const("rev_start", [-1], np.int64), g.const("rev_end", [-2 ** 63], np.int64),
                                 g.const("rev_axis", [1], np.int64), g.const("rev_step", [-1], np.int64)])
@@ -517,13 +527,6 @@ def scan(g, body, states, seq, reverse, n_scan_out):
         t = g.node("Transpose", [t], perm=[1, 0, 2])
         return reverse_time(t) if reverse else t
 
-    if g.target != "portable":  # onnxruntime's Scan: over axis 1, both ways, reading the weights outside
-        d = int(reverse)
-        outs = [g.tmp("final") for _ in states] + [g.tmp("steps") for _ in range(n_scan_out)]
-        g.node("Scan", list(states) + list(seq), outputs=outs, body=body.graph(len(states), []),
-               num_scan_inputs=len(seq), scan_input_axes=[1] * len(seq), scan_input_directions=[d] * len(seq),
-               scan_output_axes=[1] * n_scan_out, scan_output_directions=[d] * n_scan_out)
-        return outs[:len(states)], outs[len(states):]
     carried = body.outer()
     finals = [g.tmp("final") for _ in list(states) + carried]
     steps = [g.tmp("steps") for _ in range(n_scan_out)]
@@ -535,25 +538,34 @@ def scan(g, body, states, seq, reverse, n_scan_out):
 STATE_NAMES = ("h", "c")
 
 
-def _scan_forward(g, cell: Cell, x, p, a, xt):
-    """The layer's steps as one Scan over the cell's own equations (as the gradient's forward)."""
+def _forward_body(g, cell: Cell, x, w_ih, w_hh, b_ih, b_hh, a, xt):
+    """What each Scan over a layer's steps forward starts from: (the zero state [N, H], the
+    input-side pre-activations of every step at once [N, T, G*H], the body with one step of the
+    cell, its new states output, its kernel, its state inputs, the new states, what the step saved)."""
     from onnx import helper
 
     elem, npd = onnx_elem_type(xt.dtype), np.dtype(xt.numpy_dtype)
-    N, H, G = xt.dims[0], a.hidden, cell.gates
+    N, H = xt.dims[0], a.hidden
     nh = g.node("Concat", [g.node("Shape", [x], start=0, end=1), g.const("h", [H], np.int64)], axis=0)
     zeros = g.node("ConstantOfShape", [nh], value=helper.make_tensor("zero", elem, [1], [0.0]))
-    ai_all = g.node("Add", [g.node("MatMul", [x, g.node("Transpose", [p["weight_ih"]])]), p["bias_ih"]])
-    w_hh_t = g.node("Transpose", [p["weight_hh"]])
+    ai_all = g.node("Add", [g.node("MatMul", [x, g.node("Transpose", [w_ih])]), b_ih])
+    w_hh_t = g.node("Transpose", [w_hh])
     f = Body(g, "fwd", elem)
+    fk = BodyKernel(f, g, g.const("one", 1.0, npd), npd, elem)
     states = tuple(f.input(s, (N, H)) for s in STATE_NAMES[:cell.states])
-    ai = f.input("ai", (N, G * H))
-    new, _ = cell.step(BodyKernel(f, g, g.const("one", 1.0, npd), npd, elem), ai,
-                       f("Add", f("MatMul", states[0], w_hh_t), p["bias_hh"]), states, a)
+    ai = f.input("ai", (N, cell.gates * H))
+    new, saved = cell.step(fk, ai, f("Add", f("MatMul", states[0], w_hh_t), b_hh), states, a)
     for s, v in zip(STATE_NAMES, new):
         f.output(v, s, (N, H))
+    return zeros, ai_all, f, fk, states, new, saved
+
+
+def _scan_forward(g, cell: Cell, x, p, a, xt):
+    """The layer's steps as one Scan over the cell's own equations (as the gradient's forward)."""
+    zeros, ai_all, f, _, _, new, _ = _forward_body(g, cell, x, p["weight_ih"], p["weight_hh"], p["bias_ih"],
+                                                   p["bias_hh"], a, xt)
     if not a.last:
-        f.output(new[0], "y", (N, H))
+        f.output(new[0], "y", (xt.dims[0], a.hidden))
     finals, steps = scan(g, f, [zeros] * cell.states, [ai_all], reverse=False, n_scan_out=0 if a.last else 1)
     return g.node("Identity", [finals[0] if a.last else steps[0]], out=g.out)
 
@@ -563,29 +575,12 @@ def bptt_lower(cell: Cell):
 
     def lower(g, ins, p, a, types, out):
         gy, x, w_ih, w_hh, b_ih, b_hh = ins
-        from onnx import helper
-
         xt = types[1]
-        elem = onnx_elem_type(xt.dtype)
-        npd = np.dtype(xt.numpy_dtype)
+        elem, npd = onnx_elem_type(xt.dtype), np.dtype(xt.numpy_dtype)
         N, H = xt.dims[0], a.hidden
-        one = g.const("one", 1.0, npd)
-        zero = helper.make_tensor("zero", elem, [1], [0.0])
-        nh = g.node("Concat", [g.node("Shape", [x], start=0, end=1), g.const("h", [H], np.int64)], axis=0)
-        zeros = g.node("ConstantOfShape", [nh], value=zero)  # [N, H]
-        # input-side pre-activations of every step at once: [N, T, G*H]
-        ai_all = g.node("Add", [g.node("MatMul", [x, g.node("Transpose", [w_ih])]), b_ih])
-        w_hh_t = g.node("Transpose", [w_hh])
 
         # -- forward: recompute the states, keep what the backward step reads
-        f = Body(g, "fwd", elem)
-        fk = BodyKernel(f, g, one, npd, elem)
-        states = tuple(f.input(s, (N, H)) for s in STATE_NAMES[:cell.states])
-        ai = f.input("ai", (N, G * H))
-        ah = f("Add", f("MatMul", states[0], w_hh_t), b_hh)
-        new, saved = cell.step(fk, ai, ah, states, a)
-        for s, v in zip(STATE_NAMES, new):
-            f.output(v, s, (N, H))
+        zeros, ai_all, f, fk, states, _, saved = _forward_body(g, cell, x, w_ih, w_hh, b_ih, b_hh, a, xt)
         cache = cell.cache(fk, states, saved)
         for k, (v, width) in enumerate([(states[0], 1)] + cache):
             f.output(v, f"cache{k}", (N, width * H))
@@ -593,7 +588,7 @@ def bptt_lower(cell: Cell):
 
         # -- backward: the steps in reverse, carrying dL/dh (and dL/dc)
         b = Body(g, "bwd", elem)
-        bk = BodyKernel(b, g, one, npd, elem)
+        bk = BodyKernel(b, g, g.const("one", 1.0, npd), npd, elem)
         d_states = [b.input(f"d{s}", (N, H)) for s in STATE_NAMES[:cell.states]]
         if not a.last:
             d_states[0] = b("Add", d_states[0], b.input("gy", (N, H)))  # the step's own output gradient
