@@ -414,22 +414,26 @@ def serve() -> None:
         server.text_document_publish_diagnostics(lsp.PublishDiagnosticsParams(uri=params.text_document.uri,
                                                                               diagnostics=[]))
 
+    def at(params):
+        """(the document's analysis, line, column) of a request's position; None before its first analysis."""
+        a = analyses.get(params.text_document.uri)
+        return None if a is None else (a, *position(a.text, params.position))
+
     @server.feature(lsp.TEXT_DOCUMENT_HOVER)
     def on_hover(ls, params):
-        a = analyses.get(params.text_document.uri)
-        if a is None:
+        where = at(params)
+        if where is None:
             return None
-        text = hover(a, *position(a.text, params.position))
+        text = hover(*where)
         return lsp.Hover(contents=lsp.MarkupContent(kind=lsp.MarkupKind.Markdown, value=text)) if text else None
 
     @server.feature(lsp.TEXT_DOCUMENT_DEFINITION)
     def on_definition(ls, params):
-        a = analyses.get(params.text_document.uri)
-        if a is None:
-            return None
-        span = definition(a, *position(a.text, params.position))
+        where = at(params)
+        span = None if where is None else definition(*where)
         if span is None:
             return None
+        a = where[0]
         target = file_of(a, span)
         if target == Path(a.path):
             return lsp.Location(uri=params.text_document.uri, range=lsp_range(a.text, span))
@@ -445,11 +449,11 @@ def serve() -> None:
 
     @server.feature(lsp.TEXT_DOCUMENT_COMPLETION, lsp.CompletionOptions(trigger_characters=["(", ",", ">"]))
     def on_completion(ls, params):
-        a = analyses.get(params.text_document.uri)
-        if a is None:
+        where = at(params)
+        if where is None:
             return None
         items = [lsp.CompletionItem(label=label, kind=kinds[kind], detail=detail or None)
-                 for label, kind, detail in completions(a, *position(a.text, params.position))]
+                 for label, kind, detail in completions(*where)]
         return lsp.CompletionList(is_incomplete=False, items=items)
 
     @server.feature(lsp.TEXT_DOCUMENT_FORMATTING)

@@ -81,3 +81,15 @@ def random_feeds(proto, rng, classes: int, batch: int, skip=(), scale: float = 1
         else:
             feeds[i.name] = (rng.standard_normal(dims) * scale).astype(np.float32)
     return feeds
+
+
+def trained_folder(tmp_path_factory, name: str, model: str, *options: str):
+    """A fresh folder holding `model` as net.alm, trained by `almc train` into its checkpoint ck
+    with `options` (for a module-scoped fixture: one training for a test file)."""
+    from almc.cli import main
+
+    d = tmp_path_factory.mktemp(name)
+    (d / "net.alm").write_text(model)
+    argv = ["train", str(d / "net.alm"), "--no-progress", "--checkpoint", str(d / "ck")]
+    assert main(argv + [o.format(d=d) for o in options]) == 0
+    return d

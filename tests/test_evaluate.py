@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import trained_folder
 
 import almc
 from almc.cli import main
@@ -34,11 +35,7 @@ train Net {
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    d = tmp_path_factory.mktemp("evaluate")
-    (d / "net.alm").write_text(MODEL)
-    assert main(["train", str(d / "net.alm"), "--no-progress", "--checkpoint", str(d / "ck"),
-                 "--metrics", str(d / "metrics.json")]) == 0
-    return d
+    return trained_folder(tmp_path_factory, "evaluate", MODEL, "--metrics", "{d}/metrics.json")
 
 
 def evaluate_json(capsys, *argv):

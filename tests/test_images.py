@@ -9,6 +9,7 @@ import zlib
 import numpy as np
 import onnx
 import pytest
+from helpers import trained_folder
 from test_evaluate import MODEL, softmax
 
 import almc
@@ -20,11 +21,7 @@ Image = pytest.importorskip("PIL.Image")
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    d = tmp_path_factory.mktemp("images")
-    (d / "net.alm").write_text(MODEL)
-    assert main(["train", str(d / "net.alm"), "--no-progress", "--checkpoint", str(d / "ck"),
-                 "--out", str(d / "net.onnx")]) == 0
-    return d
+    return trained_folder(tmp_path_factory, "images", MODEL, "--out", "{d}/net.onnx")
 
 
 def digits(trained, n=10):
